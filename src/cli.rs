@@ -1,0 +1,284 @@
+//! The command line: one `Cli` with a subcommand per role. Doc comments here
+//! are the `--help` text; every flag also reads a `CAPS_*` environment variable.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::console::Console;
+use crate::demo::{self, DemoConfig};
+use crate::driver::{self, DriverConfig};
+use crate::hub::{self, EventLog, HubConfig};
+use crate::protocol::{DriverName, StoreId};
+use crate::vendor::{self, VendorConfig};
+
+/// CAPS parcel dispatch over Socket.IO: a hub, shops (vendors) and couriers (drivers).
+///
+/// Start a hub, then any number of drivers and vendors:
+///   caps hub
+///   caps driver
+///   caps vendor --store acme
+/// or watch all of them at once with `caps demo`.
+///
+/// Diagnostics go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see more.
+#[derive(Debug, Parser)]
+#[command(name = "caps", version, verbatim_doc_comment)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the hub: the Socket.IO server every vendor and driver connects to.
+    Hub(HubArgs),
+    /// Run a shop: place an order every interval, thank the courier for each delivery.
+    Vendor(VendorArgs),
+    /// Run a courier: pick up each package offered, report it in transit, deliver it.
+    Driver(DriverArgs),
+    /// Run a hub with vendors and drivers in one terminal, to watch packages move.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct HubArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CAPS_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on; 0 picks a free one (the first stdout line names it).
+    #[arg(long, env = "CAPS_PORT", default_value_t = 3000)]
+    port: u16,
+}
+
+/// How a vendor or driver reaches its hub.
+#[derive(Debug, Args)]
+struct LinkArgs {
+    /// The hub's URL; a trailing `/caps` (the namespace, as the lab writes it) is accepted.
+    #[arg(long, env = "CAPS_HUB", default_value = "http://127.0.0.1:3000", value_parser = parse_hub_url)]
+    hub: String,
+    /// How long to keep trying to reach the hub at start before giving up.
+    #[arg(long, env = "CAPS_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+struct VendorArgs {
+    /// The store this vendor speaks for, e.g. 1-206-flowers.
+    #[arg(long, env = "CAPS_STORE")]
+    store: StoreId,
+    /// Time between two orders, e.g. 5s or 500ms.
+    #[arg(long, env = "CAPS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Place this many orders, then exit 0 once all are delivered. Without it, run until Ctrl-C.
+    #[arg(long, env = "CAPS_COUNT")]
+    count: Option<u64>,
+    #[command(flatten)]
+    link: LinkArgs,
+}
+
+#[derive(Debug, Args)]
+struct DriverArgs {
+    /// The driver's name, as the hub shows it [default: driver-<random>].
+    #[arg(long, env = "CAPS_NAME")]
+    name: Option<DriverName>,
+    /// Time from being offered a package to picking it up.
+    #[arg(long, env = "CAPS_PICKUP_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
+    pickup_delay: Duration,
+    /// Time from picking a package up to delivering it.
+    #[arg(long, env = "CAPS_DELIVER_DELAY", default_value = "3s", value_parser = humantime::parse_duration)]
+    deliver_delay: Duration,
+    #[command(flatten)]
+    link: LinkArgs,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Number of shops, each with its own store.
+    #[arg(long, env = "CAPS_DEMO_VENDORS", default_value_t = 2)]
+    vendors: usize,
+    /// Number of couriers.
+    #[arg(long, env = "CAPS_DEMO_DRIVERS", default_value_t = 2)]
+    drivers: usize,
+    /// Orders per shop; 0 runs until Ctrl-C.
+    #[arg(long, env = "CAPS_DEMO_ORDERS", default_value_t = 3)]
+    orders: u64,
+    /// Time between two orders of one shop.
+    #[arg(long, env = "CAPS_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Time from being offered a package to picking it up.
+    #[arg(long, env = "CAPS_PICKUP_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
+    pickup_delay: Duration,
+    /// Time from picking a package up to delivering it.
+    #[arg(long, env = "CAPS_DELIVER_DELAY", default_value = "2s", value_parser = humantime::parse_duration)]
+    deliver_delay: Duration,
+    /// Port for the demo's hub; 0 picks a free one.
+    #[arg(long, env = "CAPS_PORT", default_value_t = 0)]
+    port: u16,
+}
+
+/// Runs the command the user asked for.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Hub(args) => run_hub(args).await,
+        Command::Vendor(args) => {
+            let config = VendorConfig {
+                hub_url: args.link.hub,
+                connect_timeout: args.link.connect_timeout,
+                store: args.store,
+                interval: args.interval,
+                count: args.count,
+            };
+            vendor::run(config, Console::stdout(), shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Driver(args) => {
+            let name = args.name.unwrap_or_else(random_driver_name);
+            let config = DriverConfig {
+                hub_url: args.link.hub,
+                connect_timeout: args.link.connect_timeout,
+                name,
+                pickup_delay: args.pickup_delay,
+                deliver_delay: args.deliver_delay,
+            };
+            let first_signal = async {
+                shutdown_signal().await;
+                // A second Ctrl-C quits without waiting for packages in hand.
+                tokio::spawn(async {
+                    shutdown_signal().await;
+                    std::process::exit(130);
+                });
+            };
+            driver::run(config, Console::stdout(), first_signal).await?;
+            Ok(())
+        }
+        Command::Demo(args) => {
+            let config = DemoConfig {
+                vendors: args.vendors,
+                drivers: args.drivers,
+                orders: (args.orders > 0).then_some(args.orders),
+                interval: args.interval,
+                pickup_delay: args.pickup_delay,
+                deliver_delay: args.deliver_delay,
+                port: args.port,
+            };
+            demo::run(config, shutdown_signal()).await
+        }
+    }
+}
+
+async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
+    let listener = TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let log = EventLog::stdout();
+    log.line(format!("caps hub listening on {}", hub::url_for(addr)));
+    log::info!("namespace {} ready", crate::protocol::NAMESPACE);
+    hub::serve(listener, HubConfig::default(), log, shutdown_signal())
+        .await
+        .context("serving")?;
+    log::info!("hub stopped");
+    Ok(())
+}
+
+/// Accepts `http://host:port`, with or without a trailing `/` or `/caps`.
+fn parse_hub_url(raw: &str) -> Result<String, String> {
+    let trimmed = raw.trim().trim_end_matches('/');
+    let base = trimmed
+        .strip_suffix(crate::protocol::NAMESPACE)
+        .unwrap_or(trimmed);
+    let rest = base
+        .strip_prefix("http://")
+        .or_else(|| base.strip_prefix("https://"))
+        .ok_or_else(|| format!("{raw:?} is not an http:// or https:// URL"))?;
+    if rest.is_empty() || rest.contains('/') {
+        return Err(format!(
+            "{raw:?} should be the hub's base URL, like http://127.0.0.1:3000"
+        ));
+    }
+    Ok(base.to_owned())
+}
+
+fn random_driver_name() -> DriverName {
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    DriverName::new(format!("driver-{suffix}")).expect("a generated name is valid")
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            log::error!("cannot listen for Ctrl-C: {error}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                log::error!("cannot listen for SIGTERM: {error}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn hub_urls_are_normalised() {
+        assert_eq!(
+            parse_hub_url("http://localhost:3000/caps").unwrap(),
+            "http://localhost:3000"
+        );
+        assert_eq!(
+            parse_hub_url("http://localhost:3000/").unwrap(),
+            "http://localhost:3000"
+        );
+        assert!(parse_hub_url("localhost:3000").is_err());
+        assert!(parse_hub_url("http://localhost:3000/other/path").is_err());
+    }
+
+    #[test]
+    fn durations_and_env_vars_are_read() {
+        let cli = Cli::try_parse_from([
+            "caps",
+            "driver",
+            "--pickup-delay",
+            "250ms",
+            "--deliver-delay",
+            "2s",
+        ])
+        .unwrap();
+        let Command::Driver(args) = cli.command else {
+            panic!("not a driver")
+        };
+        assert_eq!(args.pickup_delay, Duration::from_millis(250));
+        assert_eq!(args.deliver_delay, Duration::from_secs(2));
+
+        let error = Cli::try_parse_from(["caps", "vendor", "--store", ""]).unwrap_err();
+        assert!(
+            error.to_string().contains("store must not be empty"),
+            "{error}"
+        );
+    }
+}

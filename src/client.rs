@@ -1,0 +1,302 @@
+//! The one door through which our vendor and driver talk to a hub.
+//!
+//! [`HubLink`] wraps rust_socketio 0.6 and hides its known defects:
+//! - `connect()` returns before the namespace is joined, so the link waits for
+//!   the namespace `open` before it reports the first connection;
+//! - a first connect that fails is not retried by the crate, so the link
+//!   retries it until a deadline, then fails with a one-line reason;
+//! - its client-side acknowledgements can kill its background task, so the
+//!   link never uses them: our guarantees rest on idempotent re-sends instead;
+//! - callbacks run one after another in its poll task, so they only decode and
+//!   forward into a channel that the role's own loop reads.
+//!
+//! Every (re)connection is reported as [`Inbound::Connected`]; the role then
+//! re-announces its state (re-join, re-send) and calls [`HubLink::flush`] to
+//! send what could not be sent while the hub was away.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use futures_util::FutureExt;
+use rust_socketio::Payload;
+use rust_socketio::asynchronous::{Client, ClientBuilder};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, timeout_at};
+
+use crate::protocol::{Event, Handshake, NAMESPACE, Order};
+
+/// The most events kept for sending while the hub is away; beyond this the
+/// oldest are dropped (their senders re-announce them on reconnect anyway).
+const OUTBOX_LIMIT: usize = 10_000;
+
+/// How to reach a hub.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// The hub's base URL, e.g. `http://127.0.0.1:3000` (the namespace is added).
+    pub hub_url: String,
+    /// Who we are, sent in the handshake `auth`.
+    pub handshake: Handshake,
+    /// How long the first connection may take, retries included.
+    pub connect_timeout: Duration,
+    /// The hub events this client wants to hear.
+    pub listen: Vec<Event>,
+}
+
+/// What the link reports to the role's loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// The namespace is open: first connection, or back after an outage.
+    Connected,
+    /// The connection to the hub failed; the link is reconnecting.
+    ConnectionLost(String),
+    /// The hub refused the connection (`connect_error`).
+    Refused(String),
+    /// An order event from the hub.
+    Order(Event, Order),
+}
+
+/// A connection to a hub's `/caps` namespace that survives hub restarts.
+pub struct HubLink {
+    client: Client,
+    up: bool,
+    outbox: VecDeque<(Event, serde_json::Value)>,
+}
+
+impl HubLink {
+    /// Connects, retrying until `config.connect_timeout`, and waits for the
+    /// namespace to open. The receiver yields everything the hub says after
+    /// that, starting with nothing: the first `Connected` is consumed here.
+    pub async fn connect(
+        config: &LinkConfig,
+    ) -> anyhow::Result<(HubLink, mpsc::UnboundedReceiver<Inbound>)> {
+        let deadline = Instant::now() + config.connect_timeout;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let (events, mut inbound) = mpsc::unbounded_channel();
+            let attempt = timeout_at(deadline, builder(config, events).connect()).await;
+            let error = match attempt {
+                Err(_elapsed) => anyhow!("timed out"),
+                Ok(Err(error)) => anyhow!(error),
+                Ok(Ok(client)) => {
+                    let opened = wait_for_open(&mut inbound, deadline).await;
+                    if let Err(error) = opened {
+                        let _ = client.disconnect().await;
+                        return Err(error)
+                            .with_context(|| format!("cannot join {}{NAMESPACE}", config.hub_url));
+                    }
+                    let link = HubLink {
+                        client,
+                        up: true,
+                        outbox: VecDeque::new(),
+                    };
+                    return Ok((link, inbound));
+                }
+            };
+            if Instant::now() + delay >= deadline {
+                bail!(
+                    "cannot reach hub at {} within {}: {error}",
+                    config.hub_url,
+                    humantime::format_duration(config.connect_timeout)
+                );
+            }
+            log::debug!("hub not reachable yet ({error}); retrying in {delay:?}");
+            sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Updates the link's view of the connection from what the role's loop
+    /// just received; call it for every [`Inbound`].
+    pub fn observe(&mut self, inbound: &Inbound) {
+        match inbound {
+            Inbound::Connected => self.up = true,
+            Inbound::ConnectionLost(_) => self.up = false,
+            Inbound::Refused(_) | Inbound::Order(..) => {}
+        }
+    }
+
+    /// Whether the namespace is open as far as the link knows.
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// Sends an event now if the hub is there, else keeps it for [`flush`](Self::flush).
+    pub async fn send(&mut self, event: Event, payload: &impl Serialize) {
+        let payload = match serde_json::to_value(payload) {
+            Ok(payload) => payload,
+            Err(error) => {
+                log::error!("cannot encode {event}: {error}");
+                return;
+            }
+        };
+        if self.up {
+            if let Err(error) = self.client.emit(event.name(), payload.clone()).await {
+                log::warn!("sending {event} failed, will retry after reconnecting: {error}");
+                self.up = false;
+                self.keep(event, payload);
+            }
+        } else {
+            self.keep(event, payload);
+        }
+    }
+
+    /// Sends an event now if the hub is there, else drops it; for callers
+    /// that re-announce their state on every reconnect anyway. True if sent.
+    pub async fn try_send(&mut self, event: Event, payload: &impl Serialize) -> bool {
+        if !self.up {
+            return false;
+        }
+        let payload = match serde_json::to_value(payload) {
+            Ok(payload) => payload,
+            Err(error) => {
+                log::error!("cannot encode {event}: {error}");
+                return false;
+            }
+        };
+        match self.client.emit(event.name(), payload).await {
+            Ok(()) => true,
+            Err(error) => {
+                log::warn!("sending {event} failed: {error}");
+                self.up = false;
+                false
+            }
+        }
+    }
+
+    /// Sends, in order, what was kept while the hub was away.
+    pub async fn flush(&mut self) {
+        while self.up {
+            let Some((event, payload)) = self.outbox.pop_front() else {
+                return;
+            };
+            if let Err(error) = self.client.emit(event.name(), payload.clone()).await {
+                log::warn!("re-sending {event} failed, will retry: {error}");
+                self.up = false;
+                self.outbox.push_front((event, payload));
+            }
+        }
+    }
+
+    /// Says goodbye to the hub.
+    pub async fn close(self) {
+        if let Err(error) = self.client.disconnect().await {
+            log::debug!("disconnect: {error}");
+        }
+    }
+
+    fn keep(&mut self, event: Event, payload: serde_json::Value) {
+        if self.outbox.len() >= OUTBOX_LIMIT {
+            self.outbox.pop_front();
+            log::warn!("outbox full: dropped the oldest unsent event");
+        }
+        self.outbox.push_back((event, payload));
+    }
+}
+
+async fn wait_for_open(
+    inbound: &mut mpsc::UnboundedReceiver<Inbound>,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    loop {
+        match timeout_at(deadline, inbound.recv()).await {
+            Err(_elapsed) => bail!("the namespace did not open in time"),
+            Ok(None) => bail!("the connection closed"),
+            Ok(Some(Inbound::Connected)) => return Ok(()),
+            Ok(Some(Inbound::Refused(reason))) => bail!("the hub refused us: {reason}"),
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+/// A rust_socketio builder whose callbacks forward into `events`.
+fn builder(config: &LinkConfig, events: mpsc::UnboundedSender<Inbound>) -> ClientBuilder {
+    let handshake = serde_json::to_value(&config.handshake).unwrap_or_default();
+    let mut builder = ClientBuilder::new(config.hub_url.as_str())
+        .namespace(NAMESPACE)
+        .auth(handshake)
+        .reconnect(true)
+        .reconnect_on_disconnect(true)
+        .reconnect_delay(100, 2_000);
+
+    let opened = events.clone();
+    builder = builder.on("open", move |_, _| {
+        let _ = opened.send(Inbound::Connected);
+        async {}.boxed()
+    });
+    let closed = events.clone();
+    builder = builder.on("close", move |_, _| {
+        let _ = closed.send(Inbound::ConnectionLost(
+            "the hub closed the connection".into(),
+        ));
+        async {}.boxed()
+    });
+    let failed = events.clone();
+    builder = builder.on("error", move |payload, _| {
+        let text = payload_text(&payload);
+        let inbound = match text.strip_prefix("Received an ConnectError frame: ") {
+            Some(reason) => Inbound::Refused(connect_error_message(reason)),
+            None => Inbound::ConnectionLost(text),
+        };
+        let _ = failed.send(inbound);
+        async {}.boxed()
+    });
+    for &event in &config.listen {
+        let orders = events.clone();
+        builder = builder.on(event.name(), move |payload, _| {
+            match first_value(&payload).map(serde_json::from_value::<Order>) {
+                Some(Ok(order)) => {
+                    let _ = orders.send(Inbound::Order(event, order));
+                }
+                _ => log::warn!("ignored a malformed {event} from the hub"),
+            }
+            async {}.boxed()
+        });
+    }
+    builder
+}
+
+fn first_value(payload: &Payload) -> Option<serde_json::Value> {
+    match payload {
+        Payload::Text(values) => values.first().cloned(),
+        #[allow(deprecated)]
+        Payload::String(text) => serde_json::from_str(text).ok(),
+        Payload::Binary(_) => None,
+    }
+}
+
+fn payload_text(payload: &Payload) -> String {
+    match first_value(payload) {
+        Some(serde_json::Value::String(text)) => text,
+        Some(other) => other.to_string(),
+        None => "unknown error".into(),
+    }
+}
+
+/// socket.io sends `connect_error` data as `{"message": "…"}`.
+fn connect_error_message(raw: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(raw)
+        .ok()
+        .and_then(|value| {
+            value
+                .get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| raw.trim_matches('"').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_error_messages_are_unwrapped() {
+        assert_eq!(
+            connect_error_message(r#"{"message":"invalid_handshake: bad"}"#),
+            "invalid_handshake: bad"
+        );
+        assert_eq!(connect_error_message(r#""plain""#), "plain");
+    }
+}

@@ -1,0 +1,499 @@
+//! The CAPS wire protocol: every event name and payload that crosses a socket.
+//!
+//! This module is the single source of truth for the wire. The hub and both
+//! clients use these names and types; nothing else spells an event name.
+//!
+//! All traffic uses the Socket.IO namespace [`NAMESPACE`]. The event names and
+//! the order payload follow the course's lab so that its JavaScript clients
+//! work unmodified.
+//!
+//! | event        | sent by | payload                        | where the hub routes it                       |
+//! |--------------|---------|--------------------------------|-----------------------------------------------|
+//! | `join`       | vendor  | `"store-id"` or `{"store":id}` | nowhere: the hub puts the socket in that room |
+//! | `pickup`     | vendor  | [`Order`]                      | every driver (the `drivers` room)              |
+//! | `in-transit` | driver  | [`Order`]                      | the room named by `order.store`               |
+//! | `delivered`  | driver  | [`Order`]                      | the room named by `order.store`               |
+//!
+//! A client that asks for an acknowledgement gets an [`Ack`]: `{"ok":true}` or
+//! `{"ok":false,"error":{"code":"…","message":"…"}}` with a stable [`ErrorCode`].
+//!
+//! Our own clients say who they are in the Socket.IO handshake `auth`
+//! ([`Handshake`]): `{"role":"vendor","store":"acme"}` or
+//! `{"role":"driver","name":"bob"}`. Clients that send no `auth` (the lab's)
+//! are treated as drivers until they `join` a store, which makes them vendors.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The Socket.IO namespace that carries all CAPS traffic.
+pub const NAMESPACE: &str = "/caps";
+
+/// The room every driver is in; `pickup` is broadcast there.
+pub const DRIVERS_ROOM: &str = "drivers";
+
+/// The CAPS events, by their names on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// A vendor asks to be put in its store's room.
+    Join,
+    /// A vendor has a package ready; the hub tells the drivers.
+    Pickup,
+    /// A driver has picked a package up; the hub tells its store.
+    InTransit,
+    /// A driver has delivered a package; the hub tells its store.
+    Delivered,
+}
+
+impl Event {
+    /// Every event, in lifecycle order.
+    pub const ALL: [Event; 4] = [
+        Event::Join,
+        Event::Pickup,
+        Event::InTransit,
+        Event::Delivered,
+    ];
+
+    /// The event's name on the wire.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Event::Join => "join",
+            Event::Pickup => "pickup",
+            Event::InTransit => "in-transit",
+            Event::Delivered => "delivered",
+        }
+    }
+
+    /// The event with this wire name, if it is one of ours.
+    pub fn from_name(name: &str) -> Option<Event> {
+        Event::ALL.into_iter().find(|event| event.name() == name)
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+/// Limits on the text fields of a payload, in characters.
+pub mod limits {
+    /// Longest store id.
+    pub const STORE: usize = 100;
+    /// Longest order id.
+    pub const ORDER_ID: usize = 128;
+    /// Longest customer name.
+    pub const CUSTOMER: usize = 200;
+    /// Longest address.
+    pub const ADDRESS: usize = 300;
+    /// Longest driver name.
+    pub const DRIVER_NAME: usize = 100;
+    /// Largest event payload the hub parses, in bytes of JSON.
+    pub const EVENT_BYTES: usize = 16 * 1024;
+}
+
+/// Checks one text field: not blank, not too long, no control characters.
+fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err(format!("{field} must not be empty"));
+    }
+    if value.chars().count() > max_chars {
+        return Err(format!("{field} must be at most {max_chars} characters"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{field} must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Declares a validated string newtype that can only hold a checked value.
+macro_rules! text_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Checks `value` and wraps it.
+            pub fn new(value: impl Into<String>) -> Result<Self, String> {
+                let value = value.into();
+                check_text($field, &value, $max)?;
+                Ok(Self(value))
+            }
+
+            /// The text itself.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(value: &str) -> Result<Self, String> {
+                $name::new(value)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let value = String::deserialize(deserializer)?;
+                $name::new(value).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+text_type!(
+    /// A store (vendor) id, such as `1-206-flowers`; also its room's name.
+    StoreId,
+    "store",
+    limits::STORE
+);
+text_type!(
+    /// An order id; the lab uses a UUID, but any short text is accepted.
+    OrderId,
+    "orderId",
+    limits::ORDER_ID
+);
+text_type!(
+    /// A customer's name.
+    Customer,
+    "customer",
+    limits::CUSTOMER
+);
+text_type!(
+    /// A delivery address, such as `Schmittfurt, LA`.
+    Address,
+    "address",
+    limits::ADDRESS
+);
+text_type!(
+    /// A driver's display name.
+    DriverName,
+    "name",
+    limits::DRIVER_NAME
+);
+
+/// A package: the payload of `pickup`, `in-transit` and `delivered`.
+///
+/// `orderID` (some course material's spelling) is accepted on input;
+/// `orderId` is always sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    /// The store the package comes from; its room hears about it.
+    pub store: StoreId,
+    /// The order's id, unique per order.
+    #[serde(alias = "orderID")]
+    pub order_id: OrderId,
+    /// Who the package is for.
+    pub customer: Customer,
+    /// Where it goes.
+    pub address: Address,
+}
+
+/// The payload of `join`: the lab sends the store id as a bare string, and
+/// `{"store": id}` is accepted too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JoinRequest {
+    /// The store whose room to join.
+    pub store: StoreId,
+}
+
+impl<'de> Deserialize<'de> for JoinRequest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct StoreObject {
+            store: serde_json::Value,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Bare(String),
+            Object(StoreObject),
+        }
+        let store = match Wire::deserialize(deserializer) {
+            Ok(Wire::Bare(store)) => store,
+            Ok(Wire::Object(StoreObject {
+                store: serde_json::Value::String(store),
+            })) => store,
+            _ => {
+                return Err(serde::de::Error::custom(
+                    r#"join needs a store id: "acme" or {"store":"acme"}"#,
+                ));
+            }
+        };
+        let store = StoreId::new(store).map_err(serde::de::Error::custom)?;
+        Ok(JoinRequest { store })
+    }
+}
+
+/// The role a client declares in the Socket.IO handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleName {
+    /// A shop that places orders.
+    Vendor,
+    /// A courier that delivers them.
+    Driver,
+}
+
+/// The handshake `auth` object our clients send; every field is optional so
+/// that clients which send none (the lab's) still connect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handshake {
+    /// Who the client is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<RoleName>,
+    /// A vendor's store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreId>,
+    /// A driver's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<DriverName>,
+}
+
+impl Handshake {
+    /// The handshake of a vendor for `store`.
+    pub fn vendor(store: StoreId) -> Self {
+        Handshake {
+            role: Some(RoleName::Vendor),
+            store: Some(store),
+            name: None,
+        }
+    }
+
+    /// The handshake of a driver called `name`.
+    pub fn driver(name: DriverName) -> Self {
+        Handshake {
+            role: Some(RoleName::Driver),
+            store: None,
+            name: Some(name),
+        }
+    }
+}
+
+/// Why the hub refused an event or a connection; stable, machine-readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The payload is not the expected shape: wrong type, missing or bad field.
+    InvalidPayload,
+    /// The payload is larger than [`limits::EVENT_BYTES`].
+    PayloadTooLarge,
+    /// The handshake `auth` object is not a valid identity.
+    InvalidHandshake,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::InvalidHandshake => "invalid_handshake",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal: a stable code and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Refusal {
+    /// What kind of refusal this is.
+    pub code: ErrorCode,
+    /// What was wrong, in words.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with this code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The acknowledgement the hub sends when a client asks for one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ack {
+    /// Whether the event was accepted.
+    pub ok: bool,
+    /// Why it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Refusal>,
+}
+
+impl Ack {
+    /// The event was accepted.
+    pub fn accepted() -> Self {
+        Ack {
+            ok: true,
+            error: None,
+        }
+    }
+
+    /// The event was refused.
+    pub fn refused(refusal: Refusal) -> Self {
+        Ack {
+            ok: false,
+            error: Some(refusal),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn order() -> Order {
+        Order {
+            store: StoreId::new("1-206-flowers").unwrap(),
+            order_id: OrderId::new("e3669048-7313-427b-b6cc-74010ca1f8f0").unwrap(),
+            customer: Customer::new("Jamal Braun").unwrap(),
+            address: Address::new("Schmittfurt, LA").unwrap(),
+        }
+    }
+
+    #[test]
+    fn order_serializes_to_the_labs_exact_shape() {
+        assert_eq!(
+            serde_json::to_value(order()).unwrap(),
+            json!({
+                "store": "1-206-flowers",
+                "orderId": "e3669048-7313-427b-b6cc-74010ca1f8f0",
+                "customer": "Jamal Braun",
+                "address": "Schmittfurt, LA"
+            })
+        );
+    }
+
+    #[test]
+    fn order_accepts_the_order_id_alias_and_ignores_extra_fields() {
+        let parsed: Order = serde_json::from_value(json!({
+            "store": "1-206-flowers",
+            "orderID": "e3669048-7313-427b-b6cc-74010ca1f8f0",
+            "customer": "Jamal Braun",
+            "address": "Schmittfurt, LA",
+            "note": "leave at the door"
+        }))
+        .unwrap();
+        assert_eq!(parsed, order());
+    }
+
+    #[test]
+    fn order_refuses_missing_empty_long_and_mistyped_fields() {
+        let good = serde_json::to_value(order()).unwrap();
+        let cases = [
+            ("orderId", json!(null), "orderId"),
+            ("store", json!(""), "store must not be empty"),
+            ("customer", json!("   "), "customer must not be empty"),
+            ("address", json!(42), "invalid type"),
+            ("store", json!("x".repeat(101)), "at most 100"),
+            ("customer", json!("a\u{7}b"), "control characters"),
+        ];
+        for (field, value, expected) in cases {
+            let mut bad = good.clone();
+            if value.is_null() {
+                bad.as_object_mut().unwrap().remove(field);
+            } else {
+                bad[field] = value;
+            }
+            let error = serde_json::from_value::<Order>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{field}: {error}");
+        }
+        for not_an_object in [json!("order"), json!([1, 2]), json!(7)] {
+            assert!(serde_json::from_value::<Order>(not_an_object).is_err());
+        }
+    }
+
+    #[test]
+    fn join_accepts_a_bare_string_or_an_object() {
+        let expected = JoinRequest {
+            store: StoreId::new("acme").unwrap(),
+        };
+        assert_eq!(
+            serde_json::from_value::<JoinRequest>(json!("acme")).unwrap(),
+            expected
+        );
+        assert_eq!(
+            serde_json::from_value::<JoinRequest>(json!({"store": "acme"})).unwrap(),
+            expected
+        );
+        for bad in [
+            json!(""),
+            json!({"store": 5}),
+            json!([]),
+            json!({"room": "acme"}),
+        ] {
+            assert!(serde_json::from_value::<JoinRequest>(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn handshake_shapes_are_pinned() {
+        let vendor = Handshake::vendor(StoreId::new("acme").unwrap());
+        assert_eq!(
+            serde_json::to_value(&vendor).unwrap(),
+            json!({"role": "vendor", "store": "acme"})
+        );
+        let driver = Handshake::driver(DriverName::new("bob").unwrap());
+        assert_eq!(
+            serde_json::to_value(&driver).unwrap(),
+            json!({"role": "driver", "name": "bob"})
+        );
+        assert_eq!(
+            serde_json::from_value::<Handshake>(json!({})).unwrap(),
+            Handshake::default()
+        );
+        assert!(serde_json::from_value::<Handshake>(json!({"role": "admin"})).is_err());
+    }
+
+    #[test]
+    fn acks_have_the_documented_shape() {
+        assert_eq!(
+            serde_json::to_value(Ack::accepted()).unwrap(),
+            json!({"ok": true})
+        );
+        let refused = Ack::refused(Refusal::new(ErrorCode::InvalidPayload, "missing field"));
+        assert_eq!(
+            serde_json::to_value(refused).unwrap(),
+            json!({"ok": false, "error": {"code": "invalid_payload", "message": "missing field"}})
+        );
+    }
+
+    #[test]
+    fn event_names_round_trip() {
+        for event in Event::ALL {
+            assert_eq!(Event::from_name(event.name()), Some(event));
+        }
+        assert_eq!(Event::InTransit.name(), "in-transit");
+        assert_eq!(Event::from_name("getAll"), None);
+    }
+}
