@@ -69,11 +69,14 @@ struct VendorArgs {
     #[arg(long, env = "CAPS_STORE")]
     store: StoreId,
     /// Time between two orders, e.g. 5s or 500ms.
-    #[arg(long, env = "CAPS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CAPS_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
     interval: Duration,
     /// Place this many orders, then exit 0 once all are delivered. Without it, run until Ctrl-C.
     #[arg(long, env = "CAPS_COUNT")]
     count: Option<u64>,
+    /// Send an order again if it is not delivered after this long.
+    #[arg(long, env = "CAPS_RESEND_AFTER", default_value = "30s", value_parser = parse_positive_duration)]
+    resend_after: Duration,
     #[command(flatten)]
     link: LinkArgs,
 }
@@ -105,7 +108,7 @@ struct DemoArgs {
     #[arg(long, env = "CAPS_DEMO_ORDERS", default_value_t = 3)]
     orders: u64,
     /// Time between two orders of one shop.
-    #[arg(long, env = "CAPS_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CAPS_INTERVAL", default_value = "1s", value_parser = parse_positive_duration)]
     interval: Duration,
     /// Time from being offered a package to picking it up.
     #[arg(long, env = "CAPS_PICKUP_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -129,6 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 store: args.store,
                 interval: args.interval,
                 count: args.count,
+                resend_after: args.resend_after,
             };
             vendor::run(config, Console::stdout(), shutdown_signal()).await?;
             Ok(())
@@ -199,6 +203,14 @@ fn parse_hub_url(raw: &str) -> Result<String, String> {
         ));
     }
     Ok(base.to_owned())
+}
+
+fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(raw) {
+        Ok(duration) if duration.is_zero() => Err("must be more than zero".into()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 fn random_driver_name() -> DriverName {
@@ -274,6 +286,13 @@ mod tests {
         };
         assert_eq!(args.pickup_delay, Duration::from_millis(250));
         assert_eq!(args.deliver_delay, Duration::from_secs(2));
+
+        let error = Cli::try_parse_from(["caps", "vendor", "--store", "a", "--interval", "0s"])
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("must be more than zero"),
+            "{error}"
+        );
 
         let error = Cli::try_parse_from(["caps", "vendor", "--store", ""]).unwrap_err();
         assert!(

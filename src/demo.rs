@@ -82,6 +82,7 @@ pub async fn run(config: DemoConfig, shutdown: impl Future<Output = ()>) -> anyh
             store: StoreId::new(store.clone()).map_err(anyhow::Error::msg)?,
             interval: config.interval,
             count: config.orders,
+            resend_after: Duration::from_secs(30),
         };
         let stop = stop_roles.clone();
         vendors.spawn(async move {

@@ -10,9 +10,9 @@
 //! | event        | sent by | payload                        | where the hub routes it                       |
 //! |--------------|---------|--------------------------------|-----------------------------------------------|
 //! | `join`       | vendor  | `"store-id"` or `{"store":id}` | nowhere: the hub puts the socket in that room |
-//! | `pickup`     | vendor  | [`Order`]                      | every driver (the `drivers` room)              |
-//! | `in-transit` | driver  | [`Order`]                      | the room named by `order.store`               |
-//! | `delivered`  | driver  | [`Order`]                      | the room named by `order.store`               |
+//! | `pickup`     | vendor  | `Order`                        | every driver (the `drivers` room)              |
+//! | `in-transit` | driver  | `Order`                        | the room named by `order.store`               |
+//! | `delivered`  | driver  | `Order`                        | the room named by `order.store`               |
 //!
 //! A client that asks for an acknowledgement gets an [`Ack`]: `{"ok":true}` or
 //! `{"ok":false,"error":{"code":"…","message":"…"}}` with a stable [`ErrorCode`].
@@ -207,8 +207,10 @@ pub struct Order {
 }
 
 /// The payload of `join`: the lab sends the store id as a bare string, and
-/// `{"store": id}` is accepted too.
+/// `{"store": id}` is accepted too. It is always sent as the bare string,
+/// which is what a lab hub passes straight to `socket.join`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
 pub struct JoinRequest {
     /// The store whose room to join.
     pub store: StoreId,
@@ -431,6 +433,14 @@ mod tests {
         for not_an_object in [json!("order"), json!([1, 2]), json!(7)] {
             assert!(serde_json::from_value::<Order>(not_an_object).is_err());
         }
+    }
+
+    #[test]
+    fn join_is_sent_as_a_bare_store_id() {
+        let join = JoinRequest {
+            store: StoreId::new("acme").unwrap(),
+        };
+        assert_eq!(serde_json::to_value(join).unwrap(), json!("acme"));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! courier for each delivery.
 //!
 //! The vendor re-announces itself on every (re)connection: it joins its
-//! store's room and re-sends every order not yet delivered. The same `orderId`
-//! twice is the same order, so a re-send is harmless and an order emitted into
-//! a dying connection is not lost.
+//! store's room and re-sends every order not yet delivered. It also re-sends
+//! an order that has waited longer than `resend_after` without a delivery.
+//! The same `orderId` twice is the same order, so a re-send is harmless, and
+//! an order emitted into a dying connection, or while no driver could hear
+//! it, is not lost.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,7 +16,7 @@ use anyhow::bail;
 use fake::Fake;
 use fake::faker::address::en::{CityName, StateAbbr};
 use fake::faker::name::en::Name;
-use tokio::time::{MissedTickBehavior, interval};
+use tokio::time::{Instant, MissedTickBehavior, interval};
 
 use crate::client::{HubLink, Inbound, LinkConfig};
 use crate::console::Console;
@@ -37,6 +39,8 @@ pub struct VendorConfig {
     pub interval: Duration,
     /// Stop after this many orders have been delivered; `None` runs until shutdown.
     pub count: Option<u64>,
+    /// Re-send an order not delivered after this long.
+    pub resend_after: Duration,
 }
 
 /// What a vendor did, for its caller.
@@ -74,7 +78,9 @@ pub async fn run(
     let mut ticker = interval(config.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut report = VendorReport::default();
-    let mut outstanding: HashMap<OrderId, Order> = HashMap::new();
+    let mut outstanding: HashMap<OrderId, Outstanding> = HashMap::new();
+    let mut resend_check = interval(config.resend_after / 2);
+    resend_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut thanked = RecentSet::new(REMEMBERED_DELIVERIES);
     let wants_more = |report: &VendorReport| config.count.is_none_or(|n| report.placed < n);
     tokio::pin!(shutdown);
@@ -89,8 +95,17 @@ pub async fn run(
                 let order = fake_order(&config.store);
                 console.line(format_args!("VENDOR: order {} ready for pickup", order.order_id));
                 link.try_send(Event::Pickup, &order).await;
-                outstanding.insert(order.order_id.clone(), order);
+                outstanding.insert(order.order_id.clone(), Outstanding { order, sent: Instant::now() });
                 report.placed += 1;
+            }
+            _ = resend_check.tick() => {
+                for waiting in outstanding.values_mut() {
+                    if waiting.sent.elapsed() >= config.resend_after {
+                        log::info!("no delivery yet for order={}; sending it again", waiting.order.order_id);
+                        link.try_send(Event::Pickup, &waiting.order).await;
+                        waiting.sent = Instant::now();
+                    }
+                }
             }
             message = inbound.recv() => {
                 let Some(message) = message else { bail!("the connection to the hub ended") };
@@ -99,8 +114,9 @@ pub async fn run(
                     Inbound::Connected => {
                         log::info!("reconnected to hub; re-sending {} undelivered orders", outstanding.len());
                         link.try_send(Event::Join, &join).await;
-                        for order in outstanding.values() {
-                            link.try_send(Event::Pickup, order).await;
+                        for waiting in outstanding.values_mut() {
+                            link.try_send(Event::Pickup, &waiting.order).await;
+                            waiting.sent = Instant::now();
                         }
                     }
                     Inbound::ConnectionLost(reason) => {
@@ -129,6 +145,13 @@ pub async fn run(
         report.delivered
     );
     Ok(report)
+}
+
+/// An order placed and not yet delivered.
+struct Outstanding {
+    order: Order,
+    /// When it was last sent to the hub.
+    sent: Instant,
 }
 
 /// A new order for `store` with a fresh UUID and a fake customer and address.

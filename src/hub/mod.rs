@@ -52,6 +52,8 @@ pub(crate) struct HubState {
 pub fn app(config: &HubConfig, log: EventLog) -> (Router, SocketIo) {
     let (layer, io) = SocketIo::builder()
         .max_payload(config.max_message_bytes)
+        .ws_max_message_size(config.max_message_bytes as usize)
+        .ws_max_frame_size(config.max_message_bytes as usize)
         .with_state(HubState { log })
         .build_layer();
     io.ns(NAMESPACE, handlers::on_connect.with(handlers::admit));

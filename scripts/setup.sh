@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what building and testing caps needs, and nothing that is already
+# there: Debian's libssl-dev and pkg-config (rust_socketio's TLS stack), Node.js
+# and npm (the JavaScript tests), and the npm packages from package-lock.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+for package in libssl-dev pkg-config; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
+fi
+
+# npm ci only when the lockfile changed since the last install.
+stamp=node_modules/.package-lock.json
+if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ]; then
+  npm ci --no-audit --no-fund
+fi

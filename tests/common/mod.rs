@@ -1,0 +1,238 @@
+//! Helpers shared by the end-to-end tests: run the built `caps` binary (and
+//! Node scripts) as child processes, and wait on the lines they print, always
+//! with a timeout. Children are killed when their handle is dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The lines one output stream has printed so far.
+#[derive(Default)]
+struct Lines {
+    seen: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+impl Lines {
+    fn follow(self: &Arc<Self>, stream: impl Read + Send + 'static) {
+        let lines = Arc::clone(self);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                lines.seen.lock().unwrap().push(line);
+                lines.changed.notify_all();
+            }
+        });
+    }
+
+    fn snapshot(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn wait_for(
+        &self,
+        count: usize,
+        timeout: Duration,
+        matches: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<String>, Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = self.seen.lock().unwrap();
+        loop {
+            let found: Vec<String> = seen.iter().filter(|l| matches(l)).cloned().collect();
+            if found.len() >= count {
+                return Ok(found);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(seen.clone());
+            }
+            seen = self.changed.wait_timeout(seen, left).unwrap().0;
+        }
+    }
+}
+
+/// A running child process whose output can be waited on.
+pub struct Proc {
+    name: String,
+    child: Child,
+    out: Arc<Lines>,
+    err: Arc<Lines>,
+}
+
+impl Proc {
+    /// Starts `command`, capturing stdout and stderr.
+    pub fn spawn(name: &str, mut command: Command) -> Proc {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let out = Arc::new(Lines::default());
+        let err = Arc::new(Lines::default());
+        out.follow(child.stdout.take().unwrap());
+        err.follow(child.stderr.take().unwrap());
+        Proc {
+            name: name.to_owned(),
+            child,
+            out,
+            err,
+        }
+    }
+
+    /// Starts the `caps` binary with `args`.
+    pub fn caps(name: &str, args: &[&str]) -> Proc {
+        Proc::spawn(name, caps_command(args))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything printed on stdout so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.out.snapshot()
+    }
+
+    /// Everything printed on stderr so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.err.snapshot()
+    }
+
+    /// Waits for a stdout line containing `needle` and returns it.
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        self.wait_for_count(needle, 1).remove(0)
+    }
+
+    /// Waits until `count` stdout lines contain `needle`; returns them.
+    pub fn wait_for_count(&self, needle: &str, count: usize) -> Vec<String> {
+        self.out
+            .wait_for(count, WAIT, &|line| line.contains(needle))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{}: fewer than {count} stdout lines containing {needle:?}\n{}",
+                    self.name,
+                    self.describe()
+                )
+            })
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        self.err
+            .wait_for(1, WAIT, &|line| line.contains(needle))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{}: no stderr line containing {needle:?}\n{}",
+                    self.name,
+                    self.describe()
+                )
+            })
+            .remove(0)
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("{} did not exit in time\n{}", self.name, self.describe());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (e.g. "KILL", "TERM") to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// Kills the process and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Both streams, for failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout().join("\n"),
+            self.stderr().join("\n")
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `caps` command with `args`, quiet unless RUST_LOG says otherwise.
+pub fn caps_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_caps"));
+    command.args(args);
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "info");
+    }
+    command
+}
+
+/// A hub started with `--port 0` (or `port`), and its URL from its first line.
+pub fn start_hub(port: u16) -> (Proc, String) {
+    let port = port.to_string();
+    let hub = Proc::caps("hub", &["hub", "--port", &port]);
+    let banner = hub.wait_for_line("listening on http://");
+    let url = banner.rsplit(' ').next().unwrap().to_owned();
+    (hub, url)
+}
+
+/// The port in a `http://host:port` URL.
+pub fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// A port with nothing listening on it (bound then released).
+pub fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The ids in lines of the form `PREFIX <id>`.
+pub fn ids_after(lines: &[String], prefix: &str) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|line| line.strip_prefix(prefix))
+        .map(|rest| {
+            rest.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}

@@ -1,0 +1,46 @@
+//! The README must stay true to the code: its protocol table is the one in
+//! `src/protocol.rs`, and it documents every environment variable the CLI reads.
+
+use std::fs;
+
+fn read(path: &str) -> String {
+    fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[test]
+fn the_readme_protocol_table_is_the_protocol_modules() {
+    let readme = read("README.md");
+    let protocol = read("src/protocol.rs");
+    let table: Vec<&str> = protocol
+        .lines()
+        .filter_map(|line| line.strip_prefix("//! |"))
+        .collect();
+    assert!(
+        table.len() >= 6,
+        "the protocol table is missing from src/protocol.rs"
+    );
+    for row in table {
+        assert!(
+            readme.contains(&format!("|{row}")),
+            "README lacks the protocol row |{row}"
+        );
+    }
+}
+
+#[test]
+fn the_readme_documents_every_environment_variable() {
+    let readme = read("README.md");
+    let cli = read("src/cli.rs");
+    let vars: Vec<&str> = cli
+        .split("env = \"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap())
+        .collect();
+    assert!(vars.len() >= 10);
+    for var in vars {
+        assert!(
+            readme.contains(&format!("`{var}`")),
+            "README does not document {var}"
+        );
+    }
+}

@@ -1,0 +1,163 @@
+// The hub's protocol seen through the official socket.io client: routing,
+// acknowledgements, refusals of bad input, and the connect race.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { io } from 'socket.io-client';
+import { connectClient, emitWithAck, nextEvent, startHub } from './support.mjs';
+
+const order = (overrides = {}) => ({
+  store: 'acme',
+  orderId: `order-${Math.random().toString(36).slice(2)}`,
+  customer: 'Jamal Braun',
+  address: 'Schmittfurt, LA',
+  ...overrides,
+});
+
+/** Resolves true if `event` arrives on `socket` within `ms`, false otherwise. */
+function arrives(socket, event, ms = 300) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      socket.off(event, onEvent);
+      resolve(false);
+    }, ms);
+    function onEvent() {
+      clearTimeout(timer);
+      resolve(true);
+    }
+    socket.once(event, onEvent);
+  });
+}
+
+test('pickup reaches drivers but not vendors; delivered reaches only its own store', async (t) => {
+  const { hub, url } = await startHub();
+  t.after(() => hub.kill());
+  const driver = await connectClient(url, { auth: { role: 'driver', name: 'bob' } });
+  const acme = await connectClient(url, { auth: { role: 'vendor', store: 'acme' } });
+  const other = await connectClient(url);
+  t.after(() => [driver, acme, other].forEach((s) => s.close()));
+  assert.deepEqual(await emitWithAck(other, 'join', 'globex'), { ok: true });
+
+  const placed = order();
+  const driverHears = nextEvent(driver, 'pickup');
+  const acmeHearsPickup = arrives(acme, 'pickup');
+  assert.deepEqual(await emitWithAck(acme, 'pickup', placed), { ok: true });
+  assert.deepEqual(await driverHears, placed);
+  assert.equal(await acmeHearsPickup, false, 'a vendor must not hear pickups');
+
+  const acmeHears = nextEvent(acme, 'delivered');
+  const otherHears = arrives(other, 'delivered');
+  assert.deepEqual(await emitWithAck(driver, 'delivered', placed), { ok: true });
+  assert.deepEqual(await acmeHears, placed);
+  assert.equal(await otherHears, false, 'another store must not hear acme deliveries');
+});
+
+test('orderID is accepted and orderId is what the hub sends on', async (t) => {
+  const { hub, url } = await startHub();
+  t.after(() => hub.kill());
+  const driver = await connectClient(url, { auth: { role: 'driver', name: 'bob' } });
+  const vendor = await connectClient(url, { auth: { role: 'vendor', store: 'acme' } });
+  t.after(() => [driver, vendor].forEach((s) => s.close()));
+  const { orderId, ...rest } = order();
+  const heard = nextEvent(driver, 'pickup');
+  assert.deepEqual(await emitWithAck(vendor, 'pickup', { ...rest, orderID: orderId }), { ok: true });
+  assert.deepEqual(await heard, { ...rest, orderId });
+});
+
+test('join accepts a bare store id or {store}, and refuses anything else', async (t) => {
+  const { hub, url } = await startHub();
+  t.after(() => hub.kill());
+  const socket = await connectClient(url);
+  t.after(() => socket.close());
+  assert.deepEqual(await emitWithAck(socket, 'join', '1-206-flowers'), { ok: true });
+  assert.deepEqual(await emitWithAck(socket, 'join', { store: 'acme-widgets' }), { ok: true });
+  for (const bad of [42, '', { room: 'acme' }, { store: 7 }, null]) {
+    const reply = await emitWithAck(socket, 'join', bad);
+    assert.equal(reply.ok, false, JSON.stringify(bad));
+    assert.equal(reply.error.code, 'invalid_payload');
+    assert.ok(reply.error.message.length > 0);
+  }
+});
+
+test('malformed payloads are refused with a clear error and the hub keeps serving', async (t) => {
+  const { hub, url } = await startHub();
+  t.after(() => hub.kill());
+  const driver = await connectClient(url, { auth: { role: 'driver', name: 'bob' } });
+  const vendor = await connectClient(url, { auth: { role: 'vendor', store: 'acme' } });
+  t.after(() => [driver, vendor].forEach((s) => s.close()));
+
+  let deep = 'x';
+  for (let i = 0; i < 1000; i += 1) deep = [deep];
+  const { store: _store, ...withoutStore } = order();
+  const cases = [
+    ['a missing field', withoutStore, 'invalid_payload', /store/],
+    ['an empty field', order({ customer: '' }), 'invalid_payload', /customer must not be empty/],
+    ['a number for a string', order({ address: 7 }), 'invalid_payload', /invalid type/],
+    ['a string instead of an object', 'pickup please', 'invalid_payload', /./],
+    ['an array instead of an object', [order()], 'invalid_payload', /./],
+    ['a deeply nested value', order({ customer: deep }), 'invalid_payload', /recursion|invalid type/],
+    ['an overlong field', order({ address: 'a'.repeat(301) }), 'invalid_payload', /at most 300/],
+    ['an oversized payload', order({ note: 'x'.repeat(100_000) }), 'payload_too_large', /limit is 16384 bytes/],
+  ];
+  for (const [label, payload, code, message] of cases) {
+    const reply = await emitWithAck(vendor, 'pickup', payload);
+    assert.equal(reply.ok, false, label);
+    assert.equal(reply.error.code, code, label);
+    assert.match(reply.error.message, message, label);
+  }
+  const noPayload = await emitWithAck(vendor, 'pickup');
+  assert.equal(noPayload.error.code, 'invalid_payload');
+  const unknown = arrives(driver, 'pickup', 200);
+  vendor.emit('no-such-event', { hello: 'world' });
+  assert.equal(await unknown, false);
+
+  // Refused events were not routed, and good ones still are.
+  const good = order();
+  const heard = nextEvent(driver, 'pickup');
+  assert.deepEqual(await emitWithAck(vendor, 'pickup', good), { ok: true });
+  assert.deepEqual(await heard, good);
+  await hub.waitForLog(/refused pickup sid=\S+ vendor store=acme: payload_too_large/);
+  assert.equal(hub.matching(/^EVENT /).length, 1, 'only the good pickup is logged');
+});
+
+test('a message over the transport limit drops only that client', async (t) => {
+  const { hub, url } = await startHub();
+  t.after(() => hub.kill());
+  const bystander = await connectClient(url, { auth: { role: 'driver', name: 'bob' } });
+  const flooder = await connectClient(url, { auth: { role: 'vendor', store: 'acme' } });
+  t.after(() => [bystander, flooder].forEach((s) => s.close()));
+  const dropped = nextEvent(flooder, 'disconnect');
+  flooder.emit('pickup', order({ note: 'x'.repeat(2 * 1024 * 1024) }));
+  await dropped;
+
+  const vendor = await connectClient(url, { auth: { role: 'vendor', store: 'acme' } });
+  t.after(() => vendor.close());
+  const good = order();
+  const heard = nextEvent(bystander, 'pickup');
+  assert.deepEqual(await emitWithAck(vendor, 'pickup', good), { ok: true });
+  assert.deepEqual(await heard, good);
+});
+
+test('an invalid handshake is refused at connect with a clear message', async (t) => {
+  const { hub, url } = await startHub();
+  t.after(() => hub.kill());
+  for (const [auth, message] of [
+    [{ role: 'vendor' }, /invalid_handshake: a vendor handshake needs a store/],
+    [{ role: 'admin' }, /invalid_handshake: invalid handshake auth/],
+    [{ role: 'driver', name: '' }, /name must not be empty/],
+  ]) {
+    await assert.rejects(connectClient(url, { auth }), (error) => {
+      assert.match(error.message, message);
+      return true;
+    });
+  }
+});
+
+test('events sent the moment a client connects are never dropped', async (t) => {
+  const { hub, url } = await startHub();
+  t.after(() => hub.kill());
+  const clients = Array.from({ length: 60 }, () => io(`${url}/caps`, { transports: ['websocket'], reconnection: false, forceNew: true }));
+  t.after(() => clients.forEach((s) => s.close()));
+  // The official client buffers these and sends them right after CONNECT.
+  const replies = await Promise.all(clients.map((socket, i) => emitWithAck(socket, 'join', `store-${i}`)));
+  assert.equal(replies.filter((reply) => reply.ok).length, 60);
+});
