@@ -124,20 +124,10 @@ impl HubLink {
 
     /// Sends an event now if the hub is there, else keeps it for [`flush`](Self::flush).
     pub async fn send(&mut self, event: Event, payload: &impl Serialize) {
-        let payload = match serde_json::to_value(payload) {
-            Ok(payload) => payload,
-            Err(error) => {
-                log::error!("cannot encode {event}: {error}");
-                return;
-            }
+        let Some(payload) = encode(event, payload) else {
+            return;
         };
-        if self.up {
-            if let Err(error) = self.client.emit(event.name(), payload.clone()).await {
-                log::warn!("sending {event} failed, will retry after reconnecting: {error}");
-                self.up = false;
-                self.keep(event, payload);
-            }
-        } else {
+        if !self.up || !self.emit(event, payload.clone()).await {
             self.keep(event, payload);
         }
     }
@@ -145,23 +135,9 @@ impl HubLink {
     /// Sends an event now if the hub is there, else drops it; for callers
     /// that re-announce their state on every reconnect anyway. True if sent.
     pub async fn try_send(&mut self, event: Event, payload: &impl Serialize) -> bool {
-        if !self.up {
-            return false;
-        }
-        let payload = match serde_json::to_value(payload) {
-            Ok(payload) => payload,
-            Err(error) => {
-                log::error!("cannot encode {event}: {error}");
-                return false;
-            }
-        };
-        match self.client.emit(event.name(), payload).await {
-            Ok(()) => true,
-            Err(error) => {
-                log::warn!("sending {event} failed: {error}");
-                self.up = false;
-                false
-            }
+        match encode(event, payload) {
+            Some(payload) if self.up => self.emit(event, payload).await,
+            _ => false,
         }
     }
 
@@ -171,9 +147,7 @@ impl HubLink {
             let Some((event, payload)) = self.outbox.pop_front() else {
                 return;
             };
-            if let Err(error) = self.client.emit(event.name(), payload.clone()).await {
-                log::warn!("re-sending {event} failed, will retry: {error}");
-                self.up = false;
+            if !self.emit(event, payload.clone()).await {
                 self.outbox.push_front((event, payload));
             }
         }
@@ -186,6 +160,18 @@ impl HubLink {
         }
     }
 
+    /// Emits; on failure marks the link down (until the next `open`).
+    async fn emit(&mut self, event: Event, payload: serde_json::Value) -> bool {
+        match self.client.emit(event.name(), payload).await {
+            Ok(()) => true,
+            Err(error) => {
+                log::warn!("sending {event} failed; waiting for the hub: {error}");
+                self.up = false;
+                false
+            }
+        }
+    }
+
     fn keep(&mut self, event: Event, payload: serde_json::Value) {
         if self.outbox.len() >= OUTBOX_LIMIT {
             self.outbox.pop_front();
@@ -193,6 +179,12 @@ impl HubLink {
         }
         self.outbox.push_back((event, payload));
     }
+}
+
+fn encode(event: Event, payload: &impl Serialize) -> Option<serde_json::Value> {
+    serde_json::to_value(payload)
+        .inspect_err(|error| log::error!("cannot encode {event}: {error}"))
+        .ok()
 }
 
 async fn wait_for_open(
