@@ -10,8 +10,9 @@ use tokio::net::TcpListener;
 use crate::console::Console;
 use crate::demo::{self, DemoConfig};
 use crate::driver::{self, DriverConfig};
-use crate::hub::{self, EventLog, HubConfig};
-use crate::protocol::{DriverName, StoreId};
+use crate::hub::{self, DispatchConfig, EventLog, HubConfig};
+use crate::protocol::{DriverName, StoreId, limits};
+use crate::status;
 use crate::vendor::{self, VendorConfig};
 
 /// CAPS parcel dispatch over Socket.IO: a hub, shops (vendors) and couriers (drivers).
@@ -24,7 +25,12 @@ use crate::vendor::{self, VendorConfig};
 ///
 /// Diagnostics go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see more.
 #[derive(Debug, Parser)]
-#[command(name = "caps", version, verbatim_doc_comment)]
+#[command(
+    name = "caps",
+    version,
+    verbatim_doc_comment,
+    args_override_self = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,6 +46,8 @@ enum Command {
     Driver(DriverArgs),
     /// Run a hub with vendors and drivers in one terminal, to watch packages move.
     Demo(DemoArgs),
+    /// Print a hub's dispatch board: orders by state, drivers and their load, stores online.
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +58,39 @@ struct HubArgs {
     /// Port to listen on; 0 picks a free one (the first stdout line names it).
     #[arg(long, env = "CAPS_PORT", default_value_t = 3000)]
     port: u16,
+    #[command(flatten)]
+    dispatch: DispatchArgs,
+}
+
+/// How the hub hands out packages.
+#[derive(Debug, Args)]
+struct DispatchArgs {
+    /// How long a driver has to report a package in transit before it is offered to another.
+    #[arg(long, env = "CAPS_OFFER_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    offer_timeout: Duration,
+    /// Re-dispatch the packages of a named driver offline this long [default: never].
+    #[arg(long, env = "CAPS_RECLAIM_AFTER", value_parser = parse_positive_duration)]
+    reclaim_after: Option<Duration>,
+}
+
+impl DispatchArgs {
+    fn config(&self) -> DispatchConfig {
+        DispatchConfig {
+            offer_timeout: self.offer_timeout,
+            reclaim_after: self.reclaim_after,
+            ..DispatchConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The hub's URL.
+    #[arg(long, env = "CAPS_HUB", default_value = "http://127.0.0.1:3000", value_parser = parse_hub_url)]
+    hub: String,
+    /// Print the JSON the hub returns instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// How a vendor or driver reaches its hub.
@@ -83,9 +124,12 @@ struct VendorArgs {
 
 #[derive(Debug, Args)]
 struct DriverArgs {
-    /// The driver's name, as the hub shows it [default: driver-<random>].
+    /// The driver's name, its identity at the hub across reconnections [default: driver-<random>].
     #[arg(long, env = "CAPS_NAME")]
     name: Option<DriverName>,
+    /// The most packages this driver carries at once.
+    #[arg(long, env = "CAPS_CAPACITY", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=i64::from(limits::CAPACITY)))]
+    capacity: u32,
     /// Time from being offered a package to picking it up.
     #[arg(long, env = "CAPS_PICKUP_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
     pickup_delay: Duration,
@@ -121,6 +165,17 @@ struct DemoArgs {
     port: u16,
 }
 
+impl Cli {
+    /// What stderr shows when RUST_LOG is not set: the demo keeps the
+    /// terminal for the roles' lines; the others say what they are doing.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Demo(_) | Command::Status(_) => "warn",
+            Command::Hub(_) | Command::Vendor(_) | Command::Driver(_) => "warn,caps=info",
+        }
+    }
+}
+
 /// Runs the command the user asked for.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -143,6 +198,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 hub_url: args.link.hub,
                 connect_timeout: args.link.connect_timeout,
                 name,
+                capacity: Some(args.capacity),
                 pickup_delay: args.pickup_delay,
                 deliver_delay: args.deliver_delay,
             };
@@ -169,6 +225,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             demo::run(config, shutdown_signal()).await
         }
+        Command::Status(args) => status::print(&args.hub, args.json).await,
     }
 }
 
@@ -180,7 +237,11 @@ async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
     let log = EventLog::stdout();
     log.line(format!("caps hub listening on {}", hub::url_for(addr)));
     log::info!("namespace {} ready", crate::protocol::NAMESPACE);
-    hub::serve(listener, HubConfig::default(), log, shutdown_signal())
+    let config = HubConfig {
+        dispatch: args.dispatch.config(),
+        ..HubConfig::default()
+    };
+    hub::serve(listener, config, log, shutdown_signal())
         .await
         .context("serving")?;
     log::info!("hub stopped");

@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout_at};
 
-use crate::protocol::{Event, Handshake, NAMESPACE, Order};
+use crate::protocol::{Event, Handshake, NAMESPACE, Order, RefusalNotice};
 
 /// The most events kept for sending while the hub is away; beyond this the
 /// oldest are dropped (their senders re-announce them on reconnect anyway).
@@ -40,7 +40,7 @@ pub struct LinkConfig {
     pub handshake: Handshake,
     /// How long the first connection may take, retries included.
     pub connect_timeout: Duration,
-    /// The hub events this client wants to hear.
+    /// The order events this client wants to hear (`refused` is always heard).
     pub listen: Vec<Event>,
 }
 
@@ -52,7 +52,9 @@ pub enum Inbound {
     /// The connection to the hub failed; the link is reconnecting.
     ConnectionLost(String),
     /// The hub refused the connection (`connect_error`).
-    Refused(String),
+    ConnectRefused(String),
+    /// The hub refused one of our events.
+    EventRefused(RefusalNotice),
     /// An order event from the hub.
     Order(Event, Order),
 }
@@ -113,7 +115,7 @@ impl HubLink {
         match inbound {
             Inbound::Connected => self.up = true,
             Inbound::ConnectionLost(_) => self.up = false,
-            Inbound::Refused(_) | Inbound::Order(..) => {}
+            Inbound::ConnectRefused(_) | Inbound::EventRefused(_) | Inbound::Order(..) => {}
         }
     }
 
@@ -196,7 +198,7 @@ async fn wait_for_open(
             Err(_elapsed) => bail!("the namespace did not open in time"),
             Ok(None) => bail!("the connection closed"),
             Ok(Some(Inbound::Connected)) => return Ok(()),
-            Ok(Some(Inbound::Refused(reason))) => bail!("the hub refused us: {reason}"),
+            Ok(Some(Inbound::ConnectRefused(reason))) => bail!("the hub refused us: {reason}"),
             Ok(Some(_)) => {}
         }
     }
@@ -228,7 +230,7 @@ fn builder(config: &LinkConfig, events: mpsc::UnboundedSender<Inbound>) -> Clien
     builder = builder.on("error", move |payload, _| {
         let text = payload_text(&payload);
         let inbound = match text.strip_prefix("Received an ConnectError frame: ") {
-            Some(reason) => Inbound::Refused(connect_error_message(reason)),
+            Some(reason) => Inbound::ConnectRefused(connect_error_message(reason)),
             None => Inbound::ConnectionLost(text),
         };
         let _ = failed.send(inbound);
@@ -237,16 +239,39 @@ fn builder(config: &LinkConfig, events: mpsc::UnboundedSender<Inbound>) -> Clien
     for &event in &config.listen {
         let orders = events.clone();
         builder = builder.on(event.name(), move |payload, _| {
-            match first_value(&payload).map(serde_json::from_value::<Order>) {
-                Some(Ok(order)) => {
-                    let _ = orders.send(Inbound::Order(event, order));
+            match decode_inbound(event, &payload) {
+                Some(inbound) => {
+                    let _ = orders.send(inbound);
                 }
-                _ => log::warn!("ignored a malformed {event} from the hub"),
+                None => log::warn!("ignored a malformed {event} from the hub"),
             }
             async {}.boxed()
         });
     }
-    builder
+    let refusals = events;
+    builder.on(Event::Refused.name(), move |payload, _| {
+        match decode_inbound(Event::Refused, &payload) {
+            Some(inbound) => {
+                let _ = refusals.send(inbound);
+            }
+            None => log::warn!("ignored a malformed refusal from the hub"),
+        }
+        async {}.boxed()
+    })
+}
+
+/// A hub event's payload, typed; `None` if it does not parse.
+fn decode_inbound(event: Event, payload: &Payload) -> Option<Inbound> {
+    let value = first_value(payload)?;
+    if event == Event::Refused {
+        serde_json::from_value(value)
+            .ok()
+            .map(Inbound::EventRefused)
+    } else {
+        serde_json::from_value(value)
+            .ok()
+            .map(|order| Inbound::Order(event, order))
+    }
 }
 
 fn first_value(payload: &Payload) -> Option<serde_json::Value> {

@@ -45,7 +45,7 @@ pub async fn run(config: DemoConfig, shutdown: impl Future<Output = ()>) -> anyh
         .await
         .with_context(|| format!("binding 127.0.0.1:{}", config.port))?;
     let hub_url = hub::url_for(listener.local_addr()?);
-    let log = EventLog::stdout();
+    let log = EventLog::tagged_stdout("hub");
     log.line(format!("caps hub listening on {hub_url}"));
 
     let stop_hub = CancellationToken::new();
@@ -64,6 +64,7 @@ pub async fn run(config: DemoConfig, shutdown: impl Future<Output = ()>) -> anyh
             hub_url: hub_url.clone(),
             connect_timeout: Duration::from_secs(10),
             name: DriverName::new(name.clone()).map_err(anyhow::Error::msg)?,
+            capacity: None,
             pickup_delay: config.pickup_delay,
             deliver_delay: config.deliver_delay,
         };

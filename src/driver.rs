@@ -1,12 +1,16 @@
 //! `caps driver`: a courier that picks up each package it is offered, reports
 //! it in transit, then delivered, each package on its own timeline.
 //!
-//! A pickup for a package the driver already carries is ignored; a pickup for
-//! one it delivered recently is answered by repeating `delivered`, because the
-//! vendor re-sends pickups it has not heard back about (for instance when the
-//! first `delivered` went into a connection that died).
+//! The hub offers each package to one driver and hands a driver back the
+//! packages it holds when it reconnects, so the driver:
+//! - ignores an offer for a package it already carries;
+//! - answers an offer for a package it delivered recently by repeating
+//!   `in-transit` and `delivered` (its first report was lost);
+//! - re-announces the packages it carries after every reconnect;
+//! - drops a package when the hub refuses its report (the offer expired or
+//!   went to another driver while this one was away).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -16,10 +20,10 @@ use tokio::time::sleep;
 
 use crate::client::{HubLink, Inbound, LinkConfig};
 use crate::console::Console;
-use crate::protocol::{DriverName, Event, Handshake, Order, OrderId};
+use crate::protocol::{DriverName, Event, Handshake, Order, OrderId, StoreId};
 use crate::recent::RecentSet;
 
-/// How many delivered order ids a driver remembers.
+/// How many delivered packages a driver remembers.
 const REMEMBERED_DELIVERIES: usize = 100_000;
 
 /// What a driver does.
@@ -29,12 +33,30 @@ pub struct DriverConfig {
     pub hub_url: String,
     /// How long the first connection may take.
     pub connect_timeout: Duration,
-    /// The driver's name, as the hub and its logs show it.
+    /// The driver's name: its identity at the hub, across reconnections.
     pub name: DriverName,
+    /// The most packages it carries at once; `None` for no limit.
+    pub capacity: Option<u32>,
     /// Time from being offered a package to picking it up.
     pub pickup_delay: Duration,
     /// Time from picking a package up to delivering it.
     pub deliver_delay: Duration,
+}
+
+/// A package is known by its store and id: two shops may reuse an id.
+type PackageKey = (StoreId, OrderId);
+
+fn key_of(order: &Order) -> PackageKey {
+    (order.store.clone(), order.order_id.clone())
+}
+
+/// Where a package the driver holds is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Offered; the driver is on its way to pick it up.
+    Offered,
+    /// Picked up and reported in transit.
+    InTransit,
 }
 
 /// The next step of one package's timeline.
@@ -52,7 +74,7 @@ pub async fn run(
 ) -> anyhow::Result<u64> {
     let link_config = LinkConfig {
         hub_url: config.hub_url.clone(),
-        handshake: Handshake::driver(config.name.clone()),
+        handshake: Handshake::driver(config.name.clone(), config.capacity),
         connect_timeout: config.connect_timeout,
         listen: vec![Event::Pickup],
     };
@@ -64,7 +86,7 @@ pub async fn run(
     );
 
     let mut timelines: JoinSet<Step> = JoinSet::new();
-    let mut carrying: HashSet<OrderId> = HashSet::new();
+    let mut holding: HashMap<PackageKey, (Order, Stage)> = HashMap::new();
     let mut delivered = RecentSet::new(REMEMBERED_DELIVERIES);
     let mut delivered_count = 0;
     let mut draining = false;
@@ -84,6 +106,10 @@ pub async fn run(
             Some(step) = timelines.join_next(), if !timelines.is_empty() => {
                 match step {
                     Ok(Step::PickedUp(order)) => {
+                        let Some((_, stage)) = holding.get_mut(&key_of(&order)) else {
+                            continue; // dropped while on the way
+                        };
+                        *stage = Stage::InTransit;
                         console.line(format_args!("DRIVER: picked up {}", order.order_id));
                         link.send(Event::InTransit, &order).await;
                         let delay = config.deliver_delay;
@@ -93,10 +119,13 @@ pub async fn run(
                         });
                     }
                     Ok(Step::Delivered(order)) => {
+                        let key = key_of(&order);
+                        if holding.remove(&key).is_none() {
+                            continue; // dropped while in transit
+                        }
                         console.line(format_args!("DRIVER: delivered {}", order.order_id));
                         link.send(Event::Delivered, &order).await;
-                        carrying.remove(&order.order_id);
-                        delivered.insert(order.order_id);
+                        delivered.insert(key);
                         delivered_count += 1;
                     }
                     Err(error) => log::error!("a package timeline failed: {error}"),
@@ -107,21 +136,38 @@ pub async fn run(
                 link.observe(&message);
                 match message {
                     Inbound::Connected => {
-                        log::info!("reconnected to hub; carrying {} packages", carrying.len());
+                        log::info!("reconnected to hub; holding {} packages", holding.len());
                         link.flush().await;
+                        for (order, stage) in holding.values() {
+                            if *stage == Stage::InTransit {
+                                link.send(Event::InTransit, order).await;
+                            }
+                        }
                     }
                     Inbound::ConnectionLost(reason) => {
                         log::warn!("lost the hub ({reason}); reconnecting");
                     }
-                    Inbound::Refused(reason) => bail!("the hub refused us: {reason}"),
+                    Inbound::ConnectRefused(reason) => bail!("the hub refused us: {reason}"),
+                    Inbound::EventRefused(notice) => {
+                        log::warn!("the hub refused our {}: {}", notice.event, notice.error);
+                        let dropped = match (notice.store, notice.order_id) {
+                            (Some(store), Some(order_id)) => holding.remove(&(store, order_id)),
+                            _ => None,
+                        };
+                        if let Some((order, _)) = dropped {
+                            console.line(format_args!("DRIVER: dropped {} ({})", order.order_id, notice.error.code));
+                        }
+                    }
                     Inbound::Order(Event::Pickup, order) => {
-                        if delivered.contains(&order.order_id) {
+                        let key = key_of(&order);
+                        if delivered.contains(&key) {
                             log::info!("already delivered order={}; telling the hub again", order.order_id);
+                            link.send(Event::InTransit, &order).await;
                             link.send(Event::Delivered, &order).await;
-                        } else if draining || carrying.contains(&order.order_id) {
+                        } else if draining || holding.contains_key(&key) {
                             log::debug!("not taking order={}", order.order_id);
                         } else {
-                            carrying.insert(order.order_id.clone());
+                            holding.insert(key, (order.clone(), Stage::Offered));
                             let delay = config.pickup_delay;
                             timelines.spawn(async move {
                                 sleep(delay).await;

@@ -4,6 +4,7 @@
 //! ([`driver`]); every event and payload is defined once in [`protocol`], and
 //! the clients reach the hub through [`client`]. [`cli`] wires it to a binary.
 
+pub mod api;
 pub mod cli;
 pub mod client;
 pub mod console;
@@ -12,4 +13,5 @@ pub mod driver;
 pub mod hub;
 pub mod protocol;
 pub mod recent;
+pub mod status;
 pub mod vendor;

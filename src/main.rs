@@ -6,9 +6,12 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,caps=info"))
-        .init();
-    match caps::cli::run(caps::cli::Cli::parse()).await {
+    let cli = caps::cli::Cli::parse();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(cli.default_log_filter()),
+    )
+    .init();
+    match caps::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("caps: {error:#}");

@@ -7,20 +7,22 @@
 //! the order payload follow the course's lab so that its JavaScript clients
 //! work unmodified.
 //!
-//! | event        | sent by | payload                        | where the hub routes it                       |
-//! |--------------|---------|--------------------------------|-----------------------------------------------|
-//! | `join`       | vendor  | `"store-id"` or `{"store":id}` | nowhere: the hub puts the socket in that room |
-//! | `pickup`     | vendor  | `Order`                        | every driver (the `drivers` room)              |
-//! | `in-transit` | driver  | `Order`                        | the room named by `order.store`               |
-//! | `delivered`  | driver  | `Order`                        | the room named by `order.store`               |
+//! | event        | sent by | payload                        | where the hub routes it                                    |
+//! |--------------|---------|--------------------------------|------------------------------------------------------------|
+//! | `join`       | vendor  | `"store-id"` or `{"store":id}` | nowhere: the hub puts the socket in that store's room      |
+//! | `pickup`     | vendor  | `Order`                        | one driver, chosen by the hub (queued while none is free)  |
+//! | `in-transit` | driver  | `Order`                        | the room named by `order.store`, once per order            |
+//! | `delivered`  | driver  | `Order`                        | the room named by `order.store`, once per order            |
+//! | `refused`    | hub     | `RefusalNotice`                | the sender of a refused event that asked for no ack        |
 //!
 //! A client that asks for an acknowledgement gets an [`Ack`]: `{"ok":true}` or
 //! `{"ok":false,"error":{"code":"…","message":"…"}}` with a stable [`ErrorCode`].
 //!
 //! Our own clients say who they are in the Socket.IO handshake `auth`
 //! ([`Handshake`]): `{"role":"vendor","store":"acme"}` or
-//! `{"role":"driver","name":"bob"}`. Clients that send no `auth` (the lab's)
-//! are treated as drivers until they `join` a store, which makes them vendors.
+//! `{"role":"driver","name":"bob","capacity":5}`. Clients that send no `auth`
+//! (the lab's) are treated as drivers until they `join` a store, which makes
+//! them vendors.
 
 use std::fmt;
 
@@ -28,9 +30,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 /// The Socket.IO namespace that carries all CAPS traffic.
 pub const NAMESPACE: &str = "/caps";
-
-/// The room every driver is in; `pickup` is broadcast there.
-pub const DRIVERS_ROOM: &str = "drivers";
 
 /// The CAPS events, by their names on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +42,8 @@ pub enum Event {
     InTransit,
     /// A driver has delivered a package; the hub tells its store.
     Delivered,
+    /// The hub refused an event whose sender asked for no acknowledgement.
+    Refused,
 }
 
 impl Event {
@@ -61,6 +62,7 @@ impl Event {
             Event::Pickup => "pickup",
             Event::InTransit => "in-transit",
             Event::Delivered => "delivered",
+            Event::Refused => "refused",
         }
     }
 
@@ -82,6 +84,14 @@ impl Serialize for Event {
     }
 }
 
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Event::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown event {name:?}")))
+    }
+}
+
 /// Limits on the text fields of a payload, in characters.
 pub mod limits {
     /// Longest store id.
@@ -96,6 +106,8 @@ pub mod limits {
     pub const DRIVER_NAME: usize = 100;
     /// Largest event payload the hub parses, in bytes of JSON.
     pub const EVENT_BYTES: usize = 16 * 1024;
+    /// Most packages a driver may declare it can carry at once.
+    pub const CAPACITY: u32 = 10_000;
 }
 
 /// Checks one text field: not blank, not too long, no control characters.
@@ -268,6 +280,9 @@ pub struct Handshake {
     /// A driver's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<DriverName>,
+    /// How many packages a driver carries at once; no limit if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
 }
 
 impl Handshake {
@@ -277,21 +292,23 @@ impl Handshake {
             role: Some(RoleName::Vendor),
             store: Some(store),
             name: None,
+            capacity: None,
         }
     }
 
-    /// The handshake of a driver called `name`.
-    pub fn driver(name: DriverName) -> Self {
+    /// The handshake of a driver called `name` that carries at most `capacity` packages.
+    pub fn driver(name: DriverName, capacity: Option<u32>) -> Self {
         Handshake {
             role: Some(RoleName::Driver),
             store: None,
             name: Some(name),
+            capacity,
         }
     }
 }
 
 /// Why the hub refused an event or a connection; stable, machine-readable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The payload is not the expected shape: wrong type, missing or bad field.
@@ -300,6 +317,21 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The handshake `auth` object is not a valid identity.
     InvalidHandshake,
+    /// No order with this store and `orderId` is known.
+    UnknownOrder,
+    /// The order is not assigned to the sender (another driver's, or an
+    /// offer that was withdrawn).
+    NotAssigned,
+    /// The order is not in a state that allows this event (e.g. `delivered`
+    /// before `in-transit`).
+    OutOfOrder,
+    /// A pickup reuses an `orderId` with a different payload.
+    OrderConflict,
+    /// The hub is overloaded; try again.
+    Busy,
+    /// A code this build does not know (from a newer hub).
+    #[serde(other)]
+    Other,
 }
 
 impl ErrorCode {
@@ -309,6 +341,12 @@ impl ErrorCode {
             ErrorCode::InvalidPayload => "invalid_payload",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::InvalidHandshake => "invalid_handshake",
+            ErrorCode::UnknownOrder => "unknown_order",
+            ErrorCode::NotAssigned => "not_assigned",
+            ErrorCode::OutOfOrder => "out_of_order",
+            ErrorCode::OrderConflict => "order_conflict",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Other => "other",
         }
     }
 }
@@ -320,7 +358,7 @@ impl fmt::Display for ErrorCode {
 }
 
 /// A refusal: a stable code and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct Refusal {
     /// What kind of refusal this is.
@@ -337,6 +375,23 @@ impl Refusal {
             message: message.into(),
         }
     }
+}
+
+/// The payload of `refused`: what the hub refused and why. Clients that
+/// cannot use acknowledgements (rust_socketio) learn of refusals this way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusalNotice {
+    /// The event that was refused.
+    pub event: Event,
+    /// The order's store, when the payload named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreId>,
+    /// The order's id, when the payload named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<OrderId>,
+    /// Why.
+    pub error: Refusal,
 }
 
 /// The acknowledgement the hub sends when a client asks for one.
@@ -473,10 +528,10 @@ mod tests {
             serde_json::to_value(&vendor).unwrap(),
             json!({"role": "vendor", "store": "acme"})
         );
-        let driver = Handshake::driver(DriverName::new("bob").unwrap());
+        let driver = Handshake::driver(DriverName::new("bob").unwrap(), Some(3));
         assert_eq!(
             serde_json::to_value(&driver).unwrap(),
-            json!({"role": "driver", "name": "bob"})
+            json!({"role": "driver", "name": "bob", "capacity": 3})
         );
         assert_eq!(
             serde_json::from_value::<Handshake>(json!({})).unwrap(),
@@ -496,6 +551,46 @@ mod tests {
             serde_json::to_value(refused).unwrap(),
             json!({"ok": false, "error": {"code": "invalid_payload", "message": "missing field"}})
         );
+    }
+
+    #[test]
+    fn refusal_notices_have_the_documented_shape() {
+        let notice = RefusalNotice {
+            event: Event::Delivered,
+            store: Some(StoreId::new("acme").unwrap()),
+            order_id: Some(OrderId::new("o-1").unwrap()),
+            error: Refusal::new(ErrorCode::NotAssigned, "order o-1 is assigned to alice"),
+        };
+        let wire = json!({
+            "event": "delivered",
+            "store": "acme",
+            "orderId": "o-1",
+            "error": {"code": "not_assigned", "message": "order o-1 is assigned to alice"}
+        });
+        assert_eq!(serde_json::to_value(&notice).unwrap(), wire);
+        assert_eq!(
+            serde_json::from_value::<RefusalNotice>(wire).unwrap(),
+            notice
+        );
+        let future: Refusal =
+            serde_json::from_value(json!({"code": "brand_new", "message": "m"})).unwrap();
+        assert_eq!(future.code, ErrorCode::Other);
+    }
+
+    #[test]
+    fn error_codes_serialize_as_their_names() {
+        for code in [
+            ErrorCode::InvalidPayload,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::InvalidHandshake,
+            ErrorCode::UnknownOrder,
+            ErrorCode::NotAssigned,
+            ErrorCode::OutOfOrder,
+            ErrorCode::OrderConflict,
+            ErrorCode::Busy,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
+        }
     }
 
     #[test]

@@ -1,18 +1,17 @@
-//! A bounded memory of recently seen order ids, so that repeats are noticed
+//! A bounded memory of recently seen ids, so that repeats are noticed
 //! without remembering every order forever.
 
 use std::collections::{HashSet, VecDeque};
-
-use crate::protocol::OrderId;
+use std::hash::Hash;
 
 /// A set that remembers only its most recent `capacity` members.
-pub struct RecentSet {
-    members: HashSet<OrderId>,
-    order: VecDeque<OrderId>,
+pub struct RecentSet<T> {
+    members: HashSet<T>,
+    order: VecDeque<T>,
     capacity: usize,
 }
 
-impl RecentSet {
+impl<T: Hash + Eq + Clone> RecentSet<T> {
     /// An empty set that holds at most `capacity` ids.
     pub fn new(capacity: usize) -> Self {
         RecentSet {
@@ -23,7 +22,7 @@ impl RecentSet {
     }
 
     /// Adds `id`; true if it was not there already.
-    pub fn insert(&mut self, id: OrderId) -> bool {
+    pub fn insert(&mut self, id: T) -> bool {
         if !self.members.insert(id.clone()) {
             return false;
         }
@@ -37,7 +36,7 @@ impl RecentSet {
     }
 
     /// Whether `id` is remembered.
-    pub fn contains(&self, id: &OrderId) -> bool {
+    pub fn contains(&self, id: &T) -> bool {
         self.members.contains(id)
     }
 }
@@ -48,7 +47,7 @@ mod tests {
 
     #[test]
     fn recent_set_forgets_the_oldest() {
-        let id = |n: u32| OrderId::new(n.to_string()).unwrap();
+        let id = |n: u32| n;
         let mut set = RecentSet::new(2);
         assert!(set.insert(id(1)));
         assert!(!set.insert(id(1)));

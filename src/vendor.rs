@@ -50,6 +50,15 @@ pub struct VendorReport {
     pub placed: u64,
     /// Of those, delivered.
     pub delivered: u64,
+    /// Of those, refused by the hub (they will never be delivered).
+    pub refused: u64,
+}
+
+impl VendorReport {
+    /// Orders settled one way or the other.
+    fn settled(&self) -> u64 {
+        self.delivered + self.refused
+    }
 }
 
 /// Runs a vendor until its `count` orders are delivered or `shutdown` completes.
@@ -86,7 +95,7 @@ pub async fn run(
     tokio::pin!(shutdown);
 
     loop {
-        if config.count == Some(report.delivered) {
+        if config.count == Some(report.settled()) {
             break;
         }
         tokio::select! {
@@ -122,7 +131,17 @@ pub async fn run(
                     Inbound::ConnectionLost(reason) => {
                         log::warn!("lost the hub ({reason}); reconnecting");
                     }
-                    Inbound::Refused(reason) => bail!("the hub refused us: {reason}"),
+                    Inbound::ConnectRefused(reason) => bail!("the hub refused us: {reason}"),
+                    Inbound::EventRefused(notice) => {
+                        log::warn!("the hub refused our {}: {}", notice.event, notice.error);
+                        let ours = notice.event == Event::Pickup && notice.store.as_ref() == Some(&config.store);
+                        if let Some(order_id) = notice.order_id.filter(|_| ours)
+                            && outstanding.remove(&order_id).is_some()
+                        {
+                            console.line(format_args!("VENDOR: order {order_id} refused ({})", notice.error.code));
+                            report.refused += 1;
+                        }
+                    }
                     Inbound::Order(Event::Delivered, order) if order.store == config.store => {
                         let ours = outstanding.remove(&order.order_id).is_some();
                         if ours {
@@ -139,11 +158,19 @@ pub async fn run(
     }
     link.close().await;
     log::info!(
-        "vendor done store={} placed={} delivered={}",
+        "vendor done store={} placed={} delivered={} refused={}",
         config.store,
         report.placed,
-        report.delivered
+        report.delivered,
+        report.refused
     );
+    if report.refused > 0 {
+        bail!(
+            "the hub refused {} of {} orders",
+            report.refused,
+            report.placed
+        );
+    }
     Ok(report)
 }
 

@@ -102,76 +102,62 @@ async fn next_order(inbound: &mut UnboundedReceiver<Inbound>) -> Inbound {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deliveries_reach_their_own_store_and_no_other() {
+async fn each_store_hears_only_of_its_own_packages() {
     let hub = start_hub().await;
     let acme = StoreId::new("acme").unwrap();
     let globex = StoreId::new("globex").unwrap();
-    let (mut acme_link, mut acme_inbound) = connect(
-        &hub.url,
-        Handshake::vendor(acme.clone()),
-        vec![Event::Delivered, Event::Pickup],
-    )
-    .await;
-    let (_globex_link, mut globex_inbound) = connect(
-        &hub.url,
-        Handshake::vendor(globex.clone()),
-        vec![Event::Delivered],
-    )
-    .await;
-    let (mut driver_link, mut driver_inbound) = connect(
-        &hub.url,
-        Handshake::driver(DriverName::new("bob").unwrap()),
-        vec![Event::Pickup],
-    )
-    .await;
+    let listen = vec![Event::Pickup, Event::InTransit, Event::Delivered];
+    let (mut acme_link, mut acme_inbound) =
+        connect(&hub.url, Handshake::vendor(acme.clone()), listen.clone()).await;
+    let (mut globex_link, mut globex_inbound) =
+        connect(&hub.url, Handshake::vendor(globex.clone()), listen).await;
+    let bob = Handshake::driver(DriverName::new("bob").unwrap(), None);
+    let (mut driver_link, mut driver_inbound) = connect(&hub.url, bob, vec![Event::Pickup]).await;
 
-    let order = fake_order(&acme);
-    acme_link.send(Event::Pickup, &order).await;
-    assert_eq!(
-        next_order(&mut driver_inbound).await,
-        Inbound::Order(Event::Pickup, order.clone())
-    );
-
-    driver_link.send(Event::Delivered, &order).await;
-    assert_eq!(
-        next_order(&mut acme_inbound).await,
-        Inbound::Order(Event::Delivered, order.clone())
-    );
-
-    // globex hears its own delivery, and acme's never reached it before that.
-    let own = fake_order(&globex);
-    driver_link.send(Event::Delivered, &own).await;
-    assert_eq!(
-        next_order(&mut globex_inbound).await,
-        Inbound::Order(Event::Delivered, own)
-    );
-    // acme (a vendor) heard no pickup: its next order event is nothing at all.
-    assert!(
-        timeout(Duration::from_millis(200), acme_inbound.recv())
-            .await
-            .is_err()
-    );
+    for (link, inbound, store) in [
+        (&mut acme_link, &mut acme_inbound, &acme),
+        (&mut globex_link, &mut globex_inbound, &globex),
+    ] {
+        let order = fake_order(store);
+        link.send(Event::Pickup, &order).await;
+        assert_eq!(
+            next_order(&mut driver_inbound).await,
+            Inbound::Order(Event::Pickup, order.clone())
+        );
+        driver_link.send(Event::InTransit, &order).await;
+        assert_eq!(
+            next_order(inbound).await,
+            Inbound::Order(Event::InTransit, order.clone())
+        );
+        driver_link.send(Event::Delivered, &order).await;
+        assert_eq!(
+            next_order(inbound).await,
+            Inbound::Order(Event::Delivered, order)
+        );
+    }
+    // Neither vendor heard a pickup nor the other store's news: nothing is left.
+    for inbound in [&mut acme_inbound, &mut globex_inbound] {
+        assert!(
+            timeout(Duration::from_millis(200), next_order(inbound))
+                .await
+                .is_err()
+        );
+    }
 
     let logged: Vec<String> = hub.log.lines();
-    assert!(
-        logged
-            .iter()
-            .any(|l| l.starts_with(r#"EVENT {"event":"pickup""#)),
-        "{logged:?}"
-    );
-    assert_eq!(
-        logged
-            .iter()
-            .filter(|l| l.starts_with(r#"EVENT {"event":"delivered""#))
-            .count(),
-        2,
-        "{logged:?}"
-    );
+    for event in ["pickup", "in-transit", "delivered"] {
+        let prefix = format!(r#"EVENT {{"event":"{event}""#);
+        assert_eq!(
+            logged.iter().filter(|l| l.starts_with(&prefix)).count(),
+            2,
+            "{logged:?}"
+        );
+    }
     hub.stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lab_style_client_becomes_a_vendor_when_it_joins() {
+async fn a_lab_style_client_is_a_driver_until_it_joins_a_store() {
     let hub = start_hub().await;
     let store = StoreId::new("1-206-flowers").unwrap();
     let (mut lab, mut lab_inbound) = connect(
@@ -183,15 +169,15 @@ async fn a_lab_style_client_becomes_a_vendor_when_it_joins() {
     let (mut vendor, _vendor_inbound) =
         connect(&hub.url, Handshake::vendor(store.clone()), vec![]).await;
 
-    // Undeclared: it hears pickups, as the lab's drivers do.
-    let first = fake_order(&store);
-    vendor.send(Event::Pickup, &first).await;
+    // Undeclared, it is the only driver: it is offered the package.
+    let order = fake_order(&store);
+    vendor.send(Event::Pickup, &order).await;
     assert_eq!(
         next_order(&mut lab_inbound).await,
-        Inbound::Order(Event::Pickup, first)
+        Inbound::Order(Event::Pickup, order.clone())
     );
 
-    // After joining a store it is that store's vendor: deliveries, no pickups.
+    // Joining a store makes it that store's vendor: the offer goes to a real driver.
     lab.send(
         Event::Join,
         &JoinRequest {
@@ -200,12 +186,17 @@ async fn a_lab_style_client_becomes_a_vendor_when_it_joins() {
     )
     .await;
     hub.wait_for_log_line(r#"EVENT {"event":"join""#).await;
-    let second = fake_order(&store);
-    vendor.send(Event::Pickup, &second).await;
-    vendor.send(Event::Delivered, &second).await;
+    let bob = Handshake::driver(DriverName::new("bob").unwrap(), None);
+    let (mut driver, mut driver_inbound) = connect(&hub.url, bob, vec![Event::Pickup]).await;
+    assert_eq!(
+        next_order(&mut driver_inbound).await,
+        Inbound::Order(Event::Pickup, order.clone())
+    );
+    driver.send(Event::InTransit, &order).await;
+    driver.send(Event::Delivered, &order).await;
     assert_eq!(
         next_order(&mut lab_inbound).await,
-        Inbound::Order(Event::Delivered, second)
+        Inbound::Order(Event::Delivered, order)
     );
     hub.stop.cancel();
 }

@@ -31,13 +31,23 @@ impl EventLog {
         Self::to_writer(std::io::stdout())
     }
 
+    /// A log on stdout whose lines start with `[tag] `, for a terminal shared
+    /// with other roles (the demo).
+    pub fn tagged_stdout(tag: &str) -> Self {
+        Self::start(std::io::stdout(), format!("[{tag}] ").into_bytes())
+    }
+
     /// A log that writes to `out` from a background thread; the thread ends
     /// when the last handle is dropped, after writing everything it was given.
     pub fn to_writer(out: impl Write + Send + 'static) -> Self {
+        Self::start(out, Vec::new())
+    }
+
+    fn start(out: impl Write + Send + 'static, prefix: Vec<u8>) -> Self {
         let (lines, incoming) = mpsc::channel::<Vec<u8>>();
         std::thread::Builder::new()
             .name("caps-event-log".into())
-            .spawn(move || write_lines(incoming, out))
+            .spawn(move || write_lines(incoming, out, &prefix))
             .expect("spawning the event log thread");
         EventLog { lines }
     }
@@ -66,16 +76,16 @@ impl EventLog {
     }
 }
 
-fn write_lines(incoming: mpsc::Receiver<Vec<u8>>, out: impl Write) {
+fn write_lines(incoming: mpsc::Receiver<Vec<u8>>, out: impl Write, prefix: &[u8]) {
     let mut out = std::io::BufWriter::new(out);
     while let Ok(first) = incoming.recv() {
         let mut batch = Some(first);
         while let Some(line) = batch {
-            if out
-                .write_all(&line)
-                .and_then(|()| out.write_all(b"\n"))
-                .is_err()
-            {
+            let written = out
+                .write_all(prefix)
+                .and_then(|()| out.write_all(&line))
+                .and_then(|()| out.write_all(b"\n"));
+            if written.is_err() {
                 return;
             }
             batch = incoming.try_recv().ok();

@@ -1,18 +1,18 @@
-//! The hub's Socket.IO handlers: admit a socket, then route its CAPS events.
-//!
-//! Handlers are thin: they take a payload already typed by [`Checked`], log
-//! it, route it and acknowledge. Every refusal is a warning on stderr and, if
-//! the client asked for one, an error acknowledgement.
+//! The hub's Socket.IO handlers: admit a socket, then hand each of its events,
+//! typed, to the core in the order they arrive.
 
-use socketioxide::extract::{AckSender, Event as EventName, SocketRef, State, TryData};
-use socketioxide::socket::DisconnectReason;
+use std::sync::Arc;
+
+use socketioxide::adapter::LocalAdapter;
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::handler::{FromMessageParts, MessageHandler, Value};
+use socketioxide::socket::{DisconnectReason, Socket};
 
 use super::HubState;
-use super::checked::Checked;
+use super::core::{ClientEvent, CoreHandle, Reply, peer_of};
+use super::decode::decode;
 use super::peer::Peer;
-use crate::protocol::{
-    Ack, DRIVERS_ROOM, ErrorCode, Event, Handshake, JoinRequest, Order, Refusal,
-};
+use crate::protocol::{ErrorCode, Event, Handshake, Refusal};
 
 /// Connect middleware: checks the handshake and sets the socket up.
 ///
@@ -23,6 +23,7 @@ use crate::protocol::{
 pub async fn admit(
     socket: SocketRef,
     TryData(handshake): TryData<Handshake>,
+    State(hub): State<HubState>,
 ) -> Result<(), Refusal> {
     let peer = handshake
         .map_err(|error| {
@@ -34,134 +35,81 @@ pub async fn admit(
         .and_then(Peer::from_handshake)
         .inspect_err(|refusal| log::warn!("refused connection sid={}: {refusal}", socket.id))?;
 
-    socket.on(Event::Join.name(), on_join);
-    socket.on(Event::Pickup.name(), on_pickup);
-    socket.on(
-        Event::InTransit.name(),
-        async |socket: SocketRef, order: Checked<Order>, ack: AckSender, hub: State<HubState>| {
-            relay_to_store(Event::InTransit, socket, order, ack, hub).await;
+    for event in [
+        Event::Join,
+        Event::Pickup,
+        Event::InTransit,
+        Event::Delivered,
+    ] {
+        socket.on(
+            event.name(),
+            Inlet {
+                event,
+                core: hub.core.clone(),
+            },
+        );
+    }
+    socket.on_fallback(
+        async |socket: SocketRef, name: socketioxide::extract::Event| {
+            log::debug!("ignored unknown event sid={} event={:?}", socket.id, name.0);
         },
     );
-    socket.on(
-        Event::Delivered.name(),
-        async |socket: SocketRef, order: Checked<Order>, ack: AckSender, hub: State<HubState>| {
-            relay_to_store(Event::Delivered, socket, order, ack, hub).await;
-        },
-    );
-    socket.on_fallback(on_unknown_event);
     socket.on_disconnect(on_disconnect);
 
-    match &peer {
-        Peer::Vendor { store } => socket.join(store.to_string()),
-        Peer::Driver { .. } | Peer::Undeclared => socket.join(DRIVERS_ROOM),
+    if let Peer::Vendor { store } = &peer {
+        socket.join(store.to_string());
     }
     socket.extensions.insert(peer);
     Ok(())
 }
 
-/// Connect handler: the socket is in; say so.
-pub async fn on_connect(socket: SocketRef) {
+/// Connect handler: the socket is in; tell the core.
+pub async fn on_connect(socket: SocketRef, State(hub): State<HubState>) {
     log::info!(
         "connected sid={} {} transport={:?}",
         socket.id,
         peer_of(&socket),
         socket.transport_type()
     );
+    hub.core.connected(socket);
 }
 
-async fn on_join(
-    socket: SocketRef,
-    Checked(request): Checked<JoinRequest>,
-    ack: AckSender,
-    State(hub): State<HubState>,
-) {
-    let request = match request {
-        Ok(request) => request,
-        Err(refusal) => return refuse(&socket, Event::Join, ack, refusal),
-    };
-    hub.log.record(Event::Join, &request);
-    if peer_of(&socket) == Peer::Undeclared {
-        // A lab client that joins a store is a vendor: stop sending it pickups.
-        socket.leave(DRIVERS_ROOM);
-        socket.extensions.insert(Peer::Vendor {
-            store: request.store.clone(),
-        });
-    }
-    log::info!("joined sid={} room={}", socket.id, request.store);
-    socket.join(request.store.to_string());
-    accept(ack);
-}
-
-async fn on_pickup(
-    socket: SocketRef,
-    Checked(order): Checked<Order>,
-    ack: AckSender,
-    State(hub): State<HubState>,
-) {
-    let order = match order {
-        Ok(order) => order,
-        Err(refusal) => return refuse(&socket, Event::Pickup, ack, refusal),
-    };
-    hub.log.record(Event::Pickup, &order);
-    if let Err(error) = socket
-        .to(DRIVERS_ROOM)
-        .emit(Event::Pickup.name(), &order)
-        .await
-    {
-        log::warn!("pickup broadcast failed order={}: {error}", order.order_id);
-    }
-    accept(ack);
-}
-
-/// `in-transit` and `delivered`: tell the order's store, and no one else.
-async fn relay_to_store(
-    event: Event,
-    socket: SocketRef,
-    Checked(order): Checked<Order>,
-    ack: AckSender,
-    State(hub): State<HubState>,
-) {
-    let order = match order {
-        Ok(order) => order,
-        Err(refusal) => return refuse(&socket, event, ack, refusal),
-    };
-    hub.log.record(event, &order);
-    if let Err(error) = socket
-        .within(order.store.to_string())
-        .emit(event.name(), &order)
-        .await
-    {
-        log::warn!("{event} relay failed order={}: {error}", order.order_id);
-    }
-    accept(ack);
-}
-
-async fn on_unknown_event(socket: SocketRef, EventName(name): EventName) {
-    log::debug!("ignored unknown event sid={} event={name:?}", socket.id);
-}
-
-async fn on_disconnect(socket: SocketRef, reason: DisconnectReason) {
+async fn on_disconnect(socket: SocketRef, reason: DisconnectReason, State(hub): State<HubState>) {
     log::info!(
         "disconnected sid={} {} reason={reason:?}",
         socket.id,
         peer_of(&socket)
     );
+    hub.core.disconnected(socket);
 }
 
-fn peer_of(socket: &SocketRef) -> Peer {
-    socket.extensions.get::<Peer>().unwrap_or(Peer::Undeclared)
+/// The handler of one CAPS event. Unlike a closure handler (which
+/// socketioxide spawns as a task of its own), it runs as the message is read,
+/// so events reach the core in the order the client sent them.
+#[derive(Clone)]
+struct Inlet {
+    event: Event,
+    core: CoreHandle,
 }
 
-fn accept(ack: AckSender) {
-    // The client may be gone already; its loss, nothing to undo here.
-    let _ = ack.send(&Ack::accepted());
-}
+/// Marks [`Inlet`]'s `MessageHandler` implementation.
+struct InletCall;
 
-fn refuse(socket: &SocketRef, event: Event, ack: AckSender, refusal: Refusal) {
-    log::warn!(
-        "refused {event} sid={} {}: {refusal}",
-        socket.id,
-        peer_of(socket)
-    );
-    let _ = ack.send(&Ack::refused(refusal));
+impl MessageHandler<LocalAdapter, InletCall> for Inlet {
+    fn call(&self, socket: Arc<Socket<LocalAdapter>>, mut value: Value, ack_id: Option<i64>) {
+        let Ok(ack) = AckSender::from_message_parts(&socket, &mut value, &ack_id);
+        let reply = Reply::new(ack, ack_id.is_some());
+        let parsed = match self.event {
+            Event::Join => decode(&socket, &mut value, &ack_id).map(ClientEvent::Join),
+            Event::Pickup => decode(&socket, &mut value, &ack_id).map(ClientEvent::Pickup),
+            Event::InTransit => decode(&socket, &mut value, &ack_id).map(ClientEvent::InTransit),
+            Event::Delivered => decode(&socket, &mut value, &ack_id).map(ClientEvent::Delivered),
+            Event::Refused => return,
+        };
+        let socket = SocketRef::from(socket);
+        match parsed {
+            Ok(event) => self.core.submit_event(socket, event, reply),
+            Err(refusal) => reply.refuse(&socket, self.event, None, refusal),
+        }
+    }
 }

@@ -7,7 +7,8 @@
 
 use std::fmt;
 
-use crate::protocol::{DriverName, ErrorCode, Handshake, Refusal, RoleName, StoreId};
+use super::dispatch::DriverKey;
+use crate::protocol::{DriverName, ErrorCode, Handshake, Refusal, RoleName, StoreId, limits};
 
 /// The identity of one connected socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,8 +20,10 @@ pub enum Peer {
     },
     /// A courier that declared itself.
     Driver {
-        /// Its display name.
+        /// Its display name, which is also its identity across reconnections.
         name: DriverName,
+        /// The most packages it carries at once; no limit if `None`.
+        capacity: Option<u32>,
     },
     /// A client that declared nothing (the lab's); handled as a driver until
     /// it joins a store.
@@ -36,21 +39,34 @@ impl Peer {
                 role: None,
                 store: None,
                 name: None,
+                capacity: None,
             } => Ok(Peer::Undeclared),
             Handshake {
                 role: Some(RoleName::Vendor),
                 store: Some(store),
                 name: None,
+                capacity: None,
             } => Ok(Peer::Vendor { store }),
             Handshake {
                 role: Some(RoleName::Vendor),
                 ..
-            } => Err(invalid("a vendor handshake needs a store and no name")),
+            } => Err(invalid(
+                "a vendor handshake needs a store, and no name or capacity",
+            )),
+            Handshake {
+                role: Some(RoleName::Driver),
+                capacity: Some(capacity),
+                ..
+            } if capacity == 0 || capacity > limits::CAPACITY => Err(invalid(&format!(
+                "capacity must be between 1 and {}",
+                limits::CAPACITY
+            ))),
             Handshake {
                 role: Some(RoleName::Driver),
                 store: None,
                 name: Some(name),
-            } => Ok(Peer::Driver { name }),
+                capacity,
+            } => Ok(Peer::Driver { name, capacity }),
             Handshake {
                 role: Some(RoleName::Driver),
                 ..
@@ -61,9 +77,22 @@ impl Peer {
         }
     }
 
-    /// Whether the hub sends this socket pickups.
-    pub fn hears_pickups(&self) -> bool {
-        !matches!(self, Peer::Vendor { .. })
+    /// The identity under which the desk knows this socket as a driver, if
+    /// it is one (a vendor is not).
+    pub fn driver_key(&self, sid: &str) -> Option<DriverKey> {
+        match self {
+            Peer::Driver { name, .. } => Some(DriverKey::Named(name.clone())),
+            Peer::Undeclared => Some(DriverKey::Anonymous(sid.to_owned())),
+            Peer::Vendor { .. } => None,
+        }
+    }
+
+    /// The most packages this peer carries at once, if it said.
+    pub fn capacity(&self) -> Option<u32> {
+        match self {
+            Peer::Driver { capacity, .. } => *capacity,
+            Peer::Vendor { .. } | Peer::Undeclared => None,
+        }
     }
 }
 
@@ -71,7 +100,7 @@ impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Peer::Vendor { store } => write!(f, "vendor store={store}"),
-            Peer::Driver { name } => write!(f, "driver name={name}"),
+            Peer::Driver { name, .. } => write!(f, "driver name={name}"),
             Peer::Undeclared => f.write_str("undeclared"),
         }
     }
@@ -101,14 +130,25 @@ mod tests {
         assert_eq!(
             Peer::from_handshake(handshake(json!({"role":"driver","name":"bob"}))).unwrap(),
             Peer::Driver {
-                name: DriverName::new("bob").unwrap()
+                name: DriverName::new("bob").unwrap(),
+                capacity: None
             }
+        );
+        assert_eq!(
+            Peer::from_handshake(handshake(
+                json!({"role":"driver","name":"bob","capacity":2})
+            ))
+            .unwrap()
+            .capacity(),
+            Some(2)
         );
         for bad in [
             json!({"role":"vendor"}),
             json!({"role":"driver"}),
             json!({"role":"driver","name":"bob","store":"acme"}),
             json!({"store":"acme"}),
+            json!({"role":"driver","name":"bob","capacity":0}),
+            json!({"role":"vendor","store":"acme","capacity":3}),
         ] {
             let refusal = Peer::from_handshake(handshake(bad.clone())).unwrap_err();
             assert_eq!(refusal.code, ErrorCode::InvalidHandshake, "{bad}");

@@ -236,3 +236,114 @@ pub fn ids_after(lines: &[String], prefix: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The hub's dispatch board, read through `caps status --json`.
+pub fn hub_status(url: &str) -> serde_json::Value {
+    let output = caps_command(&["status", "--json", "--hub", url])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "caps status failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Polls the hub's board until `ready` holds for it; returns that board.
+pub fn wait_for_status(
+    url: &str,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = hub_status(url);
+        if ready(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hub never reached: {what}\n{status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A vendor connection of our own that records every order event its store
+/// is told, to count exactly what a store sees.
+pub struct StoreWatcher {
+    heard: Arc<Mutex<Vec<(String, String)>>>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl StoreWatcher {
+    /// Connects as a vendor of `store` and starts recording.
+    pub fn start(url: &str, store: &str) -> StoreWatcher {
+        use caps::client::{HubLink, Inbound, LinkConfig};
+        use caps::protocol::{Event, Handshake, StoreId};
+
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (ready, is_ready) = std::sync::mpsc::channel::<()>();
+        let config = LinkConfig {
+            hub_url: url.to_owned(),
+            handshake: Handshake::vendor(StoreId::new(store).unwrap()),
+            connect_timeout: Duration::from_secs(10),
+            listen: vec![Event::Pickup, Event::InTransit, Event::Delivered],
+        };
+        let record = Arc::clone(&heard);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let (_link, mut inbound) =
+                    HubLink::connect(&config).await.expect("watcher connects");
+                ready.send(()).unwrap();
+                loop {
+                    if stopped.try_recv().is_ok() {
+                        return;
+                    }
+                    let next =
+                        tokio::time::timeout(Duration::from_millis(50), inbound.recv()).await;
+                    match next {
+                        Ok(Some(Inbound::Order(event, order))) => record
+                            .lock()
+                            .unwrap()
+                            .push((event.name().to_owned(), order.order_id.to_string())),
+                        Ok(Some(_)) | Err(_) => {}
+                        Ok(None) => return,
+                    }
+                }
+            });
+        });
+        is_ready
+            .recv_timeout(WAIT)
+            .expect("the watcher connected in time");
+        StoreWatcher {
+            heard,
+            stop: Some(stop),
+        }
+    }
+
+    /// How many times each order was announced with `event`.
+    pub fn counts(&self, event: &str) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for (heard_event, id) in self.heard.lock().unwrap().iter() {
+            if heard_event == event {
+                *counts.entry(id.clone()).or_default() += 1;
+            }
+        }
+        counts
+    }
+}
+
+impl Drop for StoreWatcher {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -28,7 +28,7 @@ function arrives(socket, event, ms = 300) {
   });
 }
 
-test('pickup reaches drivers but not vendors; delivered reaches only its own store', async (t) => {
+test('a pickup reaches one driver and no vendor; its news reaches only its own store', async (t) => {
   const { hub, url } = await startHub();
   t.after(() => hub.kill());
   const driver = await connectClient(url, { auth: { role: 'driver', name: 'bob' } });
@@ -40,15 +40,19 @@ test('pickup reaches drivers but not vendors; delivered reaches only its own sto
   const placed = order();
   const driverHears = nextEvent(driver, 'pickup');
   const acmeHearsPickup = arrives(acme, 'pickup');
+  const otherHearsPickup = arrives(other, 'pickup');
   assert.deepEqual(await emitWithAck(acme, 'pickup', placed), { ok: true });
   assert.deepEqual(await driverHears, placed);
   assert.equal(await acmeHearsPickup, false, 'a vendor must not hear pickups');
+  assert.equal(await otherHearsPickup, false, 'a lab vendor that joined must not hear pickups');
 
-  const acmeHears = nextEvent(acme, 'delivered');
-  const otherHears = arrives(other, 'delivered');
-  assert.deepEqual(await emitWithAck(driver, 'delivered', placed), { ok: true });
-  assert.deepEqual(await acmeHears, placed);
-  assert.equal(await otherHears, false, 'another store must not hear acme deliveries');
+  for (const event of ['in-transit', 'delivered']) {
+    const acmeHears = nextEvent(acme, event);
+    const otherHears = arrives(other, event);
+    assert.deepEqual(await emitWithAck(driver, event, placed), { ok: true });
+    assert.deepEqual(await acmeHears, placed);
+    assert.equal(await otherHears, false, `another store must not hear acme's ${event}`);
+  }
 });
 
 test('orderID is accepted and orderId is what the hub sends on', async (t) => {

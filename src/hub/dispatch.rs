@@ -1,0 +1,929 @@
+//! The dispatch desk: each order's state, which driver holds it, and who gets
+//! the next package.
+//!
+//! Pure and synchronous: it never touches a socket. Every change returns the
+//! [`Effect`]s for the hub's core to carry out. `S` is how the core reaches a
+//! driver (a socket); tests use plain numbers.
+//!
+//! Lifecycle: `ready` → `assigned` (offered to one driver) → `in-transit` →
+//! `delivered`. An offer not taken up within the offer timeout, or whose
+//! driver goes offline, returns to `ready`. Policy: the oldest ready order
+//! goes to the online driver with spare capacity and the lowest load; ties go
+//! to the driver that was given a package least recently (round robin).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+
+use crate::api::{DriverStatus, OrderCounts, OrderState, OrderSummary};
+use crate::protocol::{DriverName, ErrorCode, Event, Order, OrderId, Refusal, StoreId};
+
+/// Orders are unique per store: two shops may both have an order "1".
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrderKey {
+    /// The order's store.
+    pub store: StoreId,
+    /// Its id within the store.
+    pub order_id: OrderId,
+}
+
+impl OrderKey {
+    /// The key of `order`.
+    pub fn of(order: &Order) -> Self {
+        OrderKey {
+            store: order.store.clone(),
+            order_id: order.order_id.clone(),
+        }
+    }
+}
+
+impl fmt::Display for OrderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "store={} order={}", self.store, self.order_id)
+    }
+}
+
+/// Who a driver is. A named driver keeps its packages across reconnections;
+/// an anonymous one (a client that declared nothing) is known only by its
+/// socket, so its packages go back to `ready` when it leaves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DriverKey {
+    /// A driver that declared a name.
+    Named(DriverName),
+    /// A client that declared nothing, by socket id.
+    Anonymous(String),
+}
+
+impl fmt::Display for DriverKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DriverKey::Named(name) => write!(f, "{name}"),
+            DriverKey::Anonymous(sid) => write!(f, "anonymous-{sid}"),
+        }
+    }
+}
+
+/// Tunables of the desk.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// How long a driver has to report `in-transit` for an offered package.
+    pub offer_timeout: Duration,
+    /// Packages held by a named driver offline this long go back to `ready`;
+    /// `None` keeps them with the driver however long it is away.
+    pub reclaim_after: Option<Duration>,
+    /// How many delivered orders are remembered (for idempotent repeats).
+    pub keep_delivered: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            offer_timeout: Duration::from_secs(30),
+            reclaim_after: None,
+            keep_delivered: 100_000,
+        }
+    }
+}
+
+/// Something the core must do for the desk.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect<S> {
+    /// Send `pickup` with this order to this driver: a new offer, or a
+    /// package it holds handed back after it reconnected.
+    Offer {
+        /// The driver.
+        driver: DriverKey,
+        /// Its socket.
+        socket: S,
+        /// The package.
+        order: Order,
+    },
+    /// Tell the order's store (its room) of `event`.
+    Notify {
+        /// `in-transit` or `delivered`.
+        event: Event,
+        /// The order.
+        order: Order,
+    },
+}
+
+/// How a pickup was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickupOutcome {
+    /// A new order, now queued or offered.
+    Accepted,
+    /// The same order again: nothing changed; it is in this state.
+    Repeated(OrderState),
+}
+
+/// One step in an order's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The state entered.
+    pub state: OrderState,
+    /// The driver holding it then.
+    pub driver: Option<DriverKey>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+struct OrderEntry {
+    order: Order,
+    /// Arrival number: the ready queue is ordered by it, oldest first.
+    seq: u64,
+    state: OrderState,
+    driver: Option<DriverKey>,
+    /// Which offer is current, so a stale offer deadline is recognised.
+    offer: u64,
+    /// A driver that let its offer expire; others are preferred next time.
+    passed_over: Option<DriverKey>,
+    /// Whether the store was told it is in transit: a store hears it once,
+    /// even if the package is re-dispatched after its first driver vanished.
+    store_told_in_transit: bool,
+    history: Vec<Transition>,
+}
+
+struct DriverEntry<S> {
+    socket: Option<S>,
+    capacity: Option<u32>,
+    offered: HashSet<OrderKey>,
+    carrying: HashSet<OrderKey>,
+    /// When it was last given a package, as a counter: ties go to the lowest.
+    last_assigned: u64,
+    peak_load: u32,
+    delivered: u64,
+    offline_since: Option<Instant>,
+}
+
+impl<S> DriverEntry<S> {
+    fn new() -> Self {
+        DriverEntry {
+            socket: None,
+            capacity: None,
+            offered: HashSet::new(),
+            carrying: HashSet::new(),
+            last_assigned: 0,
+            peak_load: 0,
+            delivered: 0,
+            offline_since: None,
+        }
+    }
+
+    fn load(&self) -> u32 {
+        (self.offered.len() + self.carrying.len()) as u32
+    }
+
+    fn has_room(&self) -> bool {
+        self.socket.is_some() && self.capacity.is_none_or(|capacity| self.load() < capacity)
+    }
+}
+
+/// The desk itself.
+pub struct Dispatch<S> {
+    config: DispatchConfig,
+    orders: HashMap<OrderKey, OrderEntry>,
+    ready: BTreeMap<u64, OrderKey>,
+    drivers: HashMap<DriverKey, DriverEntry<S>>,
+    /// Offer deadlines in the order they were made (all share one timeout).
+    offer_deadlines: VecDeque<(Instant, OrderKey, u64)>,
+    /// Delivered orders, oldest first, to forget beyond `keep_delivered`.
+    delivered_order: VecDeque<OrderKey>,
+    delivered_total: u64,
+    next_seq: u64,
+    next_offer: u64,
+    assignments: u64,
+}
+
+impl<S: Clone + PartialEq> Dispatch<S> {
+    /// An empty desk.
+    pub fn new(config: DispatchConfig) -> Self {
+        Dispatch {
+            config,
+            orders: HashMap::new(),
+            ready: BTreeMap::new(),
+            drivers: HashMap::new(),
+            offer_deadlines: VecDeque::new(),
+            delivered_order: VecDeque::new(),
+            delivered_total: 0,
+            next_seq: 0,
+            next_offer: 0,
+            assignments: 0,
+        }
+    }
+
+    /// A driver is connected on `socket`. Packages it holds are handed back to
+    /// it (it may have restarted and forgotten them), then waiting orders are
+    /// offered.
+    pub fn driver_online(
+        &mut self,
+        key: DriverKey,
+        socket: S,
+        capacity: Option<u32>,
+        now: Instant,
+    ) -> Vec<Effect<S>> {
+        let entry = self
+            .drivers
+            .entry(key.clone())
+            .or_insert_with(DriverEntry::new);
+        if entry.socket.as_ref() == Some(&socket) {
+            return Vec::new();
+        }
+        entry.socket = Some(socket.clone());
+        entry.capacity = capacity;
+        entry.offline_since = None;
+        let mut held: Vec<&OrderKey> = entry.carrying.iter().chain(&entry.offered).collect();
+        held.sort_by_key(|order| self.orders.get(order).map(|o| o.seq));
+        let mut effects: Vec<Effect<S>> = held
+            .into_iter()
+            .filter_map(|order| self.orders.get(order))
+            .map(|order| Effect::Offer {
+                driver: key.clone(),
+                socket: socket.clone(),
+                order: order.order.clone(),
+            })
+            .collect();
+        effects.extend(self.dispatch(now));
+        effects
+    }
+
+    /// The driver's connection on `socket` is gone (a stale socket of a driver
+    /// that already reconnected is ignored). Its offers go to others; an
+    /// anonymous driver's packages in transit do too.
+    pub fn driver_offline(&mut self, key: &DriverKey, socket: &S, now: Instant) -> Vec<Effect<S>> {
+        let Some(entry) = self.drivers.get_mut(key) else {
+            return Vec::new();
+        };
+        if entry.socket.as_ref() != Some(socket) {
+            return Vec::new();
+        }
+        entry.socket = None;
+        entry.offline_since = Some(now);
+        let mut returned: Vec<OrderKey> = entry.offered.drain().collect();
+        if matches!(key, DriverKey::Anonymous(_)) {
+            returned.extend(entry.carrying.drain());
+            self.drivers.remove(key);
+        }
+        for order in returned {
+            self.make_ready(&order, None);
+        }
+        self.dispatch(now)
+    }
+
+    /// A vendor's pickup. A new order is queued and offered; the same order
+    /// again changes nothing; the same id with another payload is refused.
+    pub fn pickup(
+        &mut self,
+        order: Order,
+        now: Instant,
+    ) -> Result<(PickupOutcome, Vec<Effect<S>>), Refusal> {
+        let key = OrderKey::of(&order);
+        if let Some(existing) = self.orders.get(&key) {
+            if existing.order != order {
+                return Err(Refusal::new(
+                    ErrorCode::OrderConflict,
+                    format!("{key} already exists with a different payload"),
+                ));
+            }
+            return Ok((PickupOutcome::Repeated(existing.state), Vec::new()));
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.orders.insert(
+            key.clone(),
+            OrderEntry {
+                order,
+                seq,
+                state: OrderState::Ready,
+                driver: None,
+                offer: 0,
+                passed_over: None,
+                store_told_in_transit: false,
+                history: vec![Transition {
+                    state: OrderState::Ready,
+                    driver: None,
+                    at: Utc::now(),
+                }],
+            },
+        );
+        self.ready.insert(seq, key);
+        Ok((PickupOutcome::Accepted, self.dispatch(now)))
+    }
+
+    /// `driver` reports `order` picked up.
+    pub fn in_transit(
+        &mut self,
+        driver: &DriverKey,
+        key: &OrderKey,
+    ) -> Result<Vec<Effect<S>>, Refusal> {
+        let entry = self.orders.get_mut(key).ok_or_else(|| unknown(key))?;
+        if entry.driver.as_ref() != Some(driver) {
+            return Err(not_yours(key, entry));
+        }
+        match entry.state {
+            OrderState::Assigned => {}
+            // A repeat (the driver re-announcing after a reconnect) changes nothing.
+            OrderState::InTransit | OrderState::Delivered => return Ok(Vec::new()),
+            OrderState::Ready => return Err(not_yours(key, entry)),
+        }
+        entry.state = OrderState::InTransit;
+        entry.history.push(Transition {
+            state: OrderState::InTransit,
+            driver: Some(driver.clone()),
+            at: Utc::now(),
+        });
+        let first_time = !std::mem::replace(&mut entry.store_told_in_transit, true);
+        let order = entry.order.clone();
+        if let Some(holder) = self.drivers.get_mut(driver) {
+            holder.offered.remove(key);
+            holder.carrying.insert(key.clone());
+        }
+        Ok(if first_time {
+            vec![Effect::Notify {
+                event: Event::InTransit,
+                order,
+            }]
+        } else {
+            Vec::new()
+        })
+    }
+
+    /// `driver` reports `order` delivered.
+    pub fn delivered(
+        &mut self,
+        driver: &DriverKey,
+        key: &OrderKey,
+        now: Instant,
+    ) -> Result<Vec<Effect<S>>, Refusal> {
+        let entry = self.orders.get_mut(key).ok_or_else(|| unknown(key))?;
+        if entry.driver.as_ref() != Some(driver) {
+            return Err(not_yours(key, entry));
+        }
+        match entry.state {
+            OrderState::InTransit => {}
+            OrderState::Delivered => return Ok(Vec::new()),
+            OrderState::Assigned => {
+                return Err(Refusal::new(
+                    ErrorCode::OutOfOrder,
+                    format!("{key} was not reported in transit before delivered"),
+                ));
+            }
+            OrderState::Ready => return Err(not_yours(key, entry)),
+        }
+        entry.state = OrderState::Delivered;
+        entry.history.push(Transition {
+            state: OrderState::Delivered,
+            driver: Some(driver.clone()),
+            at: Utc::now(),
+        });
+        let order = entry.order.clone();
+        if let Some(holder) = self.drivers.get_mut(driver) {
+            holder.carrying.remove(key);
+            holder.delivered += 1;
+        }
+        self.delivered_total += 1;
+        self.delivered_order.push_back(key.clone());
+        if self.delivered_order.len() > self.config.keep_delivered
+            && let Some(oldest) = self.delivered_order.pop_front()
+        {
+            self.orders.remove(&oldest);
+        }
+        let mut effects = vec![Effect::Notify {
+            event: Event::Delivered,
+            order,
+        }];
+        effects.extend(self.dispatch(now));
+        Ok(effects)
+    }
+
+    /// Time has passed: expired offers go back to `ready` (other drivers
+    /// preferred), packages of drivers away too long are reclaimed, and
+    /// waiting orders are offered.
+    pub fn tick(&mut self, now: Instant) -> Vec<Effect<S>> {
+        while let Some((deadline, _, _)) = self.offer_deadlines.front() {
+            if *deadline > now {
+                break;
+            }
+            let (_, key, offer) = self.offer_deadlines.pop_front().expect("front exists");
+            let Some(entry) = self.orders.get(&key) else {
+                continue;
+            };
+            if entry.state != OrderState::Assigned || entry.offer != offer {
+                continue;
+            }
+            let Some(driver) = entry.driver.clone() else {
+                continue;
+            };
+            log::warn!("offer expired {key} driver={driver}; offering it to another driver");
+            if let Some(holder) = self.drivers.get_mut(&driver) {
+                holder.offered.remove(&key);
+            }
+            self.make_ready(&key, Some(driver));
+        }
+        if let Some(reclaim_after) = self.config.reclaim_after {
+            let mut reclaimed = Vec::new();
+            for (driver, entry) in &mut self.drivers {
+                let away_too_long = entry
+                    .offline_since
+                    .is_some_and(|since| now.duration_since(since) >= reclaim_after);
+                if away_too_long && !entry.carrying.is_empty() {
+                    log::warn!(
+                        "driver={driver} offline too long; re-dispatching {} packages",
+                        entry.carrying.len()
+                    );
+                    reclaimed.extend(entry.carrying.drain());
+                }
+            }
+            for key in reclaimed {
+                self.make_ready(&key, None);
+            }
+        }
+        self.dispatch(now)
+    }
+
+    /// Drivers believed online, with their sockets (for liveness checks).
+    pub fn online_drivers(&self) -> Vec<(DriverKey, S)> {
+        self.drivers
+            .iter()
+            .filter_map(|(key, entry)| entry.socket.clone().map(|socket| (key.clone(), socket)))
+            .collect()
+    }
+
+    /// The order's current state, if it is known.
+    pub fn state_of(&self, key: &OrderKey) -> Option<OrderState> {
+        self.orders.get(key).map(|entry| entry.state)
+    }
+
+    /// The order's history, if it is known.
+    pub fn history_of(&self, key: &OrderKey) -> Option<&[Transition]> {
+        self.orders.get(key).map(|entry| entry.history.as_slice())
+    }
+
+    /// Orders per state.
+    pub fn counts(&self) -> OrderCounts {
+        let mut counts = OrderCounts {
+            delivered: self.delivered_total,
+            ..OrderCounts::default()
+        };
+        for entry in self.orders.values() {
+            match entry.state {
+                OrderState::Ready => counts.ready += 1,
+                OrderState::Assigned => counts.assigned += 1,
+                OrderState::InTransit => counts.in_transit += 1,
+                OrderState::Delivered => {}
+            }
+        }
+        counts
+    }
+
+    /// Open orders, oldest first, at most `limit`.
+    pub fn open_orders(&self, limit: usize) -> Vec<OrderSummary> {
+        let mut open: Vec<&OrderEntry> = self
+            .orders
+            .values()
+            .filter(|entry| entry.state != OrderState::Delivered)
+            .collect();
+        open.sort_by_key(|entry| entry.seq);
+        open.into_iter()
+            .take(limit)
+            .map(|entry| OrderSummary {
+                store: entry.order.store.clone(),
+                order_id: entry.order.order_id.clone(),
+                state: entry.state,
+                driver: entry.driver.as_ref().map(ToString::to_string),
+                since: entry.history.last().map(|t| t.at).unwrap_or_else(Utc::now),
+            })
+            .collect()
+    }
+
+    /// Every driver online, and every driver offline that still holds packages.
+    pub fn drivers(&self) -> Vec<DriverStatus> {
+        let mut drivers: Vec<DriverStatus> = self
+            .drivers
+            .iter()
+            .filter(|(_, entry)| entry.socket.is_some() || entry.load() > 0)
+            .map(|(key, entry)| DriverStatus {
+                name: key.to_string(),
+                online: entry.socket.is_some(),
+                load: entry.load(),
+                capacity: entry.capacity,
+                peak_load: entry.peak_load,
+                delivered: entry.delivered,
+            })
+            .collect();
+        drivers.sort_by(|a, b| a.name.cmp(&b.name));
+        drivers
+    }
+
+    /// Offers ready orders, oldest first, while some driver has room.
+    fn dispatch(&mut self, now: Instant) -> Vec<Effect<S>> {
+        let mut effects = Vec::new();
+        while let Some((_, key)) = self.ready.first_key_value() {
+            let passed_over = self
+                .orders
+                .get(key)
+                .and_then(|entry| entry.passed_over.clone());
+            let Some(driver) = self.choose_driver(passed_over.as_ref()) else {
+                break;
+            };
+            let (_, key) = self.ready.pop_first().expect("first exists");
+            let offer = self.next_offer;
+            self.next_offer += 1;
+            self.assignments += 1;
+            let holder = self.drivers.get_mut(&driver).expect("chosen driver exists");
+            holder.offered.insert(key.clone());
+            holder.last_assigned = self.assignments;
+            holder.peak_load = holder.peak_load.max(holder.load());
+            let socket = holder.socket.clone().expect("chosen driver is online");
+            let entry = self.orders.get_mut(&key).expect("ready order exists");
+            entry.state = OrderState::Assigned;
+            entry.driver = Some(driver.clone());
+            entry.offer = offer;
+            entry.history.push(Transition {
+                state: OrderState::Assigned,
+                driver: Some(driver.clone()),
+                at: Utc::now(),
+            });
+            self.offer_deadlines
+                .push_back((now + self.config.offer_timeout, key, offer));
+            effects.push(Effect::Offer {
+                driver,
+                socket,
+                order: entry.order.clone(),
+            });
+        }
+        effects
+    }
+
+    /// The online driver with room and the lowest load; ties to the one given
+    /// a package least recently; `passed_over` only if no one else has room.
+    fn choose_driver(&self, passed_over: Option<&DriverKey>) -> Option<DriverKey> {
+        self.drivers
+            .iter()
+            .filter(|(_, entry)| entry.has_room())
+            .min_by_key(|(key, entry)| {
+                (Some(*key) == passed_over, entry.load(), entry.last_assigned)
+            })
+            .map(|(key, _)| key.clone())
+    }
+
+    fn make_ready(&mut self, key: &OrderKey, passed_over: Option<DriverKey>) {
+        if let Some(entry) = self.orders.get_mut(key) {
+            entry.state = OrderState::Ready;
+            entry.driver = None;
+            entry.passed_over = passed_over;
+            entry.history.push(Transition {
+                state: OrderState::Ready,
+                driver: None,
+                at: Utc::now(),
+            });
+            self.ready.insert(entry.seq, key.clone());
+        }
+    }
+}
+
+fn unknown(key: &OrderKey) -> Refusal {
+    Refusal::new(ErrorCode::UnknownOrder, format!("no such order: {key}"))
+}
+
+fn not_yours(key: &OrderKey, entry: &OrderEntry) -> Refusal {
+    let holder = match &entry.driver {
+        Some(driver) => format!("it is {} with {driver}", entry.state),
+        None => format!("it is {}", entry.state),
+    };
+    Refusal::new(
+        ErrorCode::NotAssigned,
+        format!("{key} is not assigned to you: {holder}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Address, Customer};
+
+    type Desk = Dispatch<u32>;
+
+    fn desk() -> Desk {
+        Dispatch::new(DispatchConfig {
+            offer_timeout: Duration::from_secs(10),
+            reclaim_after: Some(Duration::from_secs(60)),
+            keep_delivered: 100,
+        })
+    }
+
+    fn order(id: &str) -> Order {
+        Order {
+            store: StoreId::new("acme").unwrap(),
+            order_id: OrderId::new(id).unwrap(),
+            customer: Customer::new("Jamal Braun").unwrap(),
+            address: Address::new("Schmittfurt, LA").unwrap(),
+        }
+    }
+
+    fn named(name: &str) -> DriverKey {
+        DriverKey::Named(DriverName::new(name).unwrap())
+    }
+
+    /// (driver, order id) of every offer among `effects`.
+    fn offers(effects: &[Effect<u32>]) -> Vec<(String, String)> {
+        effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Offer { driver, order, .. } => {
+                    Some((driver.to_string(), order.order_id.to_string()))
+                }
+                Effect::Notify { .. } => None,
+            })
+            .collect()
+    }
+
+    fn pickup(desk: &mut Desk, id: &str, now: Instant) -> Vec<Effect<u32>> {
+        let (outcome, effects) = desk.pickup(order(id), now).unwrap();
+        assert_eq!(outcome, PickupOutcome::Accepted);
+        effects
+    }
+
+    #[test]
+    fn each_order_goes_to_exactly_one_driver_least_loaded_then_round_robin() {
+        let now = Instant::now();
+        let mut desk = desk();
+        for (n, name) in ["a", "b", "c"].into_iter().enumerate() {
+            assert!(
+                desk.driver_online(named(name), n as u32, None, now)
+                    .is_empty()
+            );
+        }
+        let mut given = Vec::new();
+        for n in 0..6 {
+            given.extend(offers(&pickup(&mut desk, &format!("o{n}"), now)));
+        }
+        assert_eq!(given.len(), 6, "one offer per order");
+        let per_driver = |name: &str| given.iter().filter(|(d, _)| d == name).count();
+        assert_eq!(
+            (per_driver("a"), per_driver("b"), per_driver("c")),
+            (2, 2, 2)
+        );
+        assert_ne!(given[0].0, given[1].0, "ties rotate");
+    }
+
+    #[test]
+    fn pickups_wait_until_a_driver_connects_and_go_oldest_first() {
+        let now = Instant::now();
+        let mut desk = desk();
+        for n in 0..3 {
+            assert!(pickup(&mut desk, &format!("o{n}"), now).is_empty());
+        }
+        assert_eq!(desk.counts().ready, 3);
+        let effects = desk.driver_online(named("a"), 1, Some(2), now);
+        let ids: Vec<String> = offers(&effects).into_iter().map(|(_, id)| id).collect();
+        assert_eq!(ids, ["o0", "o1"], "oldest first, up to capacity");
+        assert_eq!(desk.counts().ready, 1);
+    }
+
+    #[test]
+    fn capacity_is_never_exceeded() {
+        let now = Instant::now();
+        let mut desk = desk();
+        desk.driver_online(named("a"), 1, Some(2), now);
+        for n in 0..5 {
+            pickup(&mut desk, &format!("o{n}"), now);
+        }
+        let status = desk.drivers();
+        assert_eq!((status[0].load, status[0].peak_load), (2, 2));
+        let key = |id: &str| OrderKey::of(&order(id));
+        desk.in_transit(&named("a"), &key("o0")).unwrap();
+        let effects = desk.delivered(&named("a"), &key("o0"), now).unwrap();
+        assert_eq!(
+            offers(&effects),
+            [("a".to_string(), "o2".to_string())],
+            "room made, next order offered"
+        );
+        assert_eq!(desk.drivers()[0].peak_load, 2);
+    }
+
+    #[test]
+    fn the_lifecycle_moves_only_forward_and_only_for_the_assigned_driver() {
+        let now = Instant::now();
+        let mut desk = desk();
+        desk.driver_online(named("a"), 1, None, now);
+        desk.driver_online(named("b"), 2, None, now);
+        let given = offers(&pickup(&mut desk, "o1", now));
+        let holder = named(&given[0].0);
+        let other = if given[0].0 == "a" {
+            named("b")
+        } else {
+            named("a")
+        };
+        let key = OrderKey::of(&order("o1"));
+
+        let refused = |result: Result<Vec<Effect<u32>>, Refusal>| result.unwrap_err().code;
+        assert_eq!(
+            refused(desk.delivered(&holder, &key, now)),
+            ErrorCode::OutOfOrder
+        );
+        assert_eq!(
+            refused(desk.in_transit(&other, &key)),
+            ErrorCode::NotAssigned
+        );
+        let missing = OrderKey::of(&order("nope"));
+        assert_eq!(
+            refused(desk.in_transit(&holder, &missing)),
+            ErrorCode::UnknownOrder
+        );
+        assert_eq!(
+            desk.state_of(&key),
+            Some(OrderState::Assigned),
+            "refusals change nothing"
+        );
+
+        let effects = desk.in_transit(&holder, &key).unwrap();
+        assert!(matches!(
+            &effects[..],
+            [Effect::Notify {
+                event: Event::InTransit,
+                ..
+            }]
+        ));
+        assert!(
+            desk.in_transit(&holder, &key).unwrap().is_empty(),
+            "a repeat is not relayed"
+        );
+        assert_eq!(
+            refused(desk.delivered(&other, &key, now)),
+            ErrorCode::NotAssigned
+        );
+        let effects = desk.delivered(&holder, &key, now).unwrap();
+        assert!(matches!(
+            &effects[..],
+            [Effect::Notify {
+                event: Event::Delivered,
+                ..
+            }]
+        ));
+        assert!(desk.delivered(&holder, &key, now).unwrap().is_empty());
+        assert_eq!(desk.state_of(&key), Some(OrderState::Delivered));
+        let states: Vec<OrderState> = desk
+            .history_of(&key)
+            .unwrap()
+            .iter()
+            .map(|t| t.state)
+            .collect();
+        assert_eq!(states, OrderState::ALL);
+    }
+
+    #[test]
+    fn a_repeated_pickup_is_idempotent_and_a_conflicting_one_refused() {
+        let now = Instant::now();
+        let mut desk = desk();
+        desk.driver_online(named("a"), 1, None, now);
+        assert_eq!(offers(&pickup(&mut desk, "o1", now)).len(), 1);
+        let (outcome, effects) = desk.pickup(order("o1"), now).unwrap();
+        assert_eq!(outcome, PickupOutcome::Repeated(OrderState::Assigned));
+        assert!(effects.is_empty(), "not dispatched twice");
+        let mut changed = order("o1");
+        changed.customer = Customer::new("Somebody Else").unwrap();
+        assert_eq!(
+            desk.pickup(changed, now).unwrap_err().code,
+            ErrorCode::OrderConflict
+        );
+    }
+
+    #[test]
+    fn expired_offers_go_to_another_driver() {
+        let start = Instant::now();
+        let mut desk = desk();
+        desk.driver_online(named("a"), 1, None, start);
+        desk.driver_online(named("b"), 2, None, start);
+        let first = offers(&pickup(&mut desk, "o1", start))[0].0.clone();
+        assert!(
+            desk.tick(start + Duration::from_secs(5)).is_empty(),
+            "not yet"
+        );
+        let again = offers(&desk.tick(start + Duration::from_secs(10)));
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].0, first, "someone else gets it");
+        let key = OrderKey::of(&order("o1"));
+        assert_eq!(
+            desk.in_transit(&named(&first), &key).unwrap_err().code,
+            ErrorCode::NotAssigned,
+            "the withdrawn offer cannot be taken up"
+        );
+    }
+
+    #[test]
+    fn a_lone_driver_gets_its_expired_offer_again() {
+        let start = Instant::now();
+        let mut desk = desk();
+        desk.driver_online(named("a"), 1, None, start);
+        pickup(&mut desk, "o1", start);
+        let again = offers(&desk.tick(start + Duration::from_secs(10)));
+        assert_eq!(again, [("a".to_string(), "o1".to_string())]);
+    }
+
+    #[test]
+    fn a_named_driver_keeps_its_packages_across_a_reconnect_and_is_handed_them_back() {
+        let now = Instant::now();
+        let mut desk = desk();
+        desk.driver_online(named("a"), 1, None, now);
+        pickup(&mut desk, "carried", now);
+        pickup(&mut desk, "offered", now);
+        desk.in_transit(&named("a"), &OrderKey::of(&order("carried")))
+            .unwrap();
+
+        assert!(desk.driver_offline(&named("a"), &1, now).is_empty());
+        assert_eq!(
+            desk.state_of(&OrderKey::of(&order("carried"))),
+            Some(OrderState::InTransit)
+        );
+        assert_eq!(
+            desk.state_of(&OrderKey::of(&order("offered"))),
+            Some(OrderState::Ready)
+        );
+
+        let back = offers(&desk.driver_online(named("a"), 7, None, now));
+        assert_eq!(
+            back,
+            [
+                ("a".to_string(), "carried".to_string()),
+                ("a".to_string(), "offered".to_string())
+            ]
+        );
+        desk.delivered(&named("a"), &OrderKey::of(&order("carried")), now)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_stale_disconnect_does_not_unseat_the_new_connection() {
+        let now = Instant::now();
+        let mut desk = desk();
+        desk.driver_online(named("a"), 1, None, now);
+        desk.driver_online(named("a"), 2, None, now);
+        assert!(desk.driver_offline(&named("a"), &1, now).is_empty());
+        assert_eq!(desk.online_drivers(), [(named("a"), 2)]);
+    }
+
+    #[test]
+    fn an_anonymous_drivers_packages_return_when_it_leaves() {
+        let now = Instant::now();
+        let mut desk = desk();
+        let anon = DriverKey::Anonymous("sid1".into());
+        desk.driver_online(anon.clone(), 1, None, now);
+        pickup(&mut desk, "o1", now);
+        desk.in_transit(&anon, &OrderKey::of(&order("o1"))).unwrap();
+        desk.driver_offline(&anon, &1, now);
+        assert_eq!(
+            desk.state_of(&OrderKey::of(&order("o1"))),
+            Some(OrderState::Ready)
+        );
+        assert!(desk.drivers().is_empty());
+        let effects = desk.driver_online(named("b"), 2, None, now);
+        assert_eq!(offers(&effects), [("b".to_string(), "o1".to_string())]);
+    }
+
+    #[test]
+    fn packages_of_a_driver_away_too_long_are_reclaimed() {
+        let start = Instant::now();
+        let mut desk = desk();
+        desk.driver_online(named("a"), 1, None, start);
+        pickup(&mut desk, "o1", start);
+        desk.in_transit(&named("a"), &OrderKey::of(&order("o1")))
+            .unwrap();
+        desk.driver_offline(&named("a"), &1, start);
+        desk.driver_online(named("b"), 2, None, start);
+        assert!(desk.tick(start + Duration::from_secs(30)).is_empty());
+        let reclaimed = offers(&desk.tick(start + Duration::from_secs(60)));
+        assert_eq!(reclaimed, [("b".to_string(), "o1".to_string())]);
+        let key = OrderKey::of(&order("o1"));
+        assert!(
+            desk.in_transit(&named("b"), &key).unwrap().is_empty(),
+            "the store heard in-transit already"
+        );
+        assert_eq!(desk.delivered(&named("b"), &key, start).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn delivered_orders_beyond_the_memory_limit_are_forgotten() {
+        let now = Instant::now();
+        let mut desk = Dispatch::new(DispatchConfig {
+            keep_delivered: 2,
+            ..DispatchConfig::default()
+        });
+        desk.driver_online(named("a"), 1, None, now);
+        for n in 0..3 {
+            let id = format!("o{n}");
+            desk.pickup(order(&id), now).unwrap();
+            let key = OrderKey::of(&order(&id));
+            desk.in_transit(&named("a"), &key).unwrap();
+            desk.delivered(&named("a"), &key, now).unwrap();
+        }
+        assert_eq!(desk.state_of(&OrderKey::of(&order("o0"))), None);
+        assert_eq!(
+            desk.state_of(&OrderKey::of(&order("o2"))),
+            Some(OrderState::Delivered)
+        );
+        assert_eq!(desk.counts().delivered, 3);
+    }
+}

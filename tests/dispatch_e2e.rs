@@ -1,0 +1,308 @@
+//! Dispatch through real processes: one driver per package, nothing stuck,
+//! capacity respected; checked from what a store is told and from the hub's
+//! own board (`caps status`).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+
+use common::{Proc, StoreWatcher, ids_after, repo_root, start_hub, wait_for_status};
+
+const STORE: &str = "acme";
+
+fn rust_driver(url: &str, name: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "driver",
+        "--hub",
+        url,
+        "--name",
+        name,
+        "--pickup-delay",
+        "5ms",
+        "--deliver-delay",
+        "10ms",
+    ];
+    args.extend_from_slice(extra);
+    Proc::caps(name, &args)
+}
+
+fn lab_driver(url: &str) -> Proc {
+    let root = repo_root();
+    assert!(
+        root.join("node_modules/socket.io-client").is_dir(),
+        "run `npm ci` first"
+    );
+    let mut node = Command::new("node");
+    node.arg(root.join("tests/js/lab/driver.mjs"))
+        .env("CAPS_URL", format!("{url}/caps"))
+        .env("PICKUP_MS", "5")
+        .env("DELIVER_MS", "10")
+        .env("TRANSPORTS", "websocket");
+    Proc::spawn("lab driver", node)
+}
+
+fn vendor(url: &str, count: usize, interval: &str) -> Proc {
+    let count = count.to_string();
+    Proc::caps(
+        "vendor",
+        &[
+            "vendor",
+            "--hub",
+            url,
+            "--store",
+            STORE,
+            "--interval",
+            interval,
+            "--count",
+            &count,
+        ],
+    )
+}
+
+/// The store was told of every placed order exactly once in transit and
+/// exactly once delivered, and the vendor thanked once per order.
+fn assert_exactly_once(vendor: &Proc, watcher: &StoreWatcher, count: usize) {
+    let placed: HashSet<String> = ids_after(&vendor.stdout(), "VENDOR: order ")
+        .into_iter()
+        .collect();
+    let thanked = ids_after(&vendor.stdout(), "VENDOR: Thank you for delivering ");
+    assert_eq!(placed.len(), count, "{}", vendor.describe());
+    assert_eq!(thanked.len(), count, "{}", vendor.describe());
+    assert_eq!(thanked.into_iter().collect::<HashSet<_>>(), placed);
+    for event in ["in-transit", "delivered"] {
+        let counts: HashMap<String, usize> = watcher.counts(event);
+        let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            repeated.is_empty(),
+            "the store heard {event} more than once: {repeated:?}"
+        );
+        assert_eq!(
+            counts.keys().cloned().collect::<HashSet<_>>(),
+            placed,
+            "{event}"
+        );
+    }
+    assert!(
+        watcher.counts("pickup").is_empty(),
+        "a vendor must never be offered a package"
+    );
+}
+
+/// Waits until the hub has delivered `count` orders and holds none open.
+fn wait_until_all_delivered(url: &str, count: u64) -> serde_json::Value {
+    wait_for_status(url, "all orders delivered", |status| {
+        status["orders"]["delivered"] == count
+            && status["openOrders"].as_array().unwrap().is_empty()
+    })
+}
+
+/// Waits until the hub records the driver "victim" carrying a package.
+fn wait_for_victim_in_transit(url: &str) {
+    wait_for_status(url, "victim carrying a package", |status| {
+        status["openOrders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|order| order["state"] == "in-transit" && order["driver"] == "victim")
+    });
+}
+
+#[test]
+fn three_rust_drivers_deliver_200_orders_exactly_once() {
+    let (hub, url) = start_hub(0);
+    let _drivers: Vec<Proc> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|name| rust_driver(&url, name, &[]))
+        .collect();
+    for name in ["alice", "bob", "carol"] {
+        hub.wait_for_log(&format!("driver name={name}"));
+    }
+    let watcher = StoreWatcher::start(&url, STORE);
+    let mut vendor = vendor(&url, 200, "2ms");
+    assert!(vendor.wait_exit().success(), "{}", vendor.describe());
+
+    let status = wait_until_all_delivered(&url, 200);
+    assert_exactly_once(&vendor, &watcher, 200);
+    let per_driver: Vec<u64> = status["drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["delivered"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per_driver.iter().sum::<u64>(), 200);
+    assert!(
+        per_driver.iter().all(|n| *n > 0),
+        "every driver got work: {per_driver:?}"
+    );
+}
+
+#[test]
+fn three_lab_js_drivers_deliver_200_orders_exactly_once() {
+    let (hub, url) = start_hub(0);
+    let _drivers: Vec<Proc> = (0..3).map(|_| lab_driver(&url)).collect();
+    wait_for_status(&url, "three anonymous drivers online", |status| {
+        status["drivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["online"] == true)
+            .count()
+            == 3
+    });
+    let watcher = StoreWatcher::start(&url, STORE);
+    let mut vendor = vendor(&url, 200, "2ms");
+    assert!(
+        vendor.wait_exit().success(),
+        "{}\n{}",
+        vendor.describe(),
+        hub.describe()
+    );
+    wait_until_all_delivered(&url, 200);
+    assert_exactly_once(&vendor, &watcher, 200);
+}
+
+#[test]
+fn a_driver_killed_mid_run_resumes_its_packages_when_restarted() {
+    let (hub, url) = start_hub(0);
+    let slow = ["--pickup-delay", "5ms", "--deliver-delay", "300ms"];
+    let mut victim = rust_driver(&url, "victim", &slow);
+    let _steady = rust_driver(&url, "steady", &slow);
+    hub.wait_for_log("driver name=victim");
+    hub.wait_for_log("driver name=steady");
+    let watcher = StoreWatcher::start(&url, STORE);
+    let mut vendor = vendor(&url, 40, "10ms");
+
+    wait_for_victim_in_transit(&url);
+    victim.signal("KILL");
+    victim.wait_exit();
+    let held = wait_for_status(&url, "the victim offline holding packages", |status| {
+        status["drivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "victim" && d["online"] == false)
+    });
+    let victim_status = held["drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "victim")
+        .unwrap()
+        .clone();
+    assert!(
+        victim_status["load"].as_u64().unwrap() > 0,
+        "it was carrying: {victim_status}"
+    );
+
+    let restarted = rust_driver(&url, "victim", &slow);
+    assert!(
+        vendor.wait_exit().success(),
+        "{}\n{}",
+        vendor.describe(),
+        restarted.describe()
+    );
+    wait_until_all_delivered(&url, 40);
+    assert_exactly_once(&vendor, &watcher, 40);
+}
+
+#[test]
+fn a_driver_killed_for_good_has_its_packages_reclaimed_by_others() {
+    let (hub, url) = {
+        let hub = Proc::caps("hub", &["hub", "--port", "0", "--reclaim-after", "300ms"]);
+        let url = hub
+            .wait_for_line("listening on http://")
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_owned();
+        (hub, url)
+    };
+    let slow = ["--pickup-delay", "5ms", "--deliver-delay", "300ms"];
+    let victim = rust_driver(&url, "victim", &slow);
+    let _steady = rust_driver(&url, "steady", &slow);
+    hub.wait_for_log("driver name=victim");
+    hub.wait_for_log("driver name=steady");
+    let watcher = StoreWatcher::start(&url, STORE);
+    let mut vendor = vendor(&url, 40, "10ms");
+
+    wait_for_victim_in_transit(&url);
+    victim.signal("KILL");
+    assert!(
+        vendor.wait_exit().success(),
+        "{}\n{}",
+        vendor.describe(),
+        hub.describe()
+    );
+    wait_until_all_delivered(&url, 40);
+    assert_exactly_once(&vendor, &watcher, 40);
+    hub.wait_for_log("offline too long; re-dispatching");
+}
+
+#[test]
+fn pickups_made_while_no_driver_is_up_are_delivered_once_one_starts() {
+    let (_hub, url) = start_hub(0);
+    let watcher = StoreWatcher::start(&url, STORE);
+    let mut vendor = vendor(&url, 5, "10ms");
+    vendor.wait_for_count("ready for pickup", 5);
+    wait_for_status(&url, "five orders waiting", |status| {
+        status["orders"]["ready"] == 5
+    });
+
+    let _driver = rust_driver(&url, "late", &[]);
+    assert!(vendor.wait_exit().success(), "{}", vendor.describe());
+    wait_until_all_delivered(&url, 5);
+    assert_exactly_once(&vendor, &watcher, 5);
+}
+
+#[test]
+fn a_driver_never_holds_more_than_its_capacity() {
+    let (hub, url) = start_hub(0);
+    let _driver = rust_driver(
+        &url,
+        "small-van",
+        &["--capacity", "2", "--deliver-delay", "200ms"],
+    );
+    hub.wait_for_log("driver name=small-van");
+    let mut vendor = vendor(&url, 8, "1ms");
+
+    // While orders wait, the van is full, and no fuller.
+    let busy = wait_for_status(&url, "a full van with orders waiting", |status| {
+        status["drivers"][0]["load"] == 2 && status["orders"]["ready"].as_u64().unwrap() > 0
+    });
+    assert_eq!(busy["drivers"][0]["capacity"], 2);
+    assert!(vendor.wait_exit().success(), "{}", vendor.describe());
+    let done = wait_until_all_delivered(&url, 8);
+    assert_eq!(
+        done["drivers"][0]["peakLoad"], 2,
+        "the hub's own record of the most it ever held"
+    );
+}
+
+#[test]
+fn caps_status_prints_the_board() {
+    let (hub, url) = start_hub(0);
+    let _driver = rust_driver(&url, "alice", &["--capacity", "3"]);
+    hub.wait_for_log("driver name=alice");
+    let mut vendor = vendor(&url, 2, "10ms");
+    assert!(vendor.wait_exit().success());
+    wait_until_all_delivered(&url, 2);
+
+    let mut status = Proc::caps("status", &["status", "--hub", &url]);
+    assert!(status.wait_exit().success(), "{}", status.describe());
+    let out = status.stdout().join("\n");
+    assert!(
+        out.contains("orders: 0 ready, 0 assigned, 0 in-transit, 2 delivered"),
+        "{out}"
+    );
+    assert!(out.contains("drivers: 1 online"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("alice") && l.contains("0/3")),
+        "{out}"
+    );
+    assert!(
+        out.contains("stores online: 0"),
+        "the vendor has left: {out}"
+    );
+}
