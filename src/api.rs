@@ -63,6 +63,8 @@ pub struct Status {
     pub drivers: Vec<DriverStatus>,
     /// Stores with at least one vendor connected.
     pub stores: Vec<StoreStatus>,
+    /// Stores with delivery notices their vendors have not acknowledged.
+    pub queues: Vec<QueueStatus>,
 }
 
 impl Status {
@@ -127,4 +129,13 @@ pub struct StoreStatus {
     pub store: StoreId,
     /// How many vendor connections it has.
     pub vendors: u32,
+}
+
+/// One store's queue of unacknowledged delivery notices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStatus {
+    /// The store.
+    pub store: StoreId,
+    /// How many notices wait for its `received`.
+    pub queued: u64,
 }

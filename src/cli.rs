@@ -1,6 +1,7 @@
 //! The command line: one `Cli` with a subcommand per role. Doc comments here
 //! are the `--help` text; every flag also reads a `CAPS_*` environment variable.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,7 +11,7 @@ use tokio::net::TcpListener;
 use crate::console::Console;
 use crate::demo::{self, DemoConfig};
 use crate::driver::{self, DriverConfig};
-use crate::hub::{self, DispatchConfig, EventLog, HubConfig};
+use crate::hub::{self, DispatchConfig, EventLog, Hub, HubConfig, Storage};
 use crate::protocol::{DriverName, StoreId, limits};
 use crate::status;
 use crate::vendor::{self, VendorConfig};
@@ -58,8 +59,31 @@ struct HubArgs {
     /// Port to listen on; 0 picks a free one (the first stdout line names it).
     #[arg(long, env = "CAPS_PORT", default_value_t = 3000)]
     port: u16,
+    /// Where the hub keeps orders, their history and queued notices (SQLite)
+    /// [default: $XDG_DATA_HOME/caps, else ~/.local/share/caps].
+    #[arg(long, env = "CAPS_DATA_DIR", conflicts_with = "ephemeral")]
+    data_dir: Option<PathBuf>,
+    /// Keep everything in memory: a restart forgets all orders.
+    #[arg(long, env = "CAPS_EPHEMERAL")]
+    ephemeral: bool,
+    /// Most delivery notices kept per store until its vendor acknowledges them.
+    #[arg(long, env = "CAPS_QUEUE_LIMIT", default_value_t = 10_000)]
+    queue_limit: usize,
     #[command(flatten)]
     dispatch: DispatchArgs,
+}
+
+impl HubArgs {
+    fn config(&self) -> HubConfig {
+        let mut config = if self.ephemeral {
+            HubConfig::ephemeral()
+        } else {
+            HubConfig::durable(self.data_dir.clone().unwrap_or_else(hub::default_data_dir))
+        };
+        config.dispatch = self.dispatch.config();
+        config.queue_limit = self.queue_limit;
+        config
+    }
 }
 
 /// How the hub hands out packages.
@@ -118,6 +142,10 @@ struct VendorArgs {
     /// Send an order again if it is not delivered after this long.
     #[arg(long, env = "CAPS_RESEND_AFTER", default_value = "30s", value_parser = parse_positive_duration)]
     resend_after: Duration,
+    /// Remember placed and thanked orders in this file, so a restarted vendor
+    /// carries on where it stopped (and never thanks twice).
+    #[arg(long, env = "CAPS_STATE_FILE")]
+    state_file: Option<PathBuf>,
     #[command(flatten)]
     link: LinkArgs,
 }
@@ -188,6 +216,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 interval: args.interval,
                 count: args.count,
                 resend_after: args.resend_after,
+                state_file: args.state_file,
             };
             vendor::run(config, Console::stdout(), shutdown_signal()).await?;
             Ok(())
@@ -230,6 +259,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
+    let config = args.config();
+    match &config.storage {
+        Storage::Ephemeral => log::warn!("ephemeral hub: orders are kept in memory only"),
+        Storage::DataDir(dir) => log::info!("data dir {}", dir.display()),
+    }
+    let hub = Hub::open(config)?;
     let listener = TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
@@ -237,13 +272,7 @@ async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
     let log = EventLog::stdout();
     log.line(format!("caps hub listening on {}", hub::url_for(addr)));
     log::info!("namespace {} ready", crate::protocol::NAMESPACE);
-    let config = HubConfig {
-        dispatch: args.dispatch.config(),
-        ..HubConfig::default()
-    };
-    hub::serve(listener, config, log, shutdown_signal())
-        .await
-        .context("serving")?;
+    hub.serve(listener, log, shutdown_signal()).await?;
     log::info!("hub stopped");
     Ok(())
 }

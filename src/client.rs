@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout_at};
 
-use crate::protocol::{Event, Handshake, NAMESPACE, Order, RefusalNotice};
+use crate::protocol::{Event, Handshake, MessageId, NAMESPACE, Order, RefusalNotice};
 
 /// The most events kept for sending while the hub is away; beyond this the
 /// oldest are dropped (their senders re-announce them on reconnect anyway).
@@ -55,8 +55,9 @@ pub enum Inbound {
     ConnectRefused(String),
     /// The hub refused one of our events.
     EventRefused(RefusalNotice),
-    /// An order event from the hub.
-    Order(Event, Order),
+    /// An order event from the hub, with the id to acknowledge it by when it
+    /// is a queued notice (`delivered`).
+    Order(Event, Order, Option<MessageId>),
 }
 
 /// A connection to a hub's `/caps` namespace that survives hub restarts.
@@ -260,6 +261,15 @@ fn builder(config: &LinkConfig, events: mpsc::UnboundedSender<Inbound>) -> Clien
     })
 }
 
+/// An order, with the Phase 3 envelope's id when there is one.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderMessage {
+    #[serde(flatten)]
+    order: Order,
+    message_id: Option<MessageId>,
+}
+
 /// A hub event's payload, typed; `None` if it does not parse.
 fn decode_inbound(event: Event, payload: &Payload) -> Option<Inbound> {
     let value = first_value(payload)?;
@@ -268,9 +278,8 @@ fn decode_inbound(event: Event, payload: &Payload) -> Option<Inbound> {
             .ok()
             .map(Inbound::EventRefused)
     } else {
-        serde_json::from_value(value)
-            .ok()
-            .map(|order| Inbound::Order(event, order))
+        let message: OrderMessage = serde_json::from_value(value).ok()?;
+        Some(Inbound::Order(event, message.order, message.message_id))
     }
 }
 

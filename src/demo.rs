@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::console::Console;
 use crate::driver::{self, DriverConfig};
-use crate::hub::{self, EventLog, HubConfig};
+use crate::hub::{self, EventLog, Hub, HubConfig};
 use crate::protocol::{DriverName, StoreId};
 use crate::vendor::{self, VendorConfig};
 
@@ -49,12 +49,8 @@ pub async fn run(config: DemoConfig, shutdown: impl Future<Output = ()>) -> anyh
     log.line(format!("caps hub listening on {hub_url}"));
 
     let stop_hub = CancellationToken::new();
-    let hub_task = tokio::spawn(hub::serve(
-        listener,
-        HubConfig::default(),
-        log,
-        stop_hub.clone().cancelled_owned(),
-    ));
+    let hub = Hub::open(HubConfig::ephemeral())?;
+    let hub_task = tokio::spawn(hub.serve(listener, log, stop_hub.clone().cancelled_owned()));
 
     let stop_roles = CancellationToken::new();
     let mut drivers = JoinSet::new();
@@ -84,6 +80,7 @@ pub async fn run(config: DemoConfig, shutdown: impl Future<Output = ()>) -> anyh
             interval: config.interval,
             count: config.orders,
             resend_after: Duration::from_secs(30),
+            state_file: None,
         };
         let stop = stop_roles.clone();
         vendors.spawn(async move {

@@ -158,7 +158,7 @@ pub async fn run(
                             console.line(format_args!("DRIVER: dropped {} ({})", order.order_id, notice.error.code));
                         }
                     }
-                    Inbound::Order(Event::Pickup, order) => {
+                    Inbound::Order(Event::Pickup, order, _) => {
                         let key = key_of(&order);
                         if delivered.contains(&key) {
                             log::info!("already delivered order={}; telling the hub again", order.order_id);

@@ -11,6 +11,7 @@ pub mod console;
 pub mod demo;
 pub mod driver;
 pub mod hub;
+pub mod ledger;
 pub mod protocol;
 pub mod recent;
 pub mod status;

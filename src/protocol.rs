@@ -14,6 +14,13 @@
 //! | `in-transit` | driver  | `Order`                        | the room named by `order.store`, once per order            |
 //! | `delivered`  | driver  | `Order`                        | the room named by `order.store`, once per order            |
 //! | `refused`    | hub     | `RefusalNotice`                | the sender of a refused event that asked for no ack        |
+//! | `getAll`     | vendor  | `QueueRequest`                 | nowhere: the hub replays the store's queued notices to it  |
+//! | `received`   | vendor  | `QueueRequest` with messageId  | nowhere: the hub removes that notice from the store's queue |
+//!
+//! The hub sends `delivered` to a store as a `DeliveryNotice`: the order's own
+//! fields (so Phase 2 clients read `payload.orderId`) plus the Phase 3
+//! envelope `event`, `messageId`, `queueId`/`clientId` and `order`. It stays
+//! queued at the hub until the store's vendor acknowledges it with `received`.
 //!
 //! A client that asks for an acknowledgement gets an [`Ack`]: `{"ok":true}` or
 //! `{"ok":false,"error":{"code":"…","message":"…"}}` with a stable [`ErrorCode`].
@@ -44,6 +51,10 @@ pub enum Event {
     Delivered,
     /// The hub refused an event whose sender asked for no acknowledgement.
     Refused,
+    /// A client asks for every queued message it has not acknowledged.
+    GetAll,
+    /// A client acknowledges one queued message.
+    Received,
 }
 
 impl Event {
@@ -55,6 +66,16 @@ impl Event {
         Event::Delivered,
     ];
 
+    /// The events a client may send, which the hub listens for.
+    pub const FROM_CLIENTS: [Event; 6] = [
+        Event::Join,
+        Event::Pickup,
+        Event::InTransit,
+        Event::Delivered,
+        Event::GetAll,
+        Event::Received,
+    ];
+
     /// The event's name on the wire.
     pub const fn name(self) -> &'static str {
         match self {
@@ -63,6 +84,8 @@ impl Event {
             Event::InTransit => "in-transit",
             Event::Delivered => "delivered",
             Event::Refused => "refused",
+            Event::GetAll => "getAll",
+            Event::Received => "received",
         }
     }
 
@@ -329,6 +352,8 @@ pub enum ErrorCode {
     OrderConflict,
     /// The hub is overloaded; try again.
     Busy,
+    /// No queued message with this id in that queue.
+    UnknownMessage,
     /// A code this build does not know (from a newer hub).
     #[serde(other)]
     Other,
@@ -346,6 +371,7 @@ impl ErrorCode {
             ErrorCode::OutOfOrder => "out_of_order",
             ErrorCode::OrderConflict => "order_conflict",
             ErrorCode::Busy => "busy",
+            ErrorCode::UnknownMessage => "unknown_message",
             ErrorCode::Other => "other",
         }
     }
@@ -392,6 +418,66 @@ pub struct RefusalNotice {
     pub order_id: Option<OrderId>,
     /// Why.
     pub error: Refusal,
+}
+
+/// The payload of `getAll` and `received`, in the course's Phase 3 shape:
+/// `{"queueId": "acme", "event": "delivered", "messageId": "…"}`, where
+/// `clientId` may stand for `queueId` and `messageID` for `messageId`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueRequest {
+    /// The queue: a store id for a vendor's notices.
+    #[serde(alias = "clientId")]
+    pub queue_id: StoreId,
+    /// Which messages; `delivered` if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Event>,
+    /// With `received`: the message acknowledged (a notice's `messageId`,
+    /// or, as older course code sends, its `orderId`).
+    #[serde(default, alias = "messageID", skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
+}
+
+text_type!(
+    /// The id of a queued message; the hub makes one per notice (a UUID).
+    MessageId,
+    "messageId",
+    limits::ORDER_ID
+);
+
+/// `delivered` as the hub sends it to a store: the order's fields, plus the
+/// Phase 3 envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryNotice {
+    /// The order, flattened so that `payload.orderId` works as in Phase 2.
+    #[serde(flatten)]
+    pub order: Order,
+    /// Always `delivered`.
+    pub event: Event,
+    /// What to acknowledge with `received`.
+    pub message_id: MessageId,
+    /// The queue it sits in (the store).
+    pub queue_id: StoreId,
+    /// The same, under the course's other name.
+    pub client_id: StoreId,
+    /// The order again, nested, as the Phase 3 envelope has it.
+    #[serde(rename = "order")]
+    pub nested_order: Order,
+}
+
+impl DeliveryNotice {
+    /// The notice of `order`'s delivery, acknowledged as `message_id`.
+    pub fn new(order: Order, message_id: MessageId) -> Self {
+        DeliveryNotice {
+            event: Event::Delivered,
+            message_id,
+            queue_id: order.store.clone(),
+            client_id: order.store.clone(),
+            nested_order: order.clone(),
+            order,
+        }
+    }
 }
 
 /// The acknowledgement the hub sends when a client asks for one.
@@ -588,9 +674,59 @@ mod tests {
             ErrorCode::OutOfOrder,
             ErrorCode::OrderConflict,
             ErrorCode::Busy,
+            ErrorCode::UnknownMessage,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
         }
+    }
+
+    #[test]
+    fn delivery_notices_carry_the_order_and_the_phase_3_envelope() {
+        let notice = DeliveryNotice::new(order(), MessageId::new("m-1").unwrap());
+        let wire = serde_json::to_value(&notice).unwrap();
+        assert_eq!(
+            wire,
+            json!({
+                "store": "1-206-flowers",
+                "orderId": "e3669048-7313-427b-b6cc-74010ca1f8f0",
+                "customer": "Jamal Braun",
+                "address": "Schmittfurt, LA",
+                "event": "delivered",
+                "messageId": "m-1",
+                "queueId": "1-206-flowers",
+                "clientId": "1-206-flowers",
+                "order": serde_json::to_value(order()).unwrap()
+            })
+        );
+        assert_eq!(
+            serde_json::from_value::<Order>(wire.clone()).unwrap(),
+            order()
+        );
+        assert_eq!(
+            serde_json::from_value::<DeliveryNotice>(wire).unwrap(),
+            notice
+        );
+    }
+
+    #[test]
+    fn queue_requests_accept_the_courses_field_names() {
+        let expected = QueueRequest {
+            queue_id: StoreId::new("acme").unwrap(),
+            event: Some(Event::Delivered),
+            message_id: Some(MessageId::new("m-1").unwrap()),
+        };
+        for wire in [
+            json!({"queueId": "acme", "event": "delivered", "messageId": "m-1"}),
+            json!({"clientId": "acme", "event": "delivered", "messageID": "m-1"}),
+        ] {
+            assert_eq!(
+                serde_json::from_value::<QueueRequest>(wire).unwrap(),
+                expected
+            );
+        }
+        let get_all: QueueRequest = serde_json::from_value(json!({"clientId": "acme"})).unwrap();
+        assert_eq!((get_all.event, get_all.message_id), (None, None));
+        assert!(serde_json::from_value::<QueueRequest>(json!({"event": "delivered"})).is_err());
     }
 
     #[test]

@@ -65,6 +65,12 @@ pub fn render(status: &Status) -> String {
         );
     }
 
+    let queued: u64 = status.queues.iter().map(|queue| queue.queued).sum();
+    let _ = writeln!(out, "\nnotices awaiting acknowledgement: {queued}");
+    for queue in &status.queues {
+        let _ = writeln!(out, "  {} ({} queued)", queue.store, queue.queued);
+    }
+
     let _ = writeln!(out, "\nopen orders: {}", status.open_orders.len());
     if !status.open_orders.is_empty() {
         let _ = writeln!(

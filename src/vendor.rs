@@ -1,15 +1,17 @@
 //! `caps vendor`: a shop that places an order every interval and thanks the
 //! courier for each delivery.
 //!
-//! The vendor re-announces itself on every (re)connection: it joins its
-//! store's room and re-sends every order not yet delivered. It also re-sends
-//! an order that has waited longer than `resend_after` without a delivery.
-//! The same `orderId` twice is the same order, so a re-send is harmless, and
-//! an order emitted into a dying connection, or while no driver could hear
-//! it, is not lost.
+//! On every (re)connection the vendor joins its store's room, asks the hub
+//! for every delivery notice it has not acknowledged (`getAll`), and re-sends
+//! every order not yet delivered. It also re-sends an order that has waited
+//! longer than `resend_after`. The same `orderId` twice is the same order, so
+//! a re-send is harmless, and an order emitted into a dying connection is not
+//! lost. Each notice is acknowledged (`received`) after its thank-you is
+//! printed and recorded in the ledger.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -20,11 +22,10 @@ use tokio::time::{Instant, MissedTickBehavior, interval};
 
 use crate::client::{HubLink, Inbound, LinkConfig};
 use crate::console::Console;
-use crate::protocol::{Address, Customer, Event, Handshake, JoinRequest, Order, OrderId, StoreId};
-use crate::recent::RecentSet;
-
-/// How many delivered order ids a vendor remembers to avoid thanking twice.
-const REMEMBERED_DELIVERIES: usize = 100_000;
+use crate::ledger::Ledger;
+use crate::protocol::{
+    Address, Customer, Event, Handshake, JoinRequest, Order, OrderId, QueueRequest, StoreId,
+};
 
 /// What a vendor does.
 #[derive(Debug, Clone)]
@@ -37,16 +38,19 @@ pub struct VendorConfig {
     pub store: StoreId,
     /// Time between two orders.
     pub interval: Duration,
-    /// Stop after this many orders have been delivered; `None` runs until shutdown.
+    /// Stop once this many orders (counting earlier runs, with a state file)
+    /// have been delivered; `None` runs until shutdown.
     pub count: Option<u64>,
     /// Re-send an order not delivered after this long.
     pub resend_after: Duration,
+    /// Where to keep the ledger across restarts; `None` keeps it in memory.
+    pub state_file: Option<PathBuf>,
 }
 
 /// What a vendor did, for its caller.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VendorReport {
-    /// Orders placed.
+    /// Orders placed (counting earlier runs, with a state file).
     pub placed: u64,
     /// Of those, delivered.
     pub delivered: u64,
@@ -54,19 +58,16 @@ pub struct VendorReport {
     pub refused: u64,
 }
 
-impl VendorReport {
-    /// Orders settled one way or the other.
-    fn settled(&self) -> u64 {
-        self.delivered + self.refused
-    }
-}
-
-/// Runs a vendor until its `count` orders are delivered or `shutdown` completes.
+/// Runs a vendor until its `count` orders are settled or `shutdown` completes.
 pub async fn run(
     config: VendorConfig,
     console: Console,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<VendorReport> {
+    let mut ledger = match &config.state_file {
+        Some(path) => Ledger::open(path, &config.store)?,
+        None => Ledger::in_memory(),
+    };
     let link_config = LinkConfig {
         hub_url: config.hub_url.clone(),
         handshake: Handshake::vendor(config.store.clone()),
@@ -74,45 +75,51 @@ pub async fn run(
         listen: vec![Event::Delivered],
     };
     let (mut link, mut inbound) = HubLink::connect(&link_config).await?;
-    let join = JoinRequest {
-        store: config.store.clone(),
-    };
-    link.try_send(Event::Join, &join).await;
     log::info!(
-        "vendor connected store={} hub={}",
+        "vendor connected store={} hub={} placed_before={} outstanding={}",
         config.store,
-        config.hub_url
+        config.hub_url,
+        ledger.placed(),
+        ledger.outstanding_count()
     );
+
+    let mut report = VendorReport {
+        placed: ledger.placed(),
+        delivered: ledger.placed() - ledger.outstanding_count() as u64,
+        refused: 0,
+    };
+    // When each outstanding order was last sent; all are re-sent on connect.
+    let mut last_sent: HashMap<OrderId, Instant> = HashMap::new();
+    announce(&mut link, &config.store, &ledger, &mut last_sent).await;
 
     let mut ticker = interval(config.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut report = VendorReport::default();
-    let mut outstanding: HashMap<OrderId, Outstanding> = HashMap::new();
     let mut resend_check = interval(config.resend_after / 2);
     resend_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut thanked = RecentSet::new(REMEMBERED_DELIVERIES);
     let wants_more = |report: &VendorReport| config.count.is_none_or(|n| report.placed < n);
     tokio::pin!(shutdown);
 
     loop {
-        if config.count == Some(report.settled()) {
+        if config.count.is_some_and(|n| report.placed >= n) && ledger.outstanding_count() == 0 {
             break;
         }
         tokio::select! {
             () = &mut shutdown => break,
             _ = ticker.tick(), if wants_more(&report) => {
                 let order = fake_order(&config.store);
+                ledger.record_placed(&order)?;
+                report.placed += 1;
                 console.line(format_args!("VENDOR: order {} ready for pickup", order.order_id));
                 link.try_send(Event::Pickup, &order).await;
-                outstanding.insert(order.order_id.clone(), Outstanding { order, sent: Instant::now() });
-                report.placed += 1;
+                last_sent.insert(order.order_id.clone(), Instant::now());
             }
             _ = resend_check.tick() => {
-                for waiting in outstanding.values_mut() {
-                    if waiting.sent.elapsed() >= config.resend_after {
-                        log::info!("no delivery yet for order={}; sending it again", waiting.order.order_id);
-                        link.try_send(Event::Pickup, &waiting.order).await;
-                        waiting.sent = Instant::now();
+                for order in ledger.outstanding() {
+                    let sent = last_sent.entry(order.order_id.clone()).or_insert_with(Instant::now);
+                    if sent.elapsed() >= config.resend_after {
+                        log::info!("no delivery yet for order={}; sending it again", order.order_id);
+                        link.try_send(Event::Pickup, order).await;
+                        *sent = Instant::now();
                     }
                 }
             }
@@ -121,12 +128,8 @@ pub async fn run(
                 link.observe(&message);
                 match message {
                     Inbound::Connected => {
-                        log::info!("reconnected to hub; re-sending {} undelivered orders", outstanding.len());
-                        link.try_send(Event::Join, &join).await;
-                        for waiting in outstanding.values_mut() {
-                            link.try_send(Event::Pickup, &waiting.order).await;
-                            waiting.sent = Instant::now();
-                        }
+                        log::info!("reconnected to hub; re-sending {} undelivered orders", ledger.outstanding_count());
+                        announce(&mut link, &config.store, &ledger, &mut last_sent).await;
                     }
                     Inbound::ConnectionLost(reason) => {
                         log::warn!("lost the hub ({reason}); reconnecting");
@@ -136,19 +139,27 @@ pub async fn run(
                         log::warn!("the hub refused our {}: {}", notice.event, notice.error);
                         let ours = notice.event == Event::Pickup && notice.store.as_ref() == Some(&config.store);
                         if let Some(order_id) = notice.order_id.filter(|_| ours)
-                            && outstanding.remove(&order_id).is_some()
+                            && ledger.forget(&order_id)
                         {
                             console.line(format_args!("VENDOR: order {order_id} refused ({})", notice.error.code));
                             report.refused += 1;
                         }
                     }
-                    Inbound::Order(Event::Delivered, order) if order.store == config.store => {
-                        let ours = outstanding.remove(&order.order_id).is_some();
-                        if ours {
-                            report.delivered += 1;
-                        }
-                        if thanked.insert(order.order_id.clone()) || ours {
+                    Inbound::Order(Event::Delivered, order, message_id) if order.store == config.store => {
+                        if !ledger.was_thanked(&order.order_id) {
                             console.line(format_args!("VENDOR: Thank you for delivering {}", order.order_id));
+                            if ledger.record_thanked(&order.order_id)? {
+                                report.delivered += 1;
+                            }
+                            last_sent.remove(&order.order_id);
+                        }
+                        if let Some(message_id) = message_id {
+                            let received = QueueRequest {
+                                queue_id: config.store.clone(),
+                                event: Some(Event::Delivered),
+                                message_id: Some(message_id),
+                            };
+                            link.try_send(Event::Received, &received).await;
                         }
                     }
                     Inbound::Order(..) => {}
@@ -174,11 +185,31 @@ pub async fn run(
     Ok(report)
 }
 
-/// An order placed and not yet delivered.
-struct Outstanding {
-    order: Order,
-    /// When it was last sent to the hub.
-    sent: Instant,
+/// What a vendor says on every connection: who it is, what it missed, and
+/// what it is still waiting for.
+async fn announce(
+    link: &mut HubLink,
+    store: &StoreId,
+    ledger: &Ledger,
+    last_sent: &mut HashMap<OrderId, Instant>,
+) {
+    link.try_send(
+        Event::Join,
+        &JoinRequest {
+            store: store.clone(),
+        },
+    )
+    .await;
+    let catch_up = QueueRequest {
+        queue_id: store.clone(),
+        event: Some(Event::Delivered),
+        message_id: None,
+    };
+    link.try_send(Event::GetAll, &catch_up).await;
+    for order in ledger.outstanding() {
+        link.try_send(Event::Pickup, order).await;
+        last_sent.insert(order.order_id.clone(), Instant::now());
+    }
 }
 
 /// A new order for `store` with a fresh UUID and a fake customer and address.

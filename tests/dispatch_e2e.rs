@@ -7,7 +7,9 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
 
-use common::{Proc, StoreWatcher, ids_after, repo_root, start_hub, wait_for_status};
+use common::{
+    Proc, StoreWatcher, ids_after, repo_root, start_hub, start_hub_with, wait_for_status,
+};
 
 const STORE: &str = "acme";
 
@@ -208,16 +210,7 @@ fn a_driver_killed_mid_run_resumes_its_packages_when_restarted() {
 
 #[test]
 fn a_driver_killed_for_good_has_its_packages_reclaimed_by_others() {
-    let (hub, url) = {
-        let hub = Proc::caps("hub", &["hub", "--port", "0", "--reclaim-after", "300ms"]);
-        let url = hub
-            .wait_for_line("listening on http://")
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .to_owned();
-        (hub, url)
-    };
+    let (hub, url) = start_hub_with(&["--port", "0", "--ephemeral", "--reclaim-after", "300ms"]);
     let slow = ["--pickup-delay", "5ms", "--deliver-delay", "300ms"];
     let victim = rust_driver(&url, "victim", &slow);
     let _steady = rust_driver(&url, "steady", &slow);

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use caps::client::{HubLink, Inbound, LinkConfig};
-use caps::hub::{self, EventLog, HubConfig};
-use caps::protocol::{DriverName, Event, Handshake, JoinRequest, StoreId};
+use caps::hub::{self, EventLog, Hub, HubConfig};
+use caps::protocol::{DriverName, Event, Handshake, JoinRequest, Order, StoreId};
 use caps::vendor::fake_order;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -64,9 +64,9 @@ async fn start_hub() -> RunningHub {
     let url = hub::url_for(listener.local_addr().unwrap());
     let log = Captured::default();
     let stop = CancellationToken::new();
-    tokio::spawn(hub::serve(
+    let hub = Hub::open(HubConfig::ephemeral()).unwrap();
+    tokio::spawn(hub.serve(
         listener,
-        HubConfig::default(),
         EventLog::to_writer(log.clone()),
         stop.clone().cancelled_owned(),
     ));
@@ -89,14 +89,15 @@ async fn connect(
         .expect("connecting to the in-process hub")
 }
 
-async fn next_order(inbound: &mut UnboundedReceiver<Inbound>) -> Inbound {
+/// The next order event: which event, and the order.
+async fn next_order(inbound: &mut UnboundedReceiver<Inbound>) -> (Event, Order) {
     loop {
         let message = timeout(Duration::from_secs(5), inbound.recv())
             .await
             .expect("an event within 5 s")
             .expect("the link is open");
-        if matches!(message, Inbound::Order(..)) {
-            return message;
+        if let Inbound::Order(event, order, _) = message {
+            return (event, order);
         }
     }
 }
@@ -122,18 +123,12 @@ async fn each_store_hears_only_of_its_own_packages() {
         link.send(Event::Pickup, &order).await;
         assert_eq!(
             next_order(&mut driver_inbound).await,
-            Inbound::Order(Event::Pickup, order.clone())
+            (Event::Pickup, order.clone())
         );
         driver_link.send(Event::InTransit, &order).await;
-        assert_eq!(
-            next_order(inbound).await,
-            Inbound::Order(Event::InTransit, order.clone())
-        );
+        assert_eq!(next_order(inbound).await, (Event::InTransit, order.clone()));
         driver_link.send(Event::Delivered, &order).await;
-        assert_eq!(
-            next_order(inbound).await,
-            Inbound::Order(Event::Delivered, order)
-        );
+        assert_eq!(next_order(inbound).await, (Event::Delivered, order));
     }
     // Neither vendor heard a pickup nor the other store's news: nothing is left.
     for inbound in [&mut acme_inbound, &mut globex_inbound] {
@@ -174,7 +169,7 @@ async fn a_lab_style_client_is_a_driver_until_it_joins_a_store() {
     vendor.send(Event::Pickup, &order).await;
     assert_eq!(
         next_order(&mut lab_inbound).await,
-        Inbound::Order(Event::Pickup, order.clone())
+        (Event::Pickup, order.clone())
     );
 
     // Joining a store makes it that store's vendor: the offer goes to a real driver.
@@ -190,13 +185,13 @@ async fn a_lab_style_client_is_a_driver_until_it_joins_a_store() {
     let (mut driver, mut driver_inbound) = connect(&hub.url, bob, vec![Event::Pickup]).await;
     assert_eq!(
         next_order(&mut driver_inbound).await,
-        Inbound::Order(Event::Pickup, order.clone())
+        (Event::Pickup, order.clone())
     );
     driver.send(Event::InTransit, &order).await;
     driver.send(Event::Delivered, &order).await;
     assert_eq!(
         next_order(&mut lab_inbound).await,
-        Inbound::Order(Event::Delivered, order)
+        (Event::Delivered, order)
     );
     hub.stop.cancel();
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Proc, caps_command, closed_port, ids_after, port_of, start_hub};
+use common::{Proc, caps_command, closed_port, ids_after, port_of, start_hub, start_hub_with};
 
 const READY: &str = "VENDOR: order ";
 const THANKS: &str = "VENDOR: Thank you for delivering ";
@@ -180,8 +180,10 @@ fn every_subcommand_documents_its_environment_variables() {
 
 #[test]
 fn clients_carry_on_across_a_hub_restart() {
-    let (mut hub, url) = start_hub(0);
-    let port = port_of(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let (mut hub, url) = start_hub_with(&["--port", "0", "--data-dir", data_dir]);
+    let port = port_of(&url).to_string();
     let driver = driver(&url);
     hub.wait_for_log("driver name=bob");
     let mut vendor = Proc::caps(
@@ -204,7 +206,7 @@ fn clients_carry_on_across_a_hub_restart() {
 
     hub.signal("KILL");
     hub.wait_exit();
-    let (hub, _) = start_hub(port);
+    let (hub, _) = start_hub_with(&["--port", &port, "--data-dir", data_dir]);
     hub.wait_for_log("driver name=bob");
     hub.wait_for_log("vendor store=acme");
 

@@ -1,17 +1,24 @@
-//! The hub's core: one task that owns the dispatch desk and the vendors'
-//! presence, and applies every command in the order it arrived.
+//! The hub's core: one task that owns the dispatch desk, the stores' notice
+//! queues and the vendors' presence, and applies every command in the order
+//! it arrived.
 //!
 //! socketioxide runs each event handler as its own task, so two events read
 //! together from one socket can run in either order (a driver's `in-transit`
 //! after its `delivered`). The hub therefore queues every event here at the
 //! moment it is read, and this single task applies them one by one: per
 //! socket, events take effect in the order they were sent.
+//!
+//! Applying an event changes memory at once and yields [`Output`]s (replies,
+//! offers, notices). When the hub is durable, the event's changes go to the
+//! journal and its outputs wait until they are committed: nobody hears of a
+//! change the hub could still forget.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use serde::Serialize;
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::socket::Sid;
@@ -20,10 +27,13 @@ use tokio::time::{Instant, MissedTickBehavior, interval};
 
 use super::dispatch::{Dispatch, DispatchConfig, DriverKey, Effect, OrderKey, PickupOutcome};
 use super::event_log::EventLog;
+use super::journal::{Change, Committed, Journal, Snapshot};
+use super::mailbox::Mailbox;
 use super::peer::Peer;
-use crate::api::{OrderState, Status, StoreStatus};
+use crate::api::{OrderState, QueueStatus, Status, StoreStatus};
 use crate::protocol::{
-    Ack, ErrorCode, Event, JoinRequest, NAMESPACE, Order, Refusal, RefusalNotice, StoreId,
+    Ack, DeliveryNotice, ErrorCode, Event, JoinRequest, NAMESPACE, Order, QueueRequest, Refusal,
+    RefusalNotice, StoreId,
 };
 
 /// Events waiting for the core beyond this many are refused as `busy`.
@@ -44,6 +54,10 @@ pub enum ClientEvent {
     InTransit(Order),
     /// `delivered`.
     Delivered(Order),
+    /// `getAll`.
+    GetAll(QueueRequest),
+    /// `received`.
+    Received(QueueRequest),
 }
 
 impl ClientEvent {
@@ -53,6 +67,17 @@ impl ClientEvent {
             ClientEvent::Pickup(_) => Event::Pickup,
             ClientEvent::InTransit(_) => Event::InTransit,
             ClientEvent::Delivered(_) => Event::Delivered,
+            ClientEvent::GetAll(_) => Event::GetAll,
+            ClientEvent::Received(_) => Event::Received,
+        }
+    }
+
+    fn order(&self) -> Option<&Order> {
+        match self {
+            ClientEvent::Pickup(order)
+            | ClientEvent::InTransit(order)
+            | ClientEvent::Delivered(order) => Some(order),
+            ClientEvent::Join(_) | ClientEvent::GetAll(_) | ClientEvent::Received(_) => None,
         }
     }
 }
@@ -138,7 +163,7 @@ impl CoreHandle {
     pub fn submit_event(&self, socket: SocketRef, event: ClientEvent, reply: Reply) {
         if self.queued_events.load(Ordering::Relaxed) >= MAX_QUEUED_EVENTS {
             let refusal = Refusal::new(ErrorCode::Busy, "the hub is overloaded; try again");
-            let order = order_of(&event).cloned();
+            let order = event.order().cloned();
             return reply.refuse(&socket, event.event(), order.as_ref(), refusal);
         }
         self.queued_events.fetch_add(1, Ordering::Relaxed);
@@ -169,97 +194,230 @@ impl CoreHandle {
     }
 }
 
-/// Runs the core until every handle is gone.
-pub async fn run(inbox: CoreInbox, io: SocketIo, log: EventLog, config: DispatchConfig) {
+/// Where the core's state comes from and goes to.
+pub struct CoreSetup {
+    /// How packages are handed out.
+    pub dispatch: DispatchConfig,
+    /// Most notices kept per store.
+    pub queue_limit: usize,
+    /// The state to resume from (empty for a new or ephemeral hub).
+    pub snapshot: Snapshot,
+    /// The journal and its commit reports; `None` keeps everything in memory.
+    pub journal: Option<(Journal, mpsc::UnboundedReceiver<Committed>)>,
+}
+
+/// Runs the core until every handle is gone; fails if the journal fails (the
+/// hub must then stop rather than confirm what it cannot record).
+pub async fn run(
+    inbox: CoreInbox,
+    io: SocketIo,
+    log: EventLog,
+    setup: CoreSetup,
+) -> anyhow::Result<()> {
     let CoreInbox {
         mut commands,
         queued_events,
     } = inbox;
+    let (journal, mut committed) = match setup.journal {
+        Some((journal, committed)) => (Some(journal), Some(committed)),
+        None => (None, None),
+    };
+    let mut mailbox = Mailbox::new(setup.queue_limit);
+    mailbox.restore(setup.snapshot.notices);
     let mut core = Core {
-        desk: Dispatch::new(config),
+        desk: Dispatch::restore(
+            setup.dispatch,
+            setup.snapshot.orders,
+            setup.snapshot.delivered_total,
+            Instant::now(),
+        ),
+        mailbox,
+        mailbox_changes: Vec::new(),
         io,
         log,
         vendors: HashMap::new(),
+        journal,
+        waiting: VecDeque::new(),
+        gone: Vec::new(),
     };
+    // The restore itself may have changed things (void offers).
+    let restored = core.settle(Vec::new());
+    core.deliver(restored).await;
+
     let mut ticker = interval(TICK);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ticks: u32 = 0;
     loop {
         tokio::select! {
             command = commands.recv() => {
-                let Some(command) = command else { break };
+                let Some(command) = command else { return Ok(()) };
                 if matches!(command, Command::Event(..)) {
                     queued_events.fetch_sub(1, Ordering::Relaxed);
                 }
-                core.apply(command).await;
+                let outputs = core.apply(command);
+                let ready = core.settle(outputs);
+                core.deliver(ready).await;
+            }
+            report = next_commit(&mut committed) => {
+                let committed_seq = report.map_err(|error| anyhow::anyhow!("the data dir cannot be written: {error}"))?;
+                while core.waiting.front().is_some_and(|(seq, _)| *seq <= committed_seq) {
+                    let (_, outputs) = core.waiting.pop_front().expect("front exists");
+                    core.deliver(outputs).await;
+                }
             }
             _ = ticker.tick() => {
                 ticks = ticks.wrapping_add(1);
+                let mut outputs = Vec::new();
                 if ticks.is_multiple_of(LIVENESS_EVERY) {
-                    core.drop_dead_drivers().await;
+                    core.drop_dead_drivers(&mut outputs);
                 }
                 let effects = core.desk.tick(Instant::now());
-                core.perform(effects).await;
+                core.add_effects(effects, &mut outputs);
+                let ready = core.settle(outputs);
+                core.deliver(ready).await;
             }
         }
     }
 }
 
+async fn next_commit(committed: &mut Option<mpsc::UnboundedReceiver<Committed>>) -> Committed {
+    match committed {
+        Some(reports) => reports
+            .recv()
+            .await
+            .unwrap_or_else(|| Err("the journal writer stopped".into())),
+        None => std::future::pending().await,
+    }
+}
+
+/// A message to a store or a socket.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Message {
+    Order(Order),
+    Notice(DeliveryNotice),
+}
+
+/// Something to do once the changes that caused it are recorded.
+enum Output {
+    Accept(Reply),
+    Refuse {
+        reply: Reply,
+        socket: SocketRef,
+        event: Event,
+        order: Option<Order>,
+        refusal: Refusal,
+    },
+    Offer {
+        driver: DriverKey,
+        socket: SocketRef,
+        order: Order,
+    },
+    ToStore {
+        event: Event,
+        store: StoreId,
+        message: Message,
+    },
+    ToSocket {
+        socket: SocketRef,
+        event: Event,
+        message: Message,
+    },
+}
+
 struct Core {
     desk: Dispatch<SocketRef>,
+    mailbox: Mailbox,
+    /// Mailbox changes not yet handed to the journal.
+    mailbox_changes: Vec<Change>,
     io: SocketIo,
     log: EventLog,
     /// The stores each vendor socket speaks for.
     vendors: HashMap<Sid, HashSet<StoreId>>,
+    journal: Option<Journal>,
+    /// Outputs waiting for their journal entry to commit, in order.
+    waiting: VecDeque<(u64, Vec<Output>)>,
+    /// Drivers whose socket turned out dead when offered a package.
+    gone: Vec<(DriverKey, SocketRef)>,
 }
 
 impl Core {
-    async fn apply(&mut self, command: Command) {
+    fn apply(&mut self, command: Command) -> Vec<Output> {
+        let mut outputs = Vec::new();
         match command {
             Command::Connected(socket) => match peer_of(&socket) {
                 Peer::Vendor { store } => self.add_vendor(&socket, store),
-                Peer::Driver { .. } | Peer::Undeclared => self.ensure_driver_online(&socket).await,
+                Peer::Driver { .. } | Peer::Undeclared => {
+                    self.ensure_driver_online(&socket, &mut outputs)
+                }
             },
             Command::Disconnected(socket) => {
                 self.vendors.remove(&socket.id);
                 if let Some(key) = peer_of(&socket).driver_key(&socket.id.to_string()) {
                     let effects = self.desk.driver_offline(&key, &socket, Instant::now());
-                    self.perform(effects).await;
+                    self.add_effects(effects, &mut outputs);
                 }
             }
-            Command::Event(socket, event, reply) => self.apply_event(socket, event, reply).await,
+            Command::Event(socket, event, reply) => {
+                self.apply_event(socket, event, reply, &mut outputs)
+            }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
         }
+        outputs
     }
 
-    async fn apply_event(&mut self, socket: SocketRef, event: ClientEvent, reply: Reply) {
+    fn apply_event(
+        &mut self,
+        socket: SocketRef,
+        event: ClientEvent,
+        reply: Reply,
+        outputs: &mut Vec<Output>,
+    ) {
         let now = Instant::now();
         let name = event.event();
+        let refuse = |reply: Reply, socket: SocketRef, order: Option<Order>, refusal: Refusal| {
+            Output::Refuse {
+                reply,
+                socket,
+                event: name,
+                order,
+                refusal,
+            }
+        };
         match event {
             ClientEvent::Join(request) => {
                 self.log.record(Event::Join, &request);
-                self.join(&socket, request.store).await;
-                reply.accept();
+                self.join(&socket, request.store, outputs);
+                outputs.push(Output::Accept(reply));
             }
             ClientEvent::Pickup(order) => match self.desk.pickup(order.clone(), now) {
                 Ok((outcome, effects)) => {
                     self.log.record(Event::Pickup, &order);
                     if outcome == PickupOutcome::Repeated(OrderState::Delivered) {
                         // The vendor missed the news; tell it again.
-                        let _ = socket.emit(Event::Delivered.name(), &order);
+                        let message = match self.mailbox.find(&order) {
+                            Some(message_id) => {
+                                Message::Notice(DeliveryNotice::new(order, message_id))
+                            }
+                            None => Message::Order(order),
+                        };
+                        outputs.push(Output::ToSocket {
+                            socket: socket.clone(),
+                            event: Event::Delivered,
+                            message,
+                        });
                     }
-                    reply.accept();
-                    self.perform(effects).await;
+                    outputs.push(Output::Accept(reply));
+                    self.add_effects(effects, outputs);
                 }
-                Err(refusal) => reply.refuse(&socket, name, Some(&order), refusal),
+                Err(refusal) => outputs.push(refuse(reply, socket, Some(order), refusal)),
             },
             ClientEvent::InTransit(order) | ClientEvent::Delivered(order) => {
-                self.ensure_driver_online(&socket).await;
-                let peer = peer_of(&socket);
+                self.ensure_driver_online(&socket, outputs);
                 // A vendor is nobody's driver: any key that holds no package will do.
-                let driver = peer
+                let driver = peer_of(&socket)
                     .driver_key(&socket.id.to_string())
                     .unwrap_or_else(|| DriverKey::Anonymous(socket.id.to_string()));
                 let key = OrderKey::of(&order);
@@ -271,10 +429,62 @@ impl Core {
                 match result {
                     Ok(effects) => {
                         self.log.record(name, &order);
-                        reply.accept();
-                        self.perform(effects).await;
+                        outputs.push(Output::Accept(reply));
+                        self.add_effects(effects, outputs);
                     }
-                    Err(refusal) => reply.refuse(&socket, name, Some(&order), refusal),
+                    Err(refusal) => outputs.push(refuse(reply, socket, Some(order), refusal)),
+                }
+            }
+            ClientEvent::GetAll(request) => {
+                self.log.record(Event::GetAll, &request);
+                match request.event.unwrap_or(Event::Delivered) {
+                    Event::Delivered => {
+                        for (message_id, order) in self.mailbox.pending(&request.queue_id) {
+                            outputs.push(Output::ToSocket {
+                                socket: socket.clone(),
+                                event: Event::Delivered,
+                                message: Message::Notice(DeliveryNotice::new(order, message_id)),
+                            });
+                        }
+                    }
+                    Event::Pickup => {
+                        // A driver catching up: everything it holds, again.
+                        if let Some(driver) = peer_of(&socket).driver_key(&socket.id.to_string()) {
+                            for order in self.desk.held_by(&driver) {
+                                outputs.push(Output::ToSocket {
+                                    socket: socket.clone(),
+                                    event: Event::Pickup,
+                                    message: Message::Order(order),
+                                });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                outputs.push(Output::Accept(reply));
+            }
+            ClientEvent::Received(request) => {
+                self.log.record(Event::Received, &request);
+                match (
+                    request.event.unwrap_or(Event::Delivered),
+                    request.message_id,
+                ) {
+                    (Event::Delivered, Some(message_id)) => {
+                        match self.mailbox.acknowledge(&request.queue_id, &message_id) {
+                            Ok(change) => {
+                                self.mailbox_changes.push(change);
+                                outputs.push(Output::Accept(reply));
+                            }
+                            Err(refusal) => outputs.push(refuse(reply, socket, None, refusal)),
+                        }
+                    }
+                    (Event::Delivered, None) => {
+                        let refusal =
+                            Refusal::new(ErrorCode::InvalidPayload, "received needs a messageId");
+                        outputs.push(refuse(reply, socket, None, refusal));
+                    }
+                    // Pickups are acknowledged by taking them up (in-transit).
+                    _ => outputs.push(Output::Accept(reply)),
                 }
             }
         }
@@ -283,7 +493,7 @@ impl Core {
     /// Puts the socket in the store's room. A socket that had declared
     /// nothing is a lab vendor: it leaves the drivers and its offers go to
     /// others.
-    async fn join(&mut self, socket: &SocketRef, store: StoreId) {
+    fn join(&mut self, socket: &SocketRef, store: StoreId, outputs: &mut Vec<Output>) {
         socket.join(store.to_string());
         log::info!("joined sid={} room={store}", socket.id);
         if peer_of(socket) == Peer::Undeclared {
@@ -292,7 +502,7 @@ impl Core {
             });
             let key = DriverKey::Anonymous(socket.id.to_string());
             let effects = self.desk.driver_offline(&key, socket, Instant::now());
-            self.perform(effects).await;
+            self.add_effects(effects, outputs);
         }
         if !matches!(peer_of(socket), Peer::Driver { .. }) {
             self.add_vendor(socket, store);
@@ -307,7 +517,7 @@ impl Core {
 
     /// Makes sure the desk knows this driver socket (its connect may not have
     /// been applied yet when its first event arrives).
-    async fn ensure_driver_online(&mut self, socket: &SocketRef) {
+    fn ensure_driver_online(&mut self, socket: &SocketRef, outputs: &mut Vec<Output>) {
         let peer = peer_of(socket);
         let Some(key) = peer.driver_key(&socket.id.to_string()) else {
             return;
@@ -318,33 +528,116 @@ impl Core {
         let effects = self
             .desk
             .driver_online(key, socket.clone(), peer.capacity(), Instant::now());
-        self.perform(effects).await;
+        self.add_effects(effects, outputs);
     }
 
     /// A socket can die without its disconnect ever being applied (during
     /// connect middleware); find such drivers and take them off the desk.
-    async fn drop_dead_drivers(&mut self) {
+    fn drop_dead_drivers(&mut self, outputs: &mut Vec<Output>) {
         let now = Instant::now();
         for (key, socket) in self.desk.online_drivers() {
             if !socket.connected() {
                 log::info!("driver={key} sid={} is gone", socket.id);
                 let effects = self.desk.driver_offline(&key, &socket, now);
-                self.perform(effects).await;
+                self.add_effects(effects, outputs);
             }
         }
+        let namespace = self.io.of(NAMESPACE);
         self.vendors.retain(|sid, _| {
-            self.io
-                .of(NAMESPACE)
-                .and_then(|ns| ns.get_socket(*sid))
-                .is_some()
+            namespace
+                .as_ref()
+                .is_some_and(|ns| ns.get_socket(*sid).is_some())
         });
     }
 
-    async fn perform(&mut self, effects: Vec<Effect<SocketRef>>) {
-        let mut pending: VecDeque<Effect<SocketRef>> = effects.into();
-        while let Some(effect) = pending.pop_front() {
-            match effect {
+    /// Turns the desk's effects into outputs; a delivery is queued in its
+    /// store's mailbox first.
+    fn add_effects(&mut self, effects: Vec<Effect<SocketRef>>, outputs: &mut Vec<Output>) {
+        for effect in effects {
+            outputs.push(match effect {
                 Effect::Offer {
+                    driver,
+                    socket,
+                    order,
+                } => Output::Offer {
+                    driver,
+                    socket,
+                    order,
+                },
+                Effect::Notify {
+                    event: Event::Delivered,
+                    order,
+                } => {
+                    let (message_id, changes) = self.mailbox.enqueue(order.clone());
+                    self.mailbox_changes.extend(changes);
+                    Output::ToStore {
+                        event: Event::Delivered,
+                        store: order.store.clone(),
+                        message: Message::Notice(DeliveryNotice::new(order, message_id)),
+                    }
+                }
+                Effect::Notify { event, order } => Output::ToStore {
+                    event,
+                    store: order.store.clone(),
+                    message: Message::Order(order),
+                },
+            });
+        }
+    }
+
+    /// Hands this step's changes to the journal. Returns the outputs that may
+    /// go out now; the others wait for their commit (and anything behind
+    /// outputs that wait, waits too, to keep the order).
+    fn settle(&mut self, outputs: Vec<Output>) -> Vec<Output> {
+        let mut changes = self.desk.take_changes();
+        changes.append(&mut self.mailbox_changes);
+        let Some(journal) = &mut self.journal else {
+            return outputs;
+        };
+        if !changes.is_empty() {
+            let seq = journal.append(changes);
+            self.waiting.push_back((seq, outputs));
+            return Vec::new();
+        }
+        match self.waiting.back_mut() {
+            Some((_, behind)) => {
+                behind.extend(outputs);
+                Vec::new()
+            }
+            None => outputs,
+        }
+    }
+
+    /// Carries outputs out; drivers found dead on the way are taken off the
+    /// desk, and what that causes is settled and carried out in turn.
+    async fn deliver(&mut self, outputs: Vec<Output>) {
+        let mut outputs = outputs;
+        loop {
+            self.execute(outputs).await;
+            if self.gone.is_empty() {
+                return;
+            }
+            let mut more = Vec::new();
+            for (driver, socket) in std::mem::take(&mut self.gone) {
+                let effects = self.desk.driver_offline(&driver, &socket, Instant::now());
+                self.add_effects(effects, &mut more);
+            }
+            outputs = self.settle(more);
+        }
+    }
+
+    async fn execute(&mut self, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::Accept(reply) => reply.accept(),
+                Output::Refuse {
+                    reply,
+                    socket,
+                    event,
+                    order,
+                    refusal,
+                } => reply.refuse(&socket, event, order.as_ref(), refusal),
+                Output::Offer {
                     driver,
                     socket,
                     order,
@@ -356,24 +649,30 @@ impl Core {
                             order.order_id
                         );
                         if !socket.connected() {
-                            pending.extend(self.desk.driver_offline(
-                                &driver,
-                                &socket,
-                                Instant::now(),
-                            ));
+                            self.gone.push((driver, socket));
                         }
                     }
                 }
-                Effect::Notify { event, order } => {
+                Output::ToStore {
+                    event,
+                    store,
+                    message,
+                } => {
                     let Some(ns) = self.io.of(NAMESPACE) else {
                         continue;
                     };
-                    if let Err(error) = ns
-                        .to(order.store.to_string())
-                        .emit(event.name(), &order)
-                        .await
+                    if let Err(error) = ns.to(store.to_string()).emit(event.name(), &message).await
                     {
-                        log::warn!("cannot tell store={} of {event}: {error}", order.store);
+                        log::warn!("cannot tell store={store} of {event}: {error}");
+                    }
+                }
+                Output::ToSocket {
+                    socket,
+                    event,
+                    message,
+                } => {
+                    if let Err(error) = socket.emit(event.name(), &message) {
+                        log::debug!("cannot send {event} to sid={}: {error}", socket.id);
                     }
                 }
             }
@@ -398,16 +697,13 @@ impl Core {
             open_orders: self.desk.open_orders(Status::OPEN_ORDERS_SHOWN),
             drivers: self.desk.drivers(),
             stores,
+            queues: self
+                .mailbox
+                .queue_lengths()
+                .into_iter()
+                .map(|(store, queued)| QueueStatus { store, queued })
+                .collect(),
         }
-    }
-}
-
-fn order_of(event: &ClientEvent) -> Option<&Order> {
-    match event {
-        ClientEvent::Join(_) => None,
-        ClientEvent::Pickup(order)
-        | ClientEvent::InTransit(order)
-        | ClientEvent::Delivered(order) => Some(order),
     }
 }
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
+use super::journal::{Change, StoredOrder};
 use crate::api::{DriverStatus, OrderCounts, OrderState, OrderSummary};
 use crate::protocol::{DriverName, ErrorCode, Event, Order, OrderId, Refusal, StoreId};
 
@@ -146,6 +147,27 @@ struct OrderEntry {
     history: Vec<Transition>,
 }
 
+impl OrderEntry {
+    /// Moves the order to `state`, held by `driver`; returns the change to record.
+    fn enter(&mut self, key: &OrderKey, state: OrderState, driver: Option<DriverKey>) -> Change {
+        let at = Utc::now();
+        self.state = state;
+        self.driver = driver.clone();
+        self.history.push(Transition {
+            state,
+            driver: driver.clone(),
+            at,
+        });
+        Change::Transition {
+            key: key.clone(),
+            state,
+            driver,
+            told_in_transit: self.store_told_in_transit,
+            at,
+        }
+    }
+}
+
 struct DriverEntry<S> {
     socket: Option<S>,
     capacity: Option<u32>,
@@ -195,6 +217,8 @@ pub struct Dispatch<S> {
     next_seq: u64,
     next_offer: u64,
     assignments: u64,
+    /// Changes not yet taken by the core for the journal.
+    changes: Vec<Change>,
 }
 
 impl<S: Clone + PartialEq> Dispatch<S> {
@@ -211,7 +235,63 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             next_seq: 0,
             next_offer: 0,
             assignments: 0,
+            changes: Vec::new(),
         }
+    }
+
+    /// A desk resuming from recorded orders (see [`super::journal::Snapshot`]). Offers do not
+    /// survive a restart: assigned orders are ready again. Packages in transit
+    /// stay with their named driver, offline until it reconnects; an
+    /// anonymous driver cannot come back, so its packages are ready again.
+    pub fn restore(
+        config: DispatchConfig,
+        snapshot_orders: Vec<StoredOrder>,
+        delivered_total: u64,
+        now: Instant,
+    ) -> Self {
+        let mut desk = Dispatch::new(config);
+        desk.delivered_total = delivered_total;
+        for stored in snapshot_orders {
+            let key = OrderKey::of(&stored.order);
+            desk.next_seq = desk.next_seq.max(stored.seq + 1);
+            let mut entry = OrderEntry {
+                order: stored.order,
+                seq: stored.seq,
+                state: stored.state,
+                driver: stored.driver.clone(),
+                offer: 0,
+                passed_over: None,
+                store_told_in_transit: stored.told_in_transit,
+                history: vec![Transition {
+                    state: stored.state,
+                    driver: stored.driver.clone(),
+                    at: stored.since,
+                }],
+            };
+            match (stored.state, stored.driver) {
+                (OrderState::Delivered, _) => desk.delivered_order.push_back(key.clone()),
+                (OrderState::InTransit, Some(driver @ DriverKey::Named(_))) => {
+                    let holder = desk.drivers.entry(driver).or_insert_with(DriverEntry::new);
+                    holder.carrying.insert(key.clone());
+                    holder.offline_since = Some(now);
+                }
+                (OrderState::Ready, _) => {
+                    desk.ready.insert(entry.seq, key.clone());
+                }
+                (OrderState::Assigned | OrderState::InTransit, _) => {
+                    let change = entry.enter(&key, OrderState::Ready, None);
+                    desk.changes.push(change);
+                    desk.ready.insert(entry.seq, key.clone());
+                }
+            }
+            desk.orders.insert(key, entry);
+        }
+        desk
+    }
+
+    /// The changes made since the last call, for the journal.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
     }
 
     /// A driver is connected on `socket`. Packages it holds are handed back to
@@ -291,6 +371,12 @@ impl<S: Clone + PartialEq> Dispatch<S> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        let at = Utc::now();
+        self.changes.push(Change::NewOrder {
+            order: order.clone(),
+            seq,
+            at,
+        });
         self.orders.insert(
             key.clone(),
             OrderEntry {
@@ -304,7 +390,7 @@ impl<S: Clone + PartialEq> Dispatch<S> {
                 history: vec![Transition {
                     state: OrderState::Ready,
                     driver: None,
-                    at: Utc::now(),
+                    at,
                 }],
             },
         );
@@ -328,13 +414,9 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             OrderState::InTransit | OrderState::Delivered => return Ok(Vec::new()),
             OrderState::Ready => return Err(not_yours(key, entry)),
         }
-        entry.state = OrderState::InTransit;
-        entry.history.push(Transition {
-            state: OrderState::InTransit,
-            driver: Some(driver.clone()),
-            at: Utc::now(),
-        });
         let first_time = !std::mem::replace(&mut entry.store_told_in_transit, true);
+        let change = entry.enter(key, OrderState::InTransit, Some(driver.clone()));
+        self.changes.push(change);
         let order = entry.order.clone();
         if let Some(holder) = self.drivers.get_mut(driver) {
             holder.offered.remove(key);
@@ -372,12 +454,8 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             }
             OrderState::Ready => return Err(not_yours(key, entry)),
         }
-        entry.state = OrderState::Delivered;
-        entry.history.push(Transition {
-            state: OrderState::Delivered,
-            driver: Some(driver.clone()),
-            at: Utc::now(),
-        });
+        let change = entry.enter(key, OrderState::Delivered, Some(driver.clone()));
+        self.changes.push(change);
         let order = entry.order.clone();
         if let Some(holder) = self.drivers.get_mut(driver) {
             holder.carrying.remove(key);
@@ -441,6 +519,21 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             }
         }
         self.dispatch(now)
+    }
+
+    /// The packages `driver` holds (offered or in transit), oldest first.
+    pub fn held_by(&self, driver: &DriverKey) -> Vec<Order> {
+        let Some(entry) = self.drivers.get(driver) else {
+            return Vec::new();
+        };
+        let mut held: Vec<&OrderEntry> = entry
+            .carrying
+            .iter()
+            .chain(&entry.offered)
+            .filter_map(|key| self.orders.get(key))
+            .collect();
+        held.sort_by_key(|order| order.seq);
+        held.into_iter().map(|order| order.order.clone()).collect()
     }
 
     /// Drivers believed online, with their sockets (for liveness checks).
@@ -538,14 +631,9 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             holder.peak_load = holder.peak_load.max(holder.load());
             let socket = holder.socket.clone().expect("chosen driver is online");
             let entry = self.orders.get_mut(&key).expect("ready order exists");
-            entry.state = OrderState::Assigned;
-            entry.driver = Some(driver.clone());
             entry.offer = offer;
-            entry.history.push(Transition {
-                state: OrderState::Assigned,
-                driver: Some(driver.clone()),
-                at: Utc::now(),
-            });
+            let change = entry.enter(&key, OrderState::Assigned, Some(driver.clone()));
+            self.changes.push(change);
             self.offer_deadlines
                 .push_back((now + self.config.offer_timeout, key, offer));
             effects.push(Effect::Offer {
@@ -571,14 +659,9 @@ impl<S: Clone + PartialEq> Dispatch<S> {
 
     fn make_ready(&mut self, key: &OrderKey, passed_over: Option<DriverKey>) {
         if let Some(entry) = self.orders.get_mut(key) {
-            entry.state = OrderState::Ready;
-            entry.driver = None;
             entry.passed_over = passed_over;
-            entry.history.push(Transition {
-                state: OrderState::Ready,
-                driver: None,
-                at: Utc::now(),
-            });
+            let change = entry.enter(key, OrderState::Ready, None);
+            self.changes.push(change);
             self.ready.insert(entry.seq, key.clone());
         }
     }
@@ -902,6 +985,86 @@ mod tests {
             "the store heard in-transit already"
         );
         assert_eq!(desk.delivered(&named("b"), &key, start).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn every_change_is_recorded_and_a_restored_desk_resumes() {
+        let now = Instant::now();
+        let mut desk = desk();
+        desk.driver_online(named("a"), 1, None, now);
+        pickup(&mut desk, "carried", now);
+        pickup(&mut desk, "offered", now);
+        desk.in_transit(&named("a"), &OrderKey::of(&order("carried")))
+            .unwrap();
+        let changes = desk.take_changes();
+        let kinds: Vec<String> = changes
+            .iter()
+            .map(|change| match change {
+                Change::NewOrder { order, .. } => format!("new {}", order.order_id),
+                Change::Transition { key, state, .. } => format!("{} {state}", key.order_id),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "new carried",
+                "carried assigned",
+                "new offered",
+                "offered assigned",
+                "carried in-transit"
+            ]
+        );
+        assert!(desk.take_changes().is_empty());
+
+        let stored =
+            |id: &str, seq: u64, state: OrderState, driver: Option<DriverKey>| StoredOrder {
+                order: order(id),
+                seq,
+                state,
+                driver,
+                told_in_transit: state == OrderState::InTransit,
+                since: Utc::now(),
+            };
+        let mut restored: Desk = Dispatch::restore(
+            DispatchConfig::default(),
+            vec![
+                stored("carried", 0, OrderState::InTransit, Some(named("a"))),
+                stored("offered", 1, OrderState::Assigned, Some(named("a"))),
+                stored("done", 2, OrderState::Delivered, Some(named("a"))),
+            ],
+            7,
+            now,
+        );
+        assert_eq!(
+            restored.state_of(&OrderKey::of(&order("offered"))),
+            Some(OrderState::Ready)
+        );
+        assert_eq!(
+            restored.take_changes().len(),
+            1,
+            "the void offer is recorded as ready again"
+        );
+        assert_eq!(restored.counts().delivered, 7);
+        let (outcome, _) = restored.pickup(order("done"), now).unwrap();
+        assert_eq!(outcome, PickupOutcome::Repeated(OrderState::Delivered));
+        let back = offers(&restored.driver_online(named("a"), 2, None, now));
+        assert_eq!(
+            back,
+            [
+                ("a".to_string(), "carried".to_string()),
+                ("a".to_string(), "offered".to_string())
+            ]
+        );
+        let (_, effects) = restored.pickup(order("new"), now).unwrap();
+        assert_eq!(offers(&effects).len(), 1);
+        assert!(matches!(
+            restored
+                .take_changes()
+                .iter()
+                .find(|c| matches!(c, Change::NewOrder { .. })),
+            Some(Change::NewOrder { seq: 3, .. })
+        ));
     }
 
     #[test]

@@ -35,12 +35,7 @@ pub async fn admit(
         .and_then(Peer::from_handshake)
         .inspect_err(|refusal| log::warn!("refused connection sid={}: {refusal}", socket.id))?;
 
-    for event in [
-        Event::Join,
-        Event::Pickup,
-        Event::InTransit,
-        Event::Delivered,
-    ] {
+    for event in Event::FROM_CLIENTS {
         socket.on(
             event.name(),
             Inlet {
@@ -104,6 +99,9 @@ impl MessageHandler<LocalAdapter, InletCall> for Inlet {
             Event::Pickup => decode(&socket, &mut value, &ack_id).map(ClientEvent::Pickup),
             Event::InTransit => decode(&socket, &mut value, &ack_id).map(ClientEvent::InTransit),
             Event::Delivered => decode(&socket, &mut value, &ack_id).map(ClientEvent::Delivered),
+            Event::GetAll => decode(&socket, &mut value, &ack_id).map(ClientEvent::GetAll),
+            Event::Received => decode(&socket, &mut value, &ack_id).map(ClientEvent::Received),
+            // Sent by the hub only; FROM_CLIENTS does not register it.
             Event::Refused => return,
         };
         let socket = SocketRef::from(socket);

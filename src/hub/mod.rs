@@ -9,11 +9,17 @@ mod decode;
 pub mod dispatch;
 mod event_log;
 mod handlers;
+pub mod journal;
+mod mailbox;
 mod peer;
+pub mod sqlite;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use anyhow::Context;
 
 use axum::Json;
 use axum::Router;
@@ -30,7 +36,9 @@ pub use dispatch::DispatchConfig;
 pub use event_log::EventLog;
 pub use peer::Peer;
 
-use self::core::CoreHandle;
+use self::core::{CoreHandle, CoreSetup};
+use self::journal::{Journal, Snapshot, Store};
+use self::sqlite::SqliteStore;
 use crate::api::STATUS_PATH;
 use crate::protocol::NAMESPACE;
 
@@ -43,14 +51,108 @@ pub struct HubConfig {
     pub max_message_bytes: u64,
     /// How packages are handed out.
     pub dispatch: DispatchConfig,
+    /// Where the hub keeps its state.
+    pub storage: Storage,
+    /// Most delivery notices queued per store.
+    pub queue_limit: usize,
 }
 
-impl Default for HubConfig {
-    fn default() -> Self {
+/// Where a hub keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// In memory only: a restart forgets everything.
+    Ephemeral,
+    /// An SQLite database in this directory.
+    DataDir(PathBuf),
+}
+
+impl HubConfig {
+    /// A hub that keeps everything in memory (demos, tests).
+    pub fn ephemeral() -> Self {
         HubConfig {
             max_message_bytes: 1024 * 1024,
             dispatch: DispatchConfig::default(),
+            storage: Storage::Ephemeral,
+            queue_limit: 10_000,
         }
+    }
+
+    /// A durable hub keeping its state in `dir`.
+    pub fn durable(dir: impl Into<PathBuf>) -> Self {
+        HubConfig {
+            storage: Storage::DataDir(dir.into()),
+            ..HubConfig::ephemeral()
+        }
+    }
+}
+
+/// The data dir used when none is given: `$XDG_DATA_HOME/caps`, else
+/// `~/.local/share/caps`, else `./caps-data`.
+pub fn default_data_dir() -> PathBuf {
+    let xdg = std::env::var_os("XDG_DATA_HOME").filter(|dir| !dir.is_empty());
+    if let Some(dir) = xdg {
+        return PathBuf::from(dir).join("caps");
+    }
+    match std::env::var_os("HOME").filter(|dir| !dir.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/caps"),
+        None => PathBuf::from("caps-data"),
+    }
+}
+
+/// A hub with its state loaded, ready to serve.
+pub struct Hub {
+    config: HubConfig,
+    snapshot: Snapshot,
+    journal: Option<(
+        Journal,
+        tokio::sync::mpsc::UnboundedReceiver<journal::Committed>,
+    )>,
+}
+
+impl Hub {
+    /// Opens the hub's storage and reads its state back. A data dir that is
+    /// in use, unreadable, corrupt or from a newer caps is refused here.
+    pub fn open(config: HubConfig) -> anyhow::Result<Hub> {
+        let (snapshot, journal) = match &config.storage {
+            Storage::Ephemeral => (Snapshot::default(), None),
+            Storage::DataDir(dir) => {
+                let mut store = SqliteStore::open(dir)?;
+                let snapshot = store
+                    .load(config.dispatch.keep_delivered)
+                    .with_context(|| format!("reading the data dir {}", dir.display()))?;
+                log::info!(
+                    "data dir {}: {} open orders, {} delivered, {} queued notices",
+                    dir.display(),
+                    snapshot
+                        .orders
+                        .iter()
+                        .filter(|o| o.state != crate::api::OrderState::Delivered)
+                        .count(),
+                    snapshot.delivered_total,
+                    snapshot.notices.len()
+                );
+                let store: Box<dyn Store> = Box::new(store);
+                (snapshot, Some(Journal::start(store)))
+            }
+        };
+        Ok(Hub {
+            config,
+            snapshot,
+            journal,
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then closes every
+    /// Socket.IO connection (clients see a server disconnect) and returns.
+    /// Fails if the data dir cannot be written: the hub stops rather than
+    /// confirm what it cannot record.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        log: EventLog,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        serve_hub(self, listener, log, shutdown).await
     }
 }
 
@@ -60,14 +162,17 @@ pub(crate) struct HubState {
     core: CoreHandle,
 }
 
-/// Serves the hub on `listener` until `shutdown` completes, then closes every
-/// Socket.IO connection (clients see a server disconnect) and returns.
-pub async fn serve(
+async fn serve_hub(
+    hub: Hub,
     listener: TcpListener,
-    config: HubConfig,
     log: EventLog,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> anyhow::Result<()> {
+    let Hub {
+        config,
+        snapshot,
+        journal,
+    } = hub;
     let (core, inbox) = self::core::channel();
     let (layer, io) = SocketIo::builder()
         .max_payload(config.max_message_bytes)
@@ -80,7 +185,13 @@ pub async fn serve(
         .with_state(HubState { core: core.clone() })
         .build_layer();
     io.ns(NAMESPACE, handlers::on_connect.with(handlers::admit));
-    let core_task = tokio::spawn(self::core::run(inbox, io.clone(), log, config.dispatch));
+    let setup = CoreSetup {
+        dispatch: config.dispatch,
+        queue_limit: config.queue_limit,
+        snapshot,
+        journal,
+    };
+    let mut core_task = tokio::spawn(self::core::run(inbox, io.clone(), log, setup));
 
     let router = Router::new()
         .route("/healthz", get(async || "ok\n"))
@@ -93,15 +204,26 @@ pub async fn serve(
             log::debug!("cannot set TCP_NODELAY: {error}");
         }
     });
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            log::info!("shutting down: closing all connections");
+    let closer = io.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        log::info!("shutting down: closing all connections");
+        closer.close().await;
+    });
+    tokio::select! {
+        served = server => {
+            core_task.abort();
+            served.context("serving")
+        }
+        stopped = &mut core_task => {
             io.close().await;
-        })
-        .await;
-    core_task.abort();
-    served
+            match stopped {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(error),
+                Err(panic) => Err(anyhow::anyhow!("the hub core failed: {panic}")),
+            }
+        }
+    }
 }
 
 async fn status(State(core): State<CoreHandle>) -> Response {

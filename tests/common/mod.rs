@@ -65,6 +65,8 @@ pub struct Proc {
     child: Child,
     out: Arc<Lines>,
     err: Arc<Lines>,
+    /// A temporary directory that lives as long as the process handle.
+    scratch: Option<tempfile::TempDir>,
 }
 
 impl Proc {
@@ -85,7 +87,14 @@ impl Proc {
             child,
             out,
             err,
+            scratch: None,
         }
+    }
+
+    /// Keeps `dir` until this handle is dropped.
+    pub fn keep(mut self, dir: tempfile::TempDir) -> Proc {
+        self.scratch = Some(dir);
+        self
     }
 
     /// Starts the `caps` binary with `args`.
@@ -195,10 +204,24 @@ pub fn caps_command(args: &[&str]) -> Command {
     command
 }
 
-/// A hub started with `--port 0` (or `port`), and its URL from its first line.
+/// A durable hub on a fresh temporary data dir, started with `--port 0`
+/// (or `port`), and its URL from its first line.
 pub fn start_hub(port: u16) -> (Proc, String) {
-    let port = port.to_string();
-    let hub = Proc::caps("hub", &["hub", "--port", &port]);
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, url) = start_hub_with(&[
+        "--port",
+        &port.to_string(),
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    (hub.keep(dir), url)
+}
+
+/// A hub started with these arguments, and its URL from its first line.
+pub fn start_hub_with(args: &[&str]) -> (Proc, String) {
+    let mut all = vec!["hub"];
+    all.extend_from_slice(args);
+    let hub = Proc::caps("hub", &all);
     let banner = hub.wait_for_line("listening on http://");
     let url = banner.rsplit(' ').next().unwrap().to_owned();
     (hub, url)
@@ -309,7 +332,7 @@ impl StoreWatcher {
                     let next =
                         tokio::time::timeout(Duration::from_millis(50), inbound.recv()).await;
                     match next {
-                        Ok(Some(Inbound::Order(event, order))) => record
+                        Ok(Some(Inbound::Order(event, order, _))) => record
                             .lock()
                             .unwrap()
                             .push((event.name().to_owned(), order.order_id.to_string())),

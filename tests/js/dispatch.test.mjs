@@ -2,7 +2,7 @@
 // its error code and leaves the hub's board unchanged.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { connectClient, emitWithAck, nextEvent, startHub } from './support.mjs';
+import { connectClient, emitWithAck, nextEvent, orderOf, startHub } from './support.mjs';
 
 const order = (overrides = {}) => ({
   store: 'acme',
@@ -88,7 +88,10 @@ test('each refusal has its code and changes nothing; repeats are idempotent', as
   assert.deepEqual(await inTransit, placed);
   const delivered = nextEvent(vendor, 'delivered');
   assert.deepEqual(await emitWithAck(holder, 'delivered', placed), { ok: true });
-  assert.deepEqual(await delivered, placed);
+  const notice = await delivered;
+  assert.deepEqual(orderOf(notice), placed);
+  assert.deepEqual(notice.order, placed, 'the Phase 3 envelope nests the order');
+  assert.equal(notice.queueId, 'acme');
   const repeatHeard = arrives(vendor, 'delivered');
   assert.deepEqual(await emitWithAck(holder, 'delivered', placed), { ok: true }, 'a repeat is acknowledged');
   assert.equal(await repeatHeard, false, 'and not relayed again');
@@ -97,7 +100,7 @@ test('each refusal has its code and changes nothing; repeats are idempotent', as
   // A vendor that asks again about a delivered order is told again.
   const toldAgain = nextEvent(vendor, 'delivered');
   assert.deepEqual(await emitWithAck(vendor, 'pickup', placed), { ok: true });
-  assert.deepEqual(await toldAgain, placed);
+  assert.deepEqual(orderOf(await toldAgain), placed);
 });
 
 test('a client that asks for no acknowledgement is sent a refused event', async (t) => {

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { io } from 'socket.io-client';
-import { connectClient, emitWithAck, nextEvent, startHub } from './support.mjs';
+import { connectClient, emitWithAck, nextEvent, orderOf, startHub } from './support.mjs';
 
 const order = (overrides = {}) => ({
   store: 'acme',
@@ -50,7 +50,7 @@ test('a pickup reaches one driver and no vendor; its news reaches only its own s
     const acmeHears = nextEvent(acme, event);
     const otherHears = arrives(other, event);
     assert.deepEqual(await emitWithAck(driver, event, placed), { ok: true });
-    assert.deepEqual(await acmeHears, placed);
+    assert.deepEqual(orderOf(await acmeHears), placed);
     assert.equal(await otherHears, false, `another store must not hear acme's ${event}`);
   }
 });
@@ -120,6 +120,9 @@ test('malformed payloads are refused with a clear error and the hub keeps servin
   assert.deepEqual(await emitWithAck(vendor, 'pickup', good), { ok: true });
   assert.deepEqual(await heard, good);
   await hub.waitForLog(/refused pickup sid=\S+ vendor store=acme: payload_too_large/);
+  // The log is written in order: once the good pickup's line is there, any
+  // refused event that had been logged would be there too.
+  await hub.waitForLine(new RegExp(`^EVENT .*${good.orderId}`));
   assert.equal(hub.matching(/^EVENT /).length, 1, 'only the good pickup is logged');
 });
 

@@ -1,6 +1,8 @@
 // Shared helpers for the JavaScript tests: run the built `caps` binary and the
 // lab's scripts as child processes and wait on what they print, with timeouts.
 import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -94,11 +96,22 @@ export class Proc {
   }
 }
 
-/** Starts `caps hub --port 0` and resolves with it and its URL. */
+/**
+ * Starts `caps hub --port 0` on a fresh temporary data dir (removed when the
+ * hub is killed) and resolves with it and its URL.
+ */
 export async function startHub(extraArgs = []) {
-  const hub = new Proc(capsBin, ['hub', '--port', '0', ...extraArgs], { RUST_LOG: 'info' });
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'caps-hub-'));
+  const hub = new Proc(capsBin, ['hub', '--port', '0', '--data-dir', dataDir, ...extraArgs], { RUST_LOG: 'info' });
+  hub.exited.then(() => rmSync(dataDir, { recursive: true, force: true }));
   const banner = await hub.waitForLine(/listening on http:\/\//);
   return { hub, url: banner.split(' ').pop() };
+}
+
+/** The order fields of a payload (a `delivered` notice also carries its envelope). */
+export function orderOf(payload) {
+  const { store, orderId, customer, address } = payload;
+  return { store, orderId, customer, address };
 }
 
 /** A connected official socket.io client on the hub's /caps namespace. */

@@ -1,0 +1,462 @@
+//! The hub's durable store: one SQLite database (WAL mode) in the data dir.
+//!
+//! Opening refuses, with a clear message and without writing anything, a
+//! data dir that another hub holds, a file that is not a caps database, a
+//! corrupt database, or one written by a newer caps (a schema this build
+//! does not know). Schema changes are numbered migrations, applied in order.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags, params};
+
+use super::dispatch::DriverKey;
+use super::journal::{Change, Snapshot, Store, StoredNotice, StoredOrder};
+use crate::api::OrderState;
+use crate::protocol::{Address, Customer, DriverName, MessageId, Order, OrderId, StoreId};
+
+/// The database file inside the data dir.
+pub const DATABASE_FILE: &str = "caps.db";
+/// The lock file that keeps a second hub out of the same data dir.
+const LOCK_FILE: &str = "caps.lock";
+/// Marks our databases (`PRAGMA application_id`): "CAPS".
+const APPLICATION_ID: i32 = 0x4341_5053;
+
+/// Numbered schema migrations; `PRAGMA user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: orders, their history, and the stores' notice queues.
+    "CREATE TABLE orders (
+        store TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        seq INTEGER NOT NULL UNIQUE,
+        customer TEXT NOT NULL,
+        address TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('ready', 'assigned', 'in-transit', 'delivered')),
+        driver TEXT,
+        told_in_transit INTEGER NOT NULL DEFAULT 0,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (store, order_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX orders_by_state ON orders (state, seq);
+    CREATE TABLE transitions (
+        id INTEGER PRIMARY KEY,
+        store TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        driver TEXT,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX transitions_by_order ON transitions (store, order_id);
+    CREATE TABLE notices (
+        message_id TEXT PRIMARY KEY,
+        store TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        queued_at TEXT NOT NULL
+    );",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The SQLite store of one data dir.
+pub struct SqliteStore {
+    conn: Connection,
+    /// Held for the store's lifetime: the OS lock on the data dir.
+    _lock: File,
+}
+
+impl SqliteStore {
+    /// Opens (creating if need be) the store in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<SqliteStore> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            bail!("data dir {} is in use by another hub", dir.display());
+        }
+
+        let path = dir.join(DATABASE_FILE);
+        check_header(&path)?;
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )
+        .with_context(|| format!("cannot open {}", path.display()))?;
+        let refuse = |what: String| {
+            anyhow::anyhow!(
+                "refusing data dir {}: {what}; nothing was changed",
+                dir.display()
+            )
+        };
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|error| {
+                refuse(format!(
+                    "{} is not a readable database ({error})",
+                    path.display()
+                ))
+            })?;
+        let application_id: i32 = conn.query_row("PRAGMA application_id", [], |row| row.get(0))?;
+        if version > 0 && application_id != APPLICATION_ID {
+            return Err(refuse(format!("{} is not a caps database", path.display())));
+        }
+        if version > SCHEMA_VERSION {
+            return Err(refuse(format!(
+                "it was written by a newer caps (schema version {version}; this build knows up to {SCHEMA_VERSION})"
+            )));
+        }
+        if version > 0 {
+            let check: String = conn
+                .query_row("PRAGMA quick_check", [], |row| row.get(0))
+                .map_err(|error| refuse(format!("{} is corrupt ({error})", path.display())))?;
+            if check != "ok" {
+                return Err(refuse(format!("{} is corrupt ({check})", path.display())));
+            }
+        }
+
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Every commit reaches the disk before the hub confirms what it holds.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let mut store = SqliteStore { conn, _lock: lock };
+        store.migrate(version)?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, from: i64) -> anyhow::Result<()> {
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+            let version = index as i64 + 1;
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(migration)
+                .with_context(|| format!("applying schema migration {version}"))?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+            tx.pragma_update(None, "user_version", version)?;
+            tx.commit()?;
+            log::info!("data dir schema migrated to version {version}");
+        }
+        Ok(())
+    }
+}
+
+/// An existing, non-empty database file must start with SQLite's header;
+/// anything else is refused before SQLite can touch it.
+fn check_header(path: &PathBuf) -> anyhow::Result<()> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut header = Vec::with_capacity(16);
+    file.by_ref()
+        .take(16)
+        .read_to_end(&mut header)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if !header.is_empty() && header != b"SQLite format 3\0" {
+        bail!(
+            "refusing {}: it is not a caps database (not SQLite, or corrupt); nothing was changed",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn load(&mut self, keep_delivered: usize) -> anyhow::Result<Snapshot> {
+        let mut orders = Vec::new();
+        let mut open = self.conn.prepare(
+            "SELECT store, order_id, seq, customer, address, state, driver, told_in_transit, updated_at
+             FROM orders WHERE state <> 'delivered' ORDER BY seq",
+        )?;
+        for row in open.query_map([], read_order)? {
+            orders.push(row??);
+        }
+        let mut recent = self.conn.prepare(
+            "SELECT store, order_id, seq, customer, address, state, driver, told_in_transit, updated_at
+             FROM orders WHERE state = 'delivered' ORDER BY seq DESC LIMIT ?1",
+        )?;
+        let mut delivered: Vec<StoredOrder> = Vec::new();
+        for row in recent.query_map([keep_delivered as i64], read_order)? {
+            delivered.push(row??);
+        }
+        delivered.reverse();
+        orders.extend(delivered);
+        orders.sort_by_key(|order| order.seq);
+
+        let delivered_total: i64 = self.conn.query_row(
+            "SELECT count(*) FROM orders WHERE state = 'delivered'",
+            [],
+            |row| row.get(0),
+        )?;
+
+        let mut notices = Vec::new();
+        let mut queued = self.conn.prepare(
+            "SELECT n.message_id, o.store, o.order_id, o.customer, o.address
+             FROM notices n JOIN orders o ON o.store = n.store AND o.order_id = n.order_id
+             ORDER BY n.queued_at, n.rowid",
+        )?;
+        let rows = queued.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (message_id, store, order_id, customer, address) = row?;
+            notices.push(StoredNotice {
+                message_id: MessageId::new(message_id).map_err(anyhow::Error::msg)?,
+                order: order_from(store, order_id, customer, address)?,
+            });
+        }
+        Ok(Snapshot {
+            orders,
+            delivered_total: delivered_total as u64,
+            notices,
+        })
+    }
+
+    fn commit(&mut self, changes: &[Change]) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut new_order = tx.prepare_cached(
+                "INSERT INTO orders (store, order_id, seq, customer, address, state, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'ready', ?6)",
+            )?;
+            let mut update = tx.prepare_cached(
+                "UPDATE orders SET state = ?3, driver = ?4, told_in_transit = ?5, updated_at = ?6
+                 WHERE store = ?1 AND order_id = ?2",
+            )?;
+            let mut history = tx.prepare_cached(
+                "INSERT INTO transitions (store, order_id, state, driver, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut queue = tx.prepare_cached(
+                "INSERT INTO notices (message_id, store, order_id, queued_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut unqueue = tx.prepare_cached("DELETE FROM notices WHERE message_id = ?1")?;
+            for change in changes {
+                match change {
+                    Change::NewOrder { order, seq, at } => {
+                        let at = at.to_rfc3339();
+                        new_order.execute(params![
+                            order.store.as_str(),
+                            order.order_id.as_str(),
+                            *seq as i64,
+                            order.customer.as_str(),
+                            order.address.as_str(),
+                            at,
+                        ])?;
+                        history.execute(params![
+                            order.store.as_str(),
+                            order.order_id.as_str(),
+                            "ready",
+                            None::<String>,
+                            at
+                        ])?;
+                    }
+                    Change::Transition {
+                        key,
+                        state,
+                        driver,
+                        told_in_transit,
+                        at,
+                    } => {
+                        let at = at.to_rfc3339();
+                        let driver = driver.as_ref().map(driver_column);
+                        update.execute(params![
+                            key.store.as_str(),
+                            key.order_id.as_str(),
+                            state.name(),
+                            driver,
+                            told_in_transit,
+                            at,
+                        ])?;
+                        history.execute(params![
+                            key.store.as_str(),
+                            key.order_id.as_str(),
+                            state.name(),
+                            driver,
+                            at
+                        ])?;
+                    }
+                    Change::NoticeQueued {
+                        message_id,
+                        order,
+                        at,
+                    } => {
+                        queue.execute(params![
+                            message_id.as_str(),
+                            order.store.as_str(),
+                            order.order_id.as_str(),
+                            at.to_rfc3339(),
+                        ])?;
+                    }
+                    Change::NoticeRemoved { message_id } => {
+                        unqueue.execute(params![message_id.as_str()])?;
+                    }
+                }
+            }
+        }
+        tx.commit().context("committing to the data dir")?;
+        Ok(())
+    }
+}
+
+/// How a driver is written down: `n:<name>` or `a:<socket id>`.
+fn driver_column(driver: &DriverKey) -> String {
+    match driver {
+        DriverKey::Named(name) => format!("n:{name}"),
+        DriverKey::Anonymous(sid) => format!("a:{sid}"),
+    }
+}
+
+fn driver_from_column(column: &str) -> Option<DriverKey> {
+    if let Some(name) = column.strip_prefix("n:") {
+        DriverName::new(name).ok().map(DriverKey::Named)
+    } else {
+        column
+            .strip_prefix("a:")
+            .map(|sid| DriverKey::Anonymous(sid.to_owned()))
+    }
+}
+
+fn order_from(
+    store: String,
+    order_id: String,
+    customer: String,
+    address: String,
+) -> anyhow::Result<Order> {
+    Ok(Order {
+        store: StoreId::new(store).map_err(anyhow::Error::msg)?,
+        order_id: OrderId::new(order_id).map_err(anyhow::Error::msg)?,
+        customer: Customer::new(customer).map_err(anyhow::Error::msg)?,
+        address: Address::new(address).map_err(anyhow::Error::msg)?,
+    })
+}
+
+fn read_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<anyhow::Result<StoredOrder>> {
+    let store: String = row.get(0)?;
+    let order_id: String = row.get(1)?;
+    let seq: i64 = row.get(2)?;
+    let customer: String = row.get(3)?;
+    let address: String = row.get(4)?;
+    let state: String = row.get(5)?;
+    let driver: Option<String> = row.get(6)?;
+    let told_in_transit: bool = row.get(7)?;
+    let since: String = row.get(8)?;
+    Ok((|| {
+        let state = OrderState::ALL
+            .into_iter()
+            .find(|candidate| candidate.name() == state)
+            .with_context(|| format!("unknown order state {state:?}"))?;
+        Ok(StoredOrder {
+            order: order_from(store, order_id, customer, address)?,
+            seq: seq as u64,
+            state,
+            driver: driver.as_deref().and_then(driver_from_column),
+            told_in_transit,
+            since: DateTime::parse_from_rfc3339(&since)
+                .map(|at| at.with_timezone(&Utc))
+                .unwrap_or_else(|_| Utc::now()),
+        })
+    })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::dispatch::OrderKey;
+
+    fn order(id: &str) -> Order {
+        order_from(
+            "acme".into(),
+            id.into(),
+            "Jamal Braun".into(),
+            "Schmittfurt, LA".into(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn changes_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let driver = DriverKey::Named(DriverName::new("bob").unwrap());
+        {
+            let mut store = SqliteStore::open(dir.path()).unwrap();
+            store
+                .commit(&[
+                    Change::NewOrder {
+                        order: order("o1"),
+                        seq: 0,
+                        at: now,
+                    },
+                    Change::NewOrder {
+                        order: order("o2"),
+                        seq: 1,
+                        at: now,
+                    },
+                    Change::Transition {
+                        key: OrderKey::of(&order("o1")),
+                        state: OrderState::InTransit,
+                        driver: Some(driver.clone()),
+                        told_in_transit: true,
+                        at: now,
+                    },
+                    Change::NoticeQueued {
+                        message_id: MessageId::new("m1").unwrap(),
+                        order: order("o2"),
+                        at: now,
+                    },
+                ])
+                .unwrap();
+        }
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        let snapshot = store.load(10).unwrap();
+        assert_eq!(snapshot.orders.len(), 2);
+        assert_eq!(snapshot.orders[0].state, OrderState::InTransit);
+        assert_eq!(snapshot.orders[0].driver, Some(driver));
+        assert!(snapshot.orders[0].told_in_transit);
+        assert_eq!(snapshot.orders[1].state, OrderState::Ready);
+        assert_eq!(snapshot.notices.len(), 1);
+        assert_eq!(snapshot.notices[0].order, order("o2"));
+    }
+
+    #[test]
+    fn a_second_hub_on_the_same_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SqliteStore::open(dir.path()).unwrap();
+        let error = SqliteStore::open(dir.path()).err().unwrap().to_string();
+        assert!(error.contains("in use by another hub"), "{error}");
+    }
+
+    #[test]
+    fn a_newer_schema_or_a_foreign_file_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path()).unwrap());
+        let path = dir.path().join(DATABASE_FILE);
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let error = SqliteStore::open(dir.path()).err().unwrap().to_string();
+        assert!(error.contains("written by a newer caps"), "{error}");
+
+        std::fs::write(&path, b"this is not a database at all, just some text").unwrap();
+        let error = SqliteStore::open(dir.path()).err().unwrap().to_string();
+        assert!(error.contains("not a caps database"), "{error}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"this is not a database at all, just some text"
+        );
+    }
+}

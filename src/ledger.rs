@@ -1,0 +1,192 @@
+//! A vendor's ledger: the orders it placed and the deliveries it thanked for,
+//! optionally kept in a file so that a restarted vendor carries on where it
+//! stopped: it re-sends what was not delivered and never thanks twice.
+//!
+//! The file holds one JSON record per line, appended as things happen:
+//! `{"placed":{…order…}}` and `{"thanked":"<orderId>"}`. A last line cut short
+//! by a crash is ignored.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{Order, OrderId, StoreId};
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum Record {
+    Placed(Order),
+    Thanked(OrderId),
+}
+
+/// What the vendor has placed and thanked for.
+pub struct Ledger {
+    file: Option<File>,
+    placed: u64,
+    outstanding: HashMap<OrderId, Order>,
+    thanked: HashSet<OrderId>,
+}
+
+impl Ledger {
+    /// A ledger kept in memory only.
+    pub fn in_memory() -> Self {
+        Ledger {
+            file: None,
+            placed: 0,
+            outstanding: HashMap::new(),
+            thanked: HashSet::new(),
+        }
+    }
+
+    /// The ledger in `path` (created if missing) for `store`.
+    pub fn open(path: &Path, store: &StoreId) -> anyhow::Result<Self> {
+        let mut ledger = Ledger::in_memory();
+        if path.exists() {
+            let file =
+                File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+            for (number, line) in BufReader::new(file).lines().enumerate() {
+                let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+                match serde_json::from_str::<Record>(&line) {
+                    Ok(Record::Placed(order)) => {
+                        if &order.store != store {
+                            bail!(
+                                "{} belongs to store {}, not {store}",
+                                path.display(),
+                                order.store
+                            );
+                        }
+                        ledger.placed += 1;
+                        if !ledger.thanked.contains(&order.order_id) {
+                            ledger.outstanding.insert(order.order_id.clone(), order);
+                        }
+                    }
+                    Ok(Record::Thanked(order_id)) => {
+                        ledger.outstanding.remove(&order_id);
+                        ledger.thanked.insert(order_id);
+                    }
+                    Err(error) => {
+                        log::warn!("{} line {}: ignored ({error})", path.display(), number + 1)
+                    }
+                }
+            }
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        // Seal a line cut short by a crash, so the next record starts afresh.
+        let content_ends_cleanly = std::fs::read(path)
+            .map(|bytes| bytes.last().is_none_or(|last| *last == b'\n'))
+            .unwrap_or(true);
+        if !content_ends_cleanly {
+            file.write_all(b"\n")
+                .context("writing the vendor state file")?;
+        }
+        ledger.file = Some(file);
+        Ok(ledger)
+    }
+
+    /// Orders placed so far, in this run and earlier ones.
+    pub fn placed(&self) -> u64 {
+        self.placed
+    }
+
+    /// Orders placed and not yet delivered.
+    pub fn outstanding(&self) -> impl Iterator<Item = &Order> {
+        self.outstanding.values()
+    }
+
+    /// How many placed orders are not yet delivered.
+    pub fn outstanding_count(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Whether this vendor placed `order_id` and it is not delivered yet.
+    pub fn is_outstanding(&self, order_id: &OrderId) -> bool {
+        self.outstanding.contains_key(order_id)
+    }
+
+    /// Whether the delivery of `order_id` was already thanked for.
+    pub fn was_thanked(&self, order_id: &OrderId) -> bool {
+        self.thanked.contains(order_id)
+    }
+
+    /// Records a new order, before it is sent.
+    pub fn record_placed(&mut self, order: &Order) -> anyhow::Result<()> {
+        self.append(&Record::Placed(order.clone()))?;
+        self.placed += 1;
+        self.outstanding
+            .insert(order.order_id.clone(), order.clone());
+        Ok(())
+    }
+
+    /// Records a thank-you, right after it is printed; returns whether the
+    /// order was one of this vendor's outstanding orders.
+    pub fn record_thanked(&mut self, order_id: &OrderId) -> anyhow::Result<bool> {
+        self.append(&Record::Thanked(order_id.clone()))?;
+        self.thanked.insert(order_id.clone());
+        Ok(self.outstanding.remove(order_id).is_some())
+    }
+
+    /// Forgets an order the hub refused: it will never be delivered.
+    pub fn forget(&mut self, order_id: &OrderId) -> bool {
+        self.outstanding.remove(order_id).is_some()
+    }
+
+    fn append(&mut self, record: &Record) -> anyhow::Result<()> {
+        if let Some(file) = &mut self.file {
+            let mut line = serde_json::to_vec(record)?;
+            line.push(b'\n');
+            file.write_all(&line)
+                .context("writing the vendor state file")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vendor::fake_order;
+
+    #[test]
+    fn a_reopened_ledger_knows_what_was_placed_and_thanked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vendor.state");
+        let store = StoreId::new("acme").unwrap();
+        let (first, second) = (fake_order(&store), fake_order(&store));
+        {
+            let mut ledger = Ledger::open(&path, &store).unwrap();
+            ledger.record_placed(&first).unwrap();
+            ledger.record_placed(&second).unwrap();
+            assert!(ledger.record_thanked(&first.order_id).unwrap());
+        }
+        // A crash mid-write leaves half a line; it is ignored.
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"thanked\":\"x")
+            .unwrap();
+        let mut ledger = Ledger::open(&path, &store).unwrap();
+        let third = fake_order(&store);
+        ledger.record_placed(&third).unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(&path, &store).unwrap();
+        assert_eq!(ledger.placed(), 3, "the record after the cut line is read");
+        assert!(ledger.was_thanked(&first.order_id));
+        assert!(ledger.is_outstanding(&second.order_id));
+        assert_eq!(ledger.outstanding_count(), 2);
+
+        let other = StoreId::new("globex").unwrap();
+        assert!(
+            Ledger::open(&path, &other).is_err(),
+            "a ledger is for one store"
+        );
+    }
+}
