@@ -11,9 +11,10 @@ use tokio::net::TcpListener;
 use crate::console::Console;
 use crate::demo::{self, DemoConfig};
 use crate::driver::{self, DriverConfig};
-use crate::hub::{self, DispatchConfig, EventLog, Hub, HubConfig, Storage};
-use crate::protocol::{DriverName, StoreId, limits};
+use crate::hub::{self, Admission, DispatchConfig, EventLog, Hub, HubConfig, Limits, Storage};
+use crate::protocol::{DriverName, RoleName, StoreId, limits};
 use crate::status;
+use crate::token::{self, Claims, Secret};
 use crate::vendor::{self, VendorConfig};
 
 /// CAPS parcel dispatch over Socket.IO: a hub, shops (vendors) and couriers (drivers).
@@ -49,6 +50,8 @@ enum Command {
     Demo(DemoArgs),
     /// Print a hub's dispatch board: orders by state, drivers and their load, stores online.
     Status(StatusArgs),
+    /// Mint a signed token for a vendor, a driver or a viewer of a hub with a secret.
+    Token(TokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -71,10 +74,87 @@ struct HubArgs {
     queue_limit: usize,
     #[command(flatten)]
     dispatch: DispatchArgs,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+/// Who may connect, and what one client may cost the hub.
+#[derive(Debug, Args)]
+struct SecurityArgs {
+    /// Require signed tokens (see `caps token`) made with the secret in this file.
+    #[arg(long, env = "CAPS_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without --secret-file.
+    #[arg(long, env = "CAPS_INSECURE")]
+    insecure: bool,
+    /// Most Socket.IO connections held at once.
+    #[arg(long, env = "CAPS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Events per second one connection may send (bursts of twice that); excess is refused.
+    #[arg(long, env = "CAPS_RATE_LIMIT", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit: u32,
+    /// Largest event payload, in bytes; larger ones are refused (payload_too_large).
+    #[arg(long, env = "CAPS_MAX_PAYLOAD", default_value_t = 16 * 1024)]
+    max_payload: usize,
+    /// Largest transport message, in bytes; a client that sends more is disconnected.
+    #[arg(long, env = "CAPS_MAX_MESSAGE", default_value_t = 1024 * 1024)]
+    max_message: u64,
+    /// Web origins (e.g. https://shop.example) whose pages may connect, besides the hub's own; `*` for any.
+    #[arg(long, env = "CAPS_CORS_ORIGIN", value_delimiter = ',')]
+    cors_origin: Vec<String>,
+}
+
+impl SecurityArgs {
+    fn admission(&self) -> anyhow::Result<Admission> {
+        match &self.secret_file {
+            Some(path) => Ok(Admission::Tokens(Secret::read(path)?)),
+            None => Ok(Admission::Open),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            events_per_second: self.rate_limit,
+            max_event_bytes: self.max_payload,
+            max_message_bytes: self.max_message,
+            cors_origins: self.cors_origin.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    #[command(subcommand)]
+    role: TokenRole,
+    /// The hub's secret file.
+    #[arg(long, env = "CAPS_SECRET_FILE", global = true)]
+    secret_file: Option<PathBuf>,
+    /// How long the token is valid.
+    #[arg(long, env = "CAPS_TOKEN_TTL", default_value = "30d", value_parser = parse_positive_duration, global = true)]
+    ttl: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenRole {
+    /// A token for the vendor of one store.
+    Vendor {
+        /// The store.
+        #[arg(long)]
+        store: StoreId,
+    },
+    /// A token for one driver.
+    Driver {
+        /// The driver's name.
+        #[arg(long)]
+        name: DriverName,
+    },
+    /// A token that may only read (a dashboard).
+    Viewer,
 }
 
 impl HubArgs {
-    fn config(&self) -> HubConfig {
+    fn config(&self) -> anyhow::Result<HubConfig> {
         let mut config = if self.ephemeral {
             HubConfig::ephemeral()
         } else {
@@ -82,7 +162,9 @@ impl HubArgs {
         };
         config.dispatch = self.dispatch.config();
         config.queue_limit = self.queue_limit;
-        config
+        config.admission = self.security.admission()?;
+        config.limits = self.security.limits();
+        Ok(config)
     }
 }
 
@@ -126,6 +208,9 @@ struct LinkArgs {
     /// How long to keep trying to reach the hub at start before giving up.
     #[arg(long, env = "CAPS_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
+    /// A token from `caps token`, for a hub that requires one.
+    #[arg(long, env = "CAPS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -198,7 +283,7 @@ impl Cli {
     /// terminal for the roles' lines; the others say what they are doing.
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Demo(_) | Command::Status(_) => "warn",
+            Command::Demo(_) | Command::Status(_) | Command::Token(_) => "warn",
             Command::Hub(_) | Command::Vendor(_) | Command::Driver(_) => "warn,caps=info",
         }
     }
@@ -212,6 +297,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = VendorConfig {
                 hub_url: args.link.hub,
                 connect_timeout: args.link.connect_timeout,
+                token: args.link.token,
                 store: args.store,
                 interval: args.interval,
                 count: args.count,
@@ -226,6 +312,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = DriverConfig {
                 hub_url: args.link.hub,
                 connect_timeout: args.link.connect_timeout,
+                token: args.link.token,
                 name,
                 capacity: Some(args.capacity),
                 pickup_delay: args.pickup_delay,
@@ -255,11 +342,53 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             demo::run(config, shutdown_signal()).await
         }
         Command::Status(args) => status::print(&args.hub, args.json).await,
+        Command::Token(args) => {
+            println!("{}", mint_token(args)?);
+            Ok(())
+        }
     }
 }
 
+fn mint_token(args: TokenArgs) -> anyhow::Result<String> {
+    let path = args
+        .secret_file
+        .context("--secret-file (or CAPS_SECRET_FILE) is required to sign a token")?;
+    let secret = Secret::read(&path)?;
+    let now = chrono::Utc::now().timestamp();
+    let ttl = i64::try_from(args.ttl.as_secs()).context("--ttl is too long")?;
+    let (role, store, name) = match args.role {
+        TokenRole::Vendor { store } => (RoleName::Vendor, Some(store), None),
+        TokenRole::Driver { name } => (RoleName::Driver, None, Some(name)),
+        TokenRole::Viewer => (RoleName::Viewer, None, None),
+    };
+    let claims = Claims {
+        role,
+        store,
+        name,
+        iat: now,
+        exp: now.saturating_add(ttl),
+    };
+    Ok(token::mint(&secret, &claims))
+}
+
 async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
-    let config = args.config();
+    let config = args.config()?;
+    match &config.admission {
+        Admission::Tokens(_) => {
+            log::info!("clients must present tokens signed with the hub's secret")
+        }
+        Admission::Open if is_loopback(&args.host) => log::warn!(
+            "open mode: no --secret-file, so the hub trusts the identities clients claim (fine on this machine)"
+        ),
+        Admission::Open if args.security.insecure => log::warn!(
+            "open mode on {}: anyone who can reach this port can act as any store or driver (--insecure)",
+            args.host
+        ),
+        Admission::Open => anyhow::bail!(
+            "refusing to listen on {} without --secret-file: anyone on the network could act as any store or driver (add --insecure to do it anyway)",
+            args.host
+        ),
+    }
     match &config.storage {
         Storage::Ephemeral => log::warn!("ephemeral hub: orders are kept in memory only"),
         Storage::DataDir(dir) => log::info!("data dir {}", dir.display()),
@@ -275,6 +404,15 @@ async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
     hub.serve(listener, log, shutdown_signal()).await?;
     log::info!("hub stopped");
     Ok(())
+}
+
+/// Whether `host` names this machine only.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Accepts `http://host:port`, with or without a trailing `/` or `/caps`.
@@ -344,6 +482,16 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        for host in ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["0.0.0.0", "10.0.0.1", "example.com", "::"] {
+            assert!(!is_loopback(host), "{host}");
+        }
     }
 
     #[test]

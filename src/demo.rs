@@ -59,6 +59,7 @@ pub async fn run(config: DemoConfig, shutdown: impl Future<Output = ()>) -> anyh
         let driver_config = DriverConfig {
             hub_url: hub_url.clone(),
             connect_timeout: Duration::from_secs(10),
+            token: None,
             name: DriverName::new(name.clone()).map_err(anyhow::Error::msg)?,
             capacity: None,
             pickup_delay: config.pickup_delay,
@@ -76,6 +77,7 @@ pub async fn run(config: DemoConfig, shutdown: impl Future<Output = ()>) -> anyh
         let vendor_config = VendorConfig {
             hub_url: hub_url.clone(),
             connect_timeout: Duration::from_secs(10),
+            token: None,
             store: StoreId::new(store.clone()).map_err(anyhow::Error::msg)?,
             interval: config.interval,
             count: config.orders,

@@ -33,6 +33,8 @@ pub struct DriverConfig {
     pub hub_url: String,
     /// How long the first connection may take.
     pub connect_timeout: Duration,
+    /// A token, for a hub that requires one.
+    pub token: Option<String>,
     /// The driver's name: its identity at the hub, across reconnections.
     pub name: DriverName,
     /// The most packages it carries at once; `None` for no limit.
@@ -74,7 +76,8 @@ pub async fn run(
 ) -> anyhow::Result<u64> {
     let link_config = LinkConfig {
         hub_url: config.hub_url.clone(),
-        handshake: Handshake::driver(config.name.clone(), config.capacity),
+        handshake: Handshake::driver(config.name.clone(), config.capacity)
+            .with_token(config.token.clone()),
         connect_timeout: config.connect_timeout,
         listen: vec![Event::Pickup],
     };

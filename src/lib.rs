@@ -15,4 +15,5 @@ pub mod ledger;
 pub mod protocol;
 pub mod recent;
 pub mod status;
+pub mod token;
 pub mod vendor;

@@ -127,8 +127,6 @@ pub mod limits {
     pub const ADDRESS: usize = 300;
     /// Longest driver name.
     pub const DRIVER_NAME: usize = 100;
-    /// Largest event payload the hub parses, in bytes of JSON.
-    pub const EVENT_BYTES: usize = 16 * 1024;
     /// Most packages a driver may declare it can carry at once.
     pub const CAPACITY: u32 = 10_000;
 }
@@ -287,6 +285,8 @@ pub enum RoleName {
     Vendor,
     /// A courier that delivers them.
     Driver,
+    /// A read-only observer (a dashboard).
+    Viewer,
 }
 
 /// The handshake `auth` object our clients send; every field is optional so
@@ -306,6 +306,10 @@ pub struct Handshake {
     /// How many packages a driver carries at once; no limit if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u32>,
+    /// A signed token (see `caps token`); required when the hub has a secret,
+    /// and then the only source of the client's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl Handshake {
@@ -316,6 +320,7 @@ impl Handshake {
             store: Some(store),
             name: None,
             capacity: None,
+            token: None,
         }
     }
 
@@ -326,7 +331,14 @@ impl Handshake {
             store: None,
             name: Some(name),
             capacity,
+            token: None,
         }
+    }
+
+    /// The same handshake, carrying `token`.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 }
 
@@ -336,7 +348,7 @@ impl Handshake {
 pub enum ErrorCode {
     /// The payload is not the expected shape: wrong type, missing or bad field.
     InvalidPayload,
-    /// The payload is larger than [`limits::EVENT_BYTES`].
+    /// The payload is larger than the hub's limit (`--max-payload`).
     PayloadTooLarge,
     /// The handshake `auth` object is not a valid identity.
     InvalidHandshake,
@@ -354,6 +366,17 @@ pub enum ErrorCode {
     Busy,
     /// No queued message with this id in that queue.
     UnknownMessage,
+    /// The sender's identity does not allow this (another store's orders or
+    /// queue, a vendor reporting a delivery, a viewer sending anything).
+    Forbidden,
+    /// The connection sends events faster than its limit.
+    RateLimited,
+    /// A missing, malformed, forged or expired token (at connect).
+    Unauthorized,
+    /// The hub holds its maximum number of connections (at connect).
+    TooManyConnections,
+    /// A browser page from an origin the hub does not allow (at connect).
+    OriginNotAllowed,
     /// A code this build does not know (from a newer hub).
     #[serde(other)]
     Other,
@@ -372,6 +395,11 @@ impl ErrorCode {
             ErrorCode::OrderConflict => "order_conflict",
             ErrorCode::Busy => "busy",
             ErrorCode::UnknownMessage => "unknown_message",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
             ErrorCode::Other => "other",
         }
     }
@@ -675,6 +703,11 @@ mod tests {
             ErrorCode::OrderConflict,
             ErrorCode::Busy,
             ErrorCode::UnknownMessage,
+            ErrorCode::Forbidden,
+            ErrorCode::RateLimited,
+            ErrorCode::Unauthorized,
+            ErrorCode::TooManyConnections,
+            ErrorCode::OriginNotAllowed,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
         }

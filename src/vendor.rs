@@ -34,6 +34,8 @@ pub struct VendorConfig {
     pub hub_url: String,
     /// How long the first connection may take.
     pub connect_timeout: Duration,
+    /// A token, for a hub that requires one.
+    pub token: Option<String>,
     /// The store this vendor speaks for.
     pub store: StoreId,
     /// Time between two orders.
@@ -70,7 +72,7 @@ pub async fn run(
     };
     let link_config = LinkConfig {
         hub_url: config.hub_url.clone(),
-        handshake: Handshake::vendor(config.store.clone()),
+        handshake: Handshake::vendor(config.store.clone()).with_token(config.token.clone()),
         connect_timeout: config.connect_timeout,
         listen: vec![Event::Delivered],
     };

@@ -142,7 +142,7 @@ fn three_rust_drivers_deliver_200_orders_exactly_once() {
 #[test]
 fn three_lab_js_drivers_deliver_200_orders_exactly_once() {
     let (hub, url) = start_hub(0);
-    let _drivers: Vec<Proc> = (0..3).map(|_| lab_driver(&url)).collect();
+    let drivers: Vec<Proc> = (0..3).map(|_| lab_driver(&url)).collect();
     wait_for_status(&url, "three anonymous drivers online", |status| {
         status["drivers"]
             .as_array()
@@ -154,12 +154,8 @@ fn three_lab_js_drivers_deliver_200_orders_exactly_once() {
     });
     let watcher = StoreWatcher::start(&url, STORE);
     let mut vendor = vendor(&url, 200, "2ms");
-    assert!(
-        vendor.wait_exit().success(),
-        "{}\n{}",
-        vendor.describe(),
-        hub.describe()
-    );
+    let exited = vendor.wait_exit_or_describe(&[&hub, &drivers[0], &drivers[1], &drivers[2]]);
+    assert!(exited.success(), "{}", vendor.describe());
     wait_until_all_delivered(&url, 200);
     assert_exactly_once(&vendor, &watcher, 200);
 }

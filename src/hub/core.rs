@@ -27,6 +27,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval};
 
 use super::dispatch::{Dispatch, DispatchConfig, DriverKey, Effect, OrderKey, PickupOutcome};
 use super::event_log::EventLog;
+use super::guard::Guard;
 use super::journal::{Change, Committed, Journal, Snapshot};
 use super::mailbox::Mailbox;
 use super::peer::Peer;
@@ -204,6 +205,8 @@ pub struct CoreSetup {
     pub snapshot: Snapshot,
     /// The journal and its commit reports; `None` keeps everything in memory.
     pub journal: Option<(Journal, mpsc::UnboundedReceiver<Committed>)>,
+    /// The connection accounting, recounted now and then.
+    pub guard: Guard,
 }
 
 /// Runs the core until every handle is gone; fails if the journal fails (the
@@ -239,6 +242,7 @@ pub async fn run(
         journal,
         waiting: VecDeque::new(),
         gone: Vec::new(),
+        guard: setup.guard,
     };
     // The restore itself may have changed things (void offers).
     let restored = core.settle(Vec::new());
@@ -339,6 +343,8 @@ struct Core {
     waiting: VecDeque<(u64, Vec<Output>)>,
     /// Drivers whose socket turned out dead when offered a package.
     gone: Vec<(DriverKey, SocketRef)>,
+    /// The connection count to correct.
+    guard: Guard,
 }
 
 impl Core {
@@ -347,6 +353,7 @@ impl Core {
         match command {
             Command::Connected(socket) => match peer_of(&socket) {
                 Peer::Vendor { store } => self.add_vendor(&socket, store),
+                Peer::Viewer => {}
                 Peer::Driver { .. } | Peer::Undeclared => {
                     self.ensure_driver_online(&socket, &mut outputs)
                 }
@@ -386,6 +393,23 @@ impl Core {
                 refusal,
             }
         };
+        let peer = peer_of(&socket);
+        let permitted = match &event {
+            ClientEvent::Join(request) => peer.may_act_for(&request.store),
+            ClientEvent::Pickup(order) => peer.may_act_for(&order.store),
+            ClientEvent::InTransit(_) | ClientEvent::Delivered(_) => peer.may_carry(),
+            ClientEvent::GetAll(request) | ClientEvent::Received(request) => {
+                match request.event.unwrap_or(Event::Delivered) {
+                    Event::Pickup => peer.may_carry(),
+                    _ => peer.may_act_for(&request.queue_id),
+                }
+            }
+        };
+        if let Err(refusal) = permitted {
+            let order = event.order().cloned();
+            outputs.push(refuse(reply, socket, order, refusal));
+            return;
+        }
         match event {
             ClientEvent::Join(request) => {
                 self.log.record(Event::Join, &request);
@@ -548,6 +572,9 @@ impl Core {
                 .as_ref()
                 .is_some_and(|ns| ns.get_socket(*sid).is_some())
         });
+        if let Some(ns) = namespace {
+            self.guard.recount(ns.sockets().len());
+        }
     }
 
     /// Turns the desk's effects into outputs; a delivery is queued in its

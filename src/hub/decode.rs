@@ -13,22 +13,21 @@ use socketioxide::extract::TryData;
 use socketioxide::handler::{FromMessageParts, Value};
 use socketioxide::socket::Socket;
 
-use crate::protocol::{ErrorCode, Refusal, limits};
+use crate::protocol::{ErrorCode, Refusal};
 
-/// Decodes one event's payload into `T`, or says why it cannot.
+/// Decodes one event's payload into `T` if it is at most `max_bytes` long,
+/// or says why it cannot.
 pub fn decode<T: DeserializeOwned>(
     socket: &Arc<Socket<LocalAdapter>>,
     value: &mut Value,
     ack_id: &Option<i64>,
+    max_bytes: usize,
 ) -> Result<T, Refusal> {
     let size = payload_size(value);
-    if size > limits::EVENT_BYTES {
+    if size > max_bytes {
         return Err(Refusal::new(
             ErrorCode::PayloadTooLarge,
-            format!(
-                "payload is {size} bytes; the limit is {} bytes",
-                limits::EVENT_BYTES
-            ),
+            format!("payload is {size} bytes; the limit is {max_bytes} bytes"),
         ));
     }
     let Ok(TryData(parsed)) = TryData::<T>::from_message_parts(socket, value, ack_id);

@@ -11,10 +11,12 @@ use socketioxide::socket::{DisconnectReason, Socket};
 use super::HubState;
 use super::core::{ClientEvent, CoreHandle, Reply, peer_of};
 use super::decode::decode;
+use super::guard::{Budget, Spend};
 use super::peer::Peer;
 use crate::protocol::{ErrorCode, Event, Handshake, Refusal};
 
-/// Connect middleware: checks the handshake and sets the socket up.
+/// Connect middleware: checks who the client is and whether there is room
+/// for it, then sets the socket up.
 ///
 /// Handlers are registered here rather than in the connect handler because
 /// socketioxide acknowledges the namespace CONNECT before the connect handler
@@ -25,6 +27,7 @@ pub async fn admit(
     TryData(handshake): TryData<Handshake>,
     State(hub): State<HubState>,
 ) -> Result<(), Refusal> {
+    let now = chrono::Utc::now().timestamp();
     let peer = handshake
         .map_err(|error| {
             Refusal::new(
@@ -32,8 +35,11 @@ pub async fn admit(
                 format!("invalid handshake auth: {error}"),
             )
         })
-        .and_then(Peer::from_handshake)
+        .and_then(|handshake| Peer::admit(handshake, &hub.admission, now))
         .inspect_err(|refusal| log::warn!("refused connection sid={}: {refusal}", socket.id))?;
+    let budget = hub.guard.admit(&socket).inspect_err(|refusal| {
+        log::warn!("refused connection sid={} {peer}: {refusal}", socket.id)
+    })?;
 
     for event in Event::FROM_CLIENTS {
         socket.on(
@@ -41,6 +47,7 @@ pub async fn admit(
             Inlet {
                 event,
                 core: hub.core.clone(),
+                max_event_bytes: hub.guard.limits().max_event_bytes,
             },
         );
     }
@@ -55,6 +62,7 @@ pub async fn admit(
         socket.join(store.to_string());
     }
     socket.extensions.insert(peer);
+    socket.extensions.insert(budget);
     Ok(())
 }
 
@@ -75,6 +83,7 @@ async fn on_disconnect(socket: SocketRef, reason: DisconnectReason, State(hub): 
         socket.id,
         peer_of(&socket)
     );
+    hub.guard.release();
     hub.core.disconnected(socket);
 }
 
@@ -85,26 +94,49 @@ async fn on_disconnect(socket: SocketRef, reason: DisconnectReason, State(hub): 
 struct Inlet {
     event: Event,
     core: CoreHandle,
+    max_event_bytes: usize,
 }
 
 /// Marks [`Inlet`]'s `MessageHandler` implementation.
 struct InletCall;
 
 impl MessageHandler<LocalAdapter, InletCall> for Inlet {
-    fn call(&self, socket: Arc<Socket<LocalAdapter>>, mut value: Value, ack_id: Option<i64>) {
-        let Ok(ack) = AckSender::from_message_parts(&socket, &mut value, &ack_id);
+    fn call(&self, raw: Arc<Socket<LocalAdapter>>, mut value: Value, ack_id: Option<i64>) {
+        let Ok(ack) = AckSender::from_message_parts(&raw, &mut value, &ack_id);
         let reply = Reply::new(ack, ack_id.is_some());
+        let socket = SocketRef::from(raw.clone());
+        match socket
+            .extensions
+            .get::<Budget>()
+            .map(|budget| budget.spend())
+        {
+            Some(Spend::Allowed) | None => {}
+            Some(Spend::Refused) => {
+                let refusal = Refusal::new(ErrorCode::RateLimited, "too many events; slow down");
+                return reply.refuse(&socket, self.event, None, refusal);
+            }
+            Some(Spend::Flooding) => {
+                log::warn!(
+                    "disconnecting sid={} {}: it keeps sending over its rate limit",
+                    socket.id,
+                    peer_of(&socket)
+                );
+                let _ = socket.clone().disconnect();
+                return;
+            }
+        }
+        let limit = self.max_event_bytes;
+        let raw = &raw;
         let parsed = match self.event {
-            Event::Join => decode(&socket, &mut value, &ack_id).map(ClientEvent::Join),
-            Event::Pickup => decode(&socket, &mut value, &ack_id).map(ClientEvent::Pickup),
-            Event::InTransit => decode(&socket, &mut value, &ack_id).map(ClientEvent::InTransit),
-            Event::Delivered => decode(&socket, &mut value, &ack_id).map(ClientEvent::Delivered),
-            Event::GetAll => decode(&socket, &mut value, &ack_id).map(ClientEvent::GetAll),
-            Event::Received => decode(&socket, &mut value, &ack_id).map(ClientEvent::Received),
+            Event::Join => decode(raw, &mut value, &ack_id, limit).map(ClientEvent::Join),
+            Event::Pickup => decode(raw, &mut value, &ack_id, limit).map(ClientEvent::Pickup),
+            Event::InTransit => decode(raw, &mut value, &ack_id, limit).map(ClientEvent::InTransit),
+            Event::Delivered => decode(raw, &mut value, &ack_id, limit).map(ClientEvent::Delivered),
+            Event::GetAll => decode(raw, &mut value, &ack_id, limit).map(ClientEvent::GetAll),
+            Event::Received => decode(raw, &mut value, &ack_id, limit).map(ClientEvent::Received),
             // Sent by the hub only; FROM_CLIENTS does not register it.
             Event::Refused => return,
         };
-        let socket = SocketRef::from(socket);
         match parsed {
             Ok(event) => self.core.submit_event(socket, event, reply),
             Err(refusal) => reply.refuse(&socket, self.event, None, refusal),

@@ -8,6 +8,7 @@ mod core;
 mod decode;
 pub mod dispatch;
 mod event_log;
+mod guard;
 mod handlers;
 pub mod journal;
 mod mailbox;
@@ -34,9 +35,11 @@ use tokio::net::TcpListener;
 
 pub use dispatch::DispatchConfig;
 pub use event_log::EventLog;
-pub use peer::Peer;
+pub use guard::Limits;
+pub use peer::{Admission, Peer};
 
 use self::core::{CoreHandle, CoreSetup};
+use self::guard::Guard;
 use self::journal::{Journal, Snapshot, Store};
 use self::sqlite::SqliteStore;
 use crate::api::STATUS_PATH;
@@ -45,10 +48,10 @@ use crate::protocol::NAMESPACE;
 /// Tunables of a hub.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
-    /// Largest engine.io message accepted, in bytes; a client that sends more
-    /// is disconnected. Event payloads have a smaller limit of their own
-    /// ([`crate::protocol::limits::EVENT_BYTES`]) that is answered with an error.
-    pub max_message_bytes: u64,
+    /// Who may connect as whom.
+    pub admission: Admission,
+    /// What one client may cost the hub.
+    pub limits: Limits,
     /// How packages are handed out.
     pub dispatch: DispatchConfig,
     /// Where the hub keeps its state.
@@ -70,7 +73,8 @@ impl HubConfig {
     /// A hub that keeps everything in memory (demos, tests).
     pub fn ephemeral() -> Self {
         HubConfig {
-            max_message_bytes: 1024 * 1024,
+            admission: Admission::Open,
+            limits: Limits::default(),
             dispatch: DispatchConfig::default(),
             storage: Storage::Ephemeral,
             queue_limit: 10_000,
@@ -160,6 +164,8 @@ impl Hub {
 #[derive(Clone)]
 pub(crate) struct HubState {
     core: CoreHandle,
+    admission: Admission,
+    guard: Guard,
 }
 
 async fn serve_hub(
@@ -174,15 +180,22 @@ async fn serve_hub(
         journal,
     } = hub;
     let (core, inbox) = self::core::channel();
+    let cors = cors_layer(&config.limits.cors_origins)?;
+    let max_message = config.limits.max_message_bytes;
+    let guard = Guard::new(config.limits);
     let (layer, io) = SocketIo::builder()
-        .max_payload(config.max_message_bytes)
-        .ws_max_message_size(config.max_message_bytes as usize)
-        .ws_max_frame_size(config.max_message_bytes as usize)
+        .max_payload(max_message)
+        .ws_max_message_size(max_message as usize)
+        .ws_max_frame_size(max_message as usize)
         // Offers to a slow driver queue here rather than fail.
         .max_buffer_size(1024)
         .ping_interval(Duration::from_secs(10))
         .ping_timeout(Duration::from_secs(10))
-        .with_state(HubState { core: core.clone() })
+        .with_state(HubState {
+            core: core.clone(),
+            admission: config.admission,
+            guard: guard.clone(),
+        })
         .build_layer();
     io.ns(NAMESPACE, handlers::on_connect.with(handlers::admit));
     let setup = CoreSetup {
@@ -190,6 +203,7 @@ async fn serve_hub(
         queue_limit: config.queue_limit,
         snapshot,
         journal,
+        guard,
     };
     let mut core_task = tokio::spawn(self::core::run(inbox, io.clone(), log, setup));
 
@@ -197,7 +211,8 @@ async fn serve_hub(
         .route("/healthz", get(async || "ok\n"))
         .route(STATUS_PATH, get(status))
         .with_state(core)
-        .layer(layer);
+        .layer(layer)
+        .layer(cors);
     // Small messages must not wait for Nagle's algorithm.
     let listener = listener.tap_io(|tcp| {
         if let Err(error) = tcp.set_nodelay(true) {
@@ -224,6 +239,29 @@ async fn serve_hub(
             }
         }
     }
+}
+
+/// Lets the listed origins' pages use the HTTP API and Socket.IO's
+/// long-polling; with none listed, only the hub's own pages may.
+fn cors_layer(origins: &[String]) -> anyhow::Result<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|origin| {
+                HeaderValue::from_str(origin)
+                    .with_context(|| format!("bad --cors-origin {origin:?}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]))
 }
 
 async fn status(State(core): State<CoreHandle>) -> Response {

@@ -151,13 +151,28 @@ impl Proc {
 
     /// Waits for the process to exit on its own.
     pub fn wait_exit(&mut self) -> ExitStatus {
+        self.wait_exit_or_describe(&[])
+    }
+
+    /// Waits for the process to exit on its own; if it does not, fails
+    /// showing what `others` printed too (to diagnose a hang).
+    pub fn wait_exit_or_describe(&mut self, others: &[&Proc]) -> ExitStatus {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
             if Instant::now() > deadline {
-                panic!("{} did not exit in time\n{}", self.name, self.describe());
+                let context: Vec<String> = others
+                    .iter()
+                    .map(|p| format!("=== {}\n{}", p.name, p.describe()))
+                    .collect();
+                panic!(
+                    "{} did not exit in time\n{}\n{}",
+                    self.name,
+                    self.describe(),
+                    context.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -70,16 +70,21 @@ test('orderID is accepted and orderId is what the hub sends on', async (t) => {
 test('join accepts a bare store id or {store}, and refuses anything else', async (t) => {
   const { hub, url } = await startHub();
   t.after(() => hub.kill());
-  const socket = await connectClient(url);
-  t.after(() => socket.close());
-  assert.deepEqual(await emitWithAck(socket, 'join', '1-206-flowers'), { ok: true });
-  assert.deepEqual(await emitWithAck(socket, 'join', { store: 'acme-widgets' }), { ok: true });
+  const bare = await connectClient(url);
+  const object = await connectClient(url);
+  t.after(() => [bare, object].forEach((s) => s.close()));
+  assert.deepEqual(await emitWithAck(bare, 'join', '1-206-flowers'), { ok: true });
+  assert.deepEqual(await emitWithAck(object, 'join', { store: 'acme-widgets' }), { ok: true });
+  assert.deepEqual(await emitWithAck(bare, 'join', '1-206-flowers'), { ok: true }, 'joining again is fine');
   for (const bad of [42, '', { room: 'acme' }, { store: 7 }, null]) {
-    const reply = await emitWithAck(socket, 'join', bad);
+    const reply = await emitWithAck(bare, 'join', bad);
     assert.equal(reply.ok, false, JSON.stringify(bad));
     assert.equal(reply.error.code, 'invalid_payload');
     assert.ok(reply.error.message.length > 0);
   }
+  // A socket that joined a store is that store's vendor, and only that store's.
+  const other = await emitWithAck(bare, 'join', 'acme-widgets');
+  assert.equal(other.error.code, 'forbidden');
 });
 
 test('malformed payloads are refused with a clear error and the hub keeps serving', async (t) => {
@@ -167,4 +172,19 @@ test('events sent the moment a client connects are never dropped', async (t) => 
   // The official client buffers these and sends them right after CONNECT.
   const replies = await Promise.all(clients.map((socket, i) => emitWithAck(socket, 'join', `store-${i}`)));
   assert.equal(replies.filter((reply) => reply.ok).length, 60);
+});
+
+test('browser pages from other origins may connect only when allowed', async (t) => {
+  const { hub, url } = await startHub();
+  t.after(() => hub.kill());
+  const from = (origin) => ({ extraHeaders: { origin } });
+  await assert.rejects(connectClient(url, from('http://evil.example')), /origin_not_allowed: pages from http:\/\/evil.example/);
+  (await connectClient(url, from(url))).close(); // the hub's own pages
+
+  const open = await startHub(['--cors-origin', 'http://shop.example,http://other.example']);
+  t.after(() => open.hub.kill());
+  (await connectClient(open.url, from('http://shop.example'))).close();
+  await assert.rejects(connectClient(open.url, from('http://evil.example')), /origin_not_allowed/);
+  const preflight = await fetch(`${open.url}/api/status`, { headers: { origin: 'http://shop.example' } });
+  assert.equal(preflight.headers.get('access-control-allow-origin'), 'http://shop.example');
 });
