@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing caps needs, and nothing that is already
 # there: Debian's libssl-dev and pkg-config (rust_socketio's TLS stack), Node.js
-# and npm (the JavaScript tests), and the npm packages from package-lock.json.
+# and npm (the JavaScript tests), Chromium (the dashboard's browser test), and
+# the npm packages from package-lock.json (socket.io, socket.io-client,
+# playwright-core; playwright-core downloads no browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +12,8 @@ for package in libssl-dev pkg-config; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
+# The dashboard's browser test drives Debian's Chromium.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"

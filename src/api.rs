@@ -10,6 +10,10 @@ use crate::protocol::{OrderId, StoreId};
 
 /// Path of the status endpoint.
 pub const STATUS_PATH: &str = "/api/status";
+/// Path of the orders collection (`GET` to list, `POST` to place one).
+pub const ORDERS_PATH: &str = "/api/orders";
+/// The most orders one page of `GET /api/orders` returns.
+pub const MAX_PAGE: usize = 500;
 
 /// Where an order is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -138,4 +142,63 @@ pub struct QueueStatus {
     pub store: StoreId,
     /// How many notices wait for its `received`.
     pub queued: u64,
+}
+
+/// `GET /api/orders/{orderId}`: one order and its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    /// The order's store.
+    pub store: StoreId,
+    /// Its id.
+    pub order_id: OrderId,
+    /// Who it is for.
+    pub customer: String,
+    /// Where it goes.
+    pub address: String,
+    /// Where it is now.
+    pub state: OrderState,
+    /// Who holds it, if anyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Every state it entered, oldest first.
+    pub history: Vec<TransitionView>,
+}
+
+/// One step of an order's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionView {
+    /// The state entered.
+    pub state: OrderState,
+    /// The driver holding it then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// `GET /api/orders?store=&state=&after=&limit=`: a page of orders, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPage {
+    /// The orders on this page.
+    pub orders: Vec<OrderSummary>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+/// The body of `POST /api/orders`: an order; `orderId` is made up if absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewOrder {
+    /// The store placing it.
+    pub store: StoreId,
+    /// Its id; a UUID is made if absent.
+    #[serde(default, alias = "orderID")]
+    pub order_id: Option<OrderId>,
+    /// Who it is for.
+    pub customer: crate::protocol::Customer,
+    /// Where it goes.
+    pub address: crate::protocol::Address,
 }

@@ -52,6 +52,8 @@ enum Command {
     Status(StatusArgs),
     /// Mint a signed token for a vendor, a driver or a viewer of a hub with a secret.
     Token(TokenArgs),
+    /// Print one order's history: each state it entered, when, and with which driver.
+    Track(TrackArgs),
 }
 
 #[derive(Debug, Args)]
@@ -194,9 +196,27 @@ struct StatusArgs {
     /// The hub's URL.
     #[arg(long, env = "CAPS_HUB", default_value = "http://127.0.0.1:3000", value_parser = parse_hub_url)]
     hub: String,
+    /// A viewer token, for a hub with a secret.
+    #[arg(long, env = "CAPS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print the JSON the hub returns instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct TrackArgs {
+    /// The order's id.
+    order_id: String,
+    /// The order's store, when several stores use the same id.
+    #[arg(long)]
+    store: Option<String>,
+    /// The hub's URL.
+    #[arg(long, env = "CAPS_HUB", default_value = "http://127.0.0.1:3000", value_parser = parse_hub_url)]
+    hub: String,
+    /// A viewer token, or the vendor token of the order's store, for a hub with a secret.
+    #[arg(long, env = "CAPS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// How a vendor or driver reaches its hub.
@@ -283,7 +303,7 @@ impl Cli {
     /// terminal for the roles' lines; the others say what they are doing.
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Demo(_) | Command::Status(_) | Command::Token(_) => "warn",
+            Command::Demo(_) | Command::Status(_) | Command::Token(_) | Command::Track(_) => "warn",
             Command::Hub(_) | Command::Vendor(_) | Command::Driver(_) => "warn,caps=info",
         }
     }
@@ -341,7 +361,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             demo::run(config, shutdown_signal()).await
         }
-        Command::Status(args) => status::print(&args.hub, args.json).await,
+        Command::Status(args) => status::print(&args.hub, args.token.as_deref(), args.json).await,
+        Command::Track(args) => {
+            status::track(
+                &args.hub,
+                args.token.as_deref(),
+                &args.order_id,
+                args.store.as_deref(),
+            )
+            .await
+        }
         Command::Token(args) => {
             println!("{}", mint_token(args)?);
             Ok(())

@@ -16,6 +16,7 @@
 //! | `refused`    | hub     | `RefusalNotice`                | the sender of a refused event that asked for no ack        |
 //! | `getAll`     | vendor  | `QueueRequest`                 | nowhere: the hub replays the store's queued notices to it  |
 //! | `received`   | vendor  | `QueueRequest` with messageId  | nowhere: the hub removes that notice from the store's queue |
+//! | `activity`   | hub     | `Activity`                     | every viewer (dashboards): each order's every change       |
 //!
 //! The hub sends `delivered` to a store as a `DeliveryNotice`: the order's own
 //! fields (so Phase 2 clients read `payload.orderId`) plus the Phase 3
@@ -38,6 +39,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// The Socket.IO namespace that carries all CAPS traffic.
 pub const NAMESPACE: &str = "/caps";
 
+/// The room of every viewer; `activity` is sent there.
+pub const VIEWERS_ROOM: &str = "viewers";
+
 /// The CAPS events, by their names on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Event {
@@ -55,6 +59,8 @@ pub enum Event {
     GetAll,
     /// A client acknowledges one queued message.
     Received,
+    /// The hub tells viewers that an order changed.
+    Activity,
 }
 
 impl Event {
@@ -86,6 +92,7 @@ impl Event {
             Event::Refused => "refused",
             Event::GetAll => "getAll",
             Event::Received => "received",
+            Event::Activity => "activity",
         }
     }
 
@@ -506,6 +513,23 @@ impl DeliveryNotice {
             order,
         }
     }
+}
+
+/// The payload of `activity`: one order entered a state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Activity {
+    /// The order's store.
+    pub store: StoreId,
+    /// The order.
+    pub order_id: OrderId,
+    /// The state it entered: `ready`, `assigned`, `in-transit` or `delivered`.
+    pub state: String,
+    /// Who holds it now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// When, RFC 3339.
+    pub time: String,
 }
 
 /// The acknowledgement the hub sends when a client asks for one.

@@ -1,20 +1,39 @@
-//! `caps status`: read a hub's dispatch board over HTTP and print it.
+//! `caps status` and `caps track`: read a hub's HTTP API and print what it says.
 
 use std::fmt::Write as _;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
-use crate::api::{STATUS_PATH, Status};
+use crate::api::{ORDERS_PATH, OrderView, STATUS_PATH, Status};
+
+/// GETs `path` from the hub, with `token` as a bearer token; an error reply
+/// becomes an error carrying the hub's own message.
+async fn get(hub_url: &str, path: &str, token: Option<&str>) -> anyhow::Result<reqwest::Response> {
+    let url = format!("{hub_url}{path}");
+    let mut request = reqwest::Client::new().get(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach hub at {hub_url}"))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let reason = body["error"]["message"]
+            .as_str()
+            .unwrap_or("no reason given");
+        let code = body["error"]["code"].as_str().unwrap_or("error");
+        bail!("the hub answered {status}: {code}: {reason}");
+    }
+    Ok(response)
+}
 
 /// Fetches the board from the hub at `hub_url` and prints it (as a table, or
 /// as the hub's JSON).
-pub async fn print(hub_url: &str, json: bool) -> anyhow::Result<()> {
-    let url = format!("{hub_url}{STATUS_PATH}");
-    let response = reqwest::get(&url)
-        .await
-        .with_context(|| format!("cannot reach hub at {hub_url}"))?
-        .error_for_status()
-        .with_context(|| format!("GET {url}"))?;
+pub async fn print(hub_url: &str, token: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let response = get(hub_url, STATUS_PATH, token).await?;
     if json {
         println!("{}", response.text().await.context("reading the status")?);
         return Ok(());
@@ -22,6 +41,59 @@ pub async fn print(hub_url: &str, json: bool) -> anyhow::Result<()> {
     let status: Status = response.json().await.context("reading the status")?;
     print!("{}", render(&status));
     Ok(())
+}
+
+/// Prints one order's history.
+pub async fn track(
+    hub_url: &str,
+    token: Option<&str>,
+    order_id: &str,
+    store: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut path = format!("{ORDERS_PATH}/{}", encode(order_id));
+    if let Some(store) = store {
+        path.push_str(&format!("?store={}", encode(store)));
+    }
+    let view: OrderView = get(hub_url, &path, token)
+        .await?
+        .json()
+        .await
+        .context("reading the order")?;
+    print!("{}", render_track(&view));
+    Ok(())
+}
+
+/// Percent-encodes a path or query component.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// An order's history as text.
+pub fn render_track(view: &OrderView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "order {} of store {}: {}",
+        view.order_id, view.store, view.state
+    );
+    let _ = writeln!(out, "  for {}, {}", view.customer, view.address);
+    for step in &view.history {
+        let _ = writeln!(
+            out,
+            "  {}  {:<11} {}",
+            step.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            step.state,
+            step.driver.as_deref().unwrap_or("")
+        );
+    }
+    out
 }
 
 /// The board as text.

@@ -295,3 +295,38 @@ fn caps_status_prints_the_board() {
         "the vendor has left: {out}"
     );
 }
+
+#[test]
+fn caps_track_prints_an_orders_history() {
+    let (hub, url) = start_hub(0);
+    let _driver = rust_driver(&url, "alice", &[]);
+    hub.wait_for_log("driver name=alice");
+    let mut vendor = vendor(&url, 1, "10ms");
+    assert!(vendor.wait_exit().success());
+    let id = ids_after(&vendor.stdout(), "VENDOR: order ").remove(0);
+    wait_until_all_delivered(&url, 1);
+
+    let mut track = Proc::caps("track", &["track", &id, "--hub", &url]);
+    assert!(track.wait_exit().success(), "{}", track.describe());
+    let out = track.stdout();
+    assert_eq!(
+        out[0],
+        format!("order {id} of store {STORE}: delivered"),
+        "{out:?}"
+    );
+    let states: Vec<&str> = out[2..]
+        .iter()
+        .map(|line| line.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(states, ["ready", "assigned", "in-transit", "delivered"]);
+    assert!(out.last().unwrap().ends_with("alice"));
+
+    let mut missing = Proc::caps("track", &["track", "no-such-order", "--hub", &url]);
+    assert_eq!(missing.wait_exit().code(), Some(1));
+    assert!(
+        missing
+            .stderr()
+            .join("\n")
+            .contains("404 Not Found: unknown_order: no such order: no-such-order")
+    );
+}

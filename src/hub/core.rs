@@ -31,10 +31,13 @@ use super::guard::Guard;
 use super::journal::{Change, Committed, Journal, Snapshot};
 use super::mailbox::Mailbox;
 use super::peer::Peer;
-use crate::api::{OrderState, QueueStatus, Status, StoreStatus};
+use chrono::Utc;
+
+use super::metrics::Metrics;
+use crate::api::{OrderPage, OrderState, OrderView, QueueStatus, Status, StoreStatus};
 use crate::protocol::{
-    Ack, DeliveryNotice, ErrorCode, Event, JoinRequest, NAMESPACE, Order, QueueRequest, Refusal,
-    RefusalNotice, StoreId,
+    Ack, Activity, DeliveryNotice, ErrorCode, Event, JoinRequest, NAMESPACE, Order, OrderId,
+    QueueRequest, Refusal, RefusalNotice, StoreId, VIEWERS_ROOM,
 };
 
 /// Events waiting for the core beyond this many are refused as `busy`.
@@ -87,12 +90,17 @@ impl ClientEvent {
 pub struct Reply {
     ack: AckSender,
     wants_ack: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl Reply {
     /// A reply through `ack`; `wants_ack` says whether the client asked for one.
-    pub fn new(ack: AckSender, wants_ack: bool) -> Self {
-        Reply { ack, wants_ack }
+    pub fn new(ack: AckSender, wants_ack: bool, metrics: Arc<Metrics>) -> Self {
+        Reply {
+            ack,
+            wants_ack,
+            metrics,
+        }
     }
 
     fn accept(self) {
@@ -108,6 +116,7 @@ impl Reply {
             socket.id,
             peer_of(socket)
         );
+        self.metrics.refusal(refusal.code.as_str());
         if self.wants_ack {
             let _ = self.ack.send(&Ack::refused(refusal));
         } else {
@@ -127,6 +136,27 @@ enum Command {
     Disconnected(SocketRef),
     Event(SocketRef, ClientEvent, Reply),
     Status(oneshot::Sender<Status>),
+    Order(
+        OrderId,
+        Option<StoreId>,
+        oneshot::Sender<Result<OrderView, Refusal>>,
+    ),
+    Orders(PageQuery, oneshot::Sender<OrderPage>),
+    Metrics(oneshot::Sender<String>),
+    HttpPickup(Peer, Order, oneshot::Sender<Result<(), Refusal>>),
+}
+
+/// What `GET /api/orders` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct PageQuery {
+    /// Only this store's orders.
+    pub store: Option<StoreId>,
+    /// Only orders in this state.
+    pub state: Option<OrderState>,
+    /// Only orders after this cursor.
+    pub after: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
 }
 
 /// The way in to the core; clone it freely.
@@ -188,6 +218,38 @@ impl CoreHandle {
         answer.await.ok()
     }
 
+    /// One order and its history (`store` picks among stores reusing the id).
+    pub async fn order(
+        &self,
+        order_id: OrderId,
+        store: Option<StoreId>,
+    ) -> Option<Result<OrderView, Refusal>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Order(order_id, store, reply));
+        answer.await.ok()
+    }
+
+    /// A page of orders.
+    pub async fn orders(&self, query: PageQuery) -> Option<OrderPage> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Orders(query, reply));
+        answer.await.ok()
+    }
+
+    /// The metrics, in Prometheus text format.
+    pub async fn metrics(&self) -> Option<String> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Metrics(reply));
+        answer.await.ok()
+    }
+
+    /// A pickup placed over HTTP by `peer`; answers once it is recorded.
+    pub async fn http_pickup(&self, peer: Peer, order: Order) -> Option<Result<(), Refusal>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::HttpPickup(peer, order, reply));
+        answer.await.ok()
+    }
+
     fn send(&self, command: Command) {
         if self.commands.send(command).is_err() {
             log::debug!("the hub core has stopped; command dropped");
@@ -207,6 +269,8 @@ pub struct CoreSetup {
     pub journal: Option<(Journal, mpsc::UnboundedReceiver<Committed>)>,
     /// The connection accounting, recounted now and then.
     pub guard: Guard,
+    /// Where counts and latencies go.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Runs the core until every handle is gone; fails if the journal fails (the
@@ -243,6 +307,8 @@ pub async fn run(
         waiting: VecDeque::new(),
         gone: Vec::new(),
         guard: setup.guard,
+        metrics: setup.metrics,
+        viewers: HashSet::new(),
     };
     // The restore itself may have changed things (void offers).
     let restored = core.settle(Vec::new());
@@ -327,6 +393,8 @@ enum Output {
         event: Event,
         message: Message,
     },
+    ToViewers(Activity),
+    Http(oneshot::Sender<Result<(), Refusal>>, Result<(), Refusal>),
 }
 
 struct Core {
@@ -345,6 +413,9 @@ struct Core {
     gone: Vec<(DriverKey, SocketRef)>,
     /// The connection count to correct.
     guard: Guard,
+    metrics: Arc<Metrics>,
+    /// Viewer sockets, which hear every order's changes.
+    viewers: HashSet<Sid>,
 }
 
 impl Core {
@@ -353,13 +424,18 @@ impl Core {
         match command {
             Command::Connected(socket) => match peer_of(&socket) {
                 Peer::Vendor { store } => self.add_vendor(&socket, store),
-                Peer::Viewer => {}
+                Peer::Viewer => {
+                    if socket.connected() {
+                        self.viewers.insert(socket.id);
+                    }
+                }
                 Peer::Driver { .. } | Peer::Undeclared => {
                     self.ensure_driver_online(&socket, &mut outputs)
                 }
             },
             Command::Disconnected(socket) => {
                 self.vendors.remove(&socket.id);
+                self.viewers.remove(&socket.id);
                 if let Some(key) = peer_of(&socket).driver_key(&socket.id.to_string()) {
                     let effects = self.desk.driver_offline(&key, &socket, Instant::now());
                     self.add_effects(effects, &mut outputs);
@@ -371,8 +447,68 @@ impl Core {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            Command::Order(order_id, store, reply) => {
+                let _ = reply.send(self.order(&order_id, store.as_ref()));
+            }
+            Command::Orders(query, reply) => {
+                let page =
+                    self.desk
+                        .page(query.store.as_ref(), query.state, query.after, query.limit);
+                let _ = reply.send(page);
+            }
+            Command::Metrics(reply) => {
+                let connections = [
+                    ("vendor", self.vendors.len()),
+                    ("driver", self.desk.online_drivers().len()),
+                    ("viewer", self.viewers.len()),
+                ];
+                let _ = reply.send(self.metrics.render(&self.desk.counts(), connections));
+            }
+            Command::HttpPickup(peer, order, reply) => {
+                let result = peer
+                    .may_act_for(&order.store)
+                    .and_then(|()| self.desk.pickup(order.clone(), Instant::now()));
+                match result {
+                    Ok((_, effects)) => {
+                        self.log.record(Event::Pickup, &order);
+                        self.metrics.event(Event::Pickup.name());
+                        self.add_effects(effects, &mut outputs);
+                        outputs.push(Output::Http(reply, Ok(())));
+                    }
+                    Err(refusal) => {
+                        log::warn!("refused pickup over HTTP {peer}: {refusal}");
+                        self.metrics.refusal(refusal.code.as_str());
+                        outputs.push(Output::Http(reply, Err(refusal)));
+                    }
+                }
+            }
         }
         outputs
+    }
+
+    /// One order by id; an id that several stores use needs its store.
+    fn order(&self, order_id: &OrderId, store: Option<&StoreId>) -> Result<OrderView, Refusal> {
+        let keys: Vec<OrderKey> = self
+            .desk
+            .find(order_id)
+            .into_iter()
+            .filter(|key| store.is_none_or(|store| &key.store == store))
+            .collect();
+        match keys.as_slice() {
+            [key] => self.desk.view(key).ok_or_else(|| unknown_order(order_id)),
+            [] => Err(unknown_order(order_id)),
+            several => Err(Refusal::new(
+                ErrorCode::InvalidPayload,
+                format!(
+                    "order {order_id} exists in stores {}: add ?store=",
+                    several
+                        .iter()
+                        .map(|key| key.store.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
     }
 
     fn apply_event(
@@ -384,6 +520,7 @@ impl Core {
     ) {
         let now = Instant::now();
         let name = event.event();
+        self.metrics.event(name.name());
         let refuse = |reply: Reply, socket: SocketRef, order: Option<Order>, refusal: Refusal| {
             Output::Refuse {
                 reply,
@@ -595,6 +732,11 @@ impl Core {
                     event: Event::Delivered,
                     order,
                 } => {
+                    if let Some(placed) = self.desk.placed_at(&OrderKey::of(&order)) {
+                        let latency = Utc::now().signed_duration_since(placed);
+                        self.metrics
+                            .delivered_after(latency.num_microseconds().unwrap_or(0) as f64 / 1e6);
+                    }
                     let (message_id, changes) = self.mailbox.enqueue(order.clone());
                     self.mailbox_changes.extend(changes);
                     Output::ToStore {
@@ -615,9 +757,17 @@ impl Core {
     /// Hands this step's changes to the journal. Returns the outputs that may
     /// go out now; the others wait for their commit (and anything behind
     /// outputs that wait, waits too, to keep the order).
-    fn settle(&mut self, outputs: Vec<Output>) -> Vec<Output> {
+    fn settle(&mut self, mut outputs: Vec<Output>) -> Vec<Output> {
         let mut changes = self.desk.take_changes();
         changes.append(&mut self.mailbox_changes);
+        if !self.viewers.is_empty() {
+            outputs.extend(
+                changes
+                    .iter()
+                    .filter_map(activity_of)
+                    .map(Output::ToViewers),
+            );
+        }
         let Some(journal) = &mut self.journal else {
             return outputs;
         };
@@ -702,6 +852,21 @@ impl Core {
                         log::debug!("cannot send {event} to sid={}: {error}", socket.id);
                     }
                 }
+                Output::ToViewers(activity) => {
+                    let Some(ns) = self.io.of(NAMESPACE) else {
+                        continue;
+                    };
+                    if let Err(error) = ns
+                        .to(VIEWERS_ROOM)
+                        .emit(Event::Activity.name(), &activity)
+                        .await
+                    {
+                        log::debug!("cannot tell viewers: {error}");
+                    }
+                }
+                Output::Http(reply, result) => {
+                    let _ = reply.send(result);
+                }
             }
         }
     }
@@ -732,6 +897,37 @@ impl Core {
                 .collect(),
         }
     }
+}
+
+/// What viewers are told of a change, if it is an order's.
+fn activity_of(change: &Change) -> Option<Activity> {
+    let (store, order_id, state, driver, at) = match change {
+        Change::NewOrder { order, at, .. } => {
+            (&order.store, &order.order_id, OrderState::Ready, None, at)
+        }
+        Change::Transition {
+            key,
+            state,
+            driver,
+            at,
+            ..
+        } => (&key.store, &key.order_id, *state, driver.as_ref(), at),
+        Change::NoticeQueued { .. } | Change::NoticeRemoved { .. } => return None,
+    };
+    Some(Activity {
+        store: store.clone(),
+        order_id: order_id.clone(),
+        state: state.name().to_owned(),
+        driver: driver.map(ToString::to_string),
+        time: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    })
+}
+
+fn unknown_order(order_id: &OrderId) -> Refusal {
+    Refusal::new(
+        ErrorCode::UnknownOrder,
+        format!("no such order: {order_id}"),
+    )
 }
 
 /// Who the socket is, as far as the hub knows now.

@@ -19,7 +19,9 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use super::journal::{Change, StoredOrder};
-use crate::api::{DriverStatus, OrderCounts, OrderState, OrderSummary};
+use crate::api::{
+    DriverStatus, OrderCounts, OrderPage, OrderState, OrderSummary, OrderView, TransitionView,
+};
 use crate::protocol::{DriverName, ErrorCode, Event, Order, OrderId, Refusal, StoreId};
 
 /// Orders are unique per store: two shops may both have an order "1".
@@ -262,11 +264,15 @@ impl<S: Clone + PartialEq> Dispatch<S> {
                 offer: 0,
                 passed_over: None,
                 store_told_in_transit: stored.told_in_transit,
-                history: vec![Transition {
-                    state: stored.state,
-                    driver: stored.driver.clone(),
-                    at: stored.since,
-                }],
+                history: if stored.history.is_empty() {
+                    vec![Transition {
+                        state: stored.state,
+                        driver: stored.driver.clone(),
+                        at: stored.since,
+                    }]
+                } else {
+                    stored.history
+                },
             };
             match (stored.state, stored.driver) {
                 (OrderState::Delivered, _) => desk.delivered_order.push_back(key.clone()),
@@ -552,6 +558,80 @@ impl<S: Clone + PartialEq> Dispatch<S> {
     /// The order's history, if it is known.
     pub fn history_of(&self, key: &OrderKey) -> Option<&[Transition]> {
         self.orders.get(key).map(|entry| entry.history.as_slice())
+    }
+
+    /// The keys of every order known with this id, in any store.
+    pub fn find(&self, order_id: &OrderId) -> Vec<OrderKey> {
+        let mut keys: Vec<OrderKey> = self
+            .orders
+            .keys()
+            .filter(|key| &key.order_id == order_id)
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// One order, its state and its history.
+    pub fn view(&self, key: &OrderKey) -> Option<OrderView> {
+        let entry = self.orders.get(key)?;
+        Some(OrderView {
+            store: entry.order.store.clone(),
+            order_id: entry.order.order_id.clone(),
+            customer: entry.order.customer.to_string(),
+            address: entry.order.address.to_string(),
+            state: entry.state,
+            driver: entry.driver.as_ref().map(ToString::to_string),
+            history: entry
+                .history
+                .iter()
+                .map(|step| TransitionView {
+                    state: step.state,
+                    driver: step.driver.as_ref().map(ToString::to_string),
+                    at: step.at,
+                })
+                .collect(),
+        })
+    }
+
+    /// When the order was placed (the first step the desk knows of).
+    pub fn placed_at(&self, key: &OrderKey) -> Option<DateTime<Utc>> {
+        self.orders
+            .get(key)
+            .and_then(|entry| entry.history.first())
+            .map(|step| step.at)
+    }
+
+    /// A page of orders, oldest first, after arrival number `after`.
+    pub fn page(
+        &self,
+        store: Option<&StoreId>,
+        state: Option<OrderState>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> OrderPage {
+        let limit = limit.max(1);
+        let mut matching: Vec<&OrderEntry> = self
+            .orders
+            .values()
+            .filter(|entry| store.is_none_or(|store| &entry.order.store == store))
+            .filter(|entry| state.is_none_or(|state| entry.state == state))
+            .filter(|entry| after.is_none_or(|after| entry.seq > after))
+            .collect();
+        matching.sort_by_key(|entry| entry.seq);
+        let next = (matching.len() > limit).then(|| matching[limit - 1].seq);
+        let orders = matching
+            .into_iter()
+            .take(limit)
+            .map(|entry| OrderSummary {
+                store: entry.order.store.clone(),
+                order_id: entry.order.order_id.clone(),
+                state: entry.state,
+                driver: entry.driver.as_ref().map(ToString::to_string),
+                since: entry.history.last().map(|t| t.at).unwrap_or_else(Utc::now),
+            })
+            .collect();
+        OrderPage { orders, next }
     }
 
     /// Orders per state.
@@ -1025,6 +1105,7 @@ mod tests {
                 driver,
                 told_in_transit: state == OrderState::InTransit,
                 since: Utc::now(),
+                history: Vec::new(),
             };
         let mut restored: Desk = Dispatch::restore(
             DispatchConfig::default(),

@@ -12,8 +12,9 @@ use super::HubState;
 use super::core::{ClientEvent, CoreHandle, Reply, peer_of};
 use super::decode::decode;
 use super::guard::{Budget, Spend};
+use super::metrics::Metrics;
 use super::peer::Peer;
-use crate::protocol::{ErrorCode, Event, Handshake, Refusal};
+use crate::protocol::{ErrorCode, Event, Handshake, Refusal, VIEWERS_ROOM};
 
 /// Connect middleware: checks who the client is and whether there is room
 /// for it, then sets the socket up.
@@ -48,6 +49,7 @@ pub async fn admit(
                 event,
                 core: hub.core.clone(),
                 max_event_bytes: hub.guard.limits().max_event_bytes,
+                metrics: Arc::clone(&hub.metrics),
             },
         );
     }
@@ -58,8 +60,10 @@ pub async fn admit(
     );
     socket.on_disconnect(on_disconnect);
 
-    if let Peer::Vendor { store } = &peer {
-        socket.join(store.to_string());
+    match &peer {
+        Peer::Vendor { store } => socket.join(store.to_string()),
+        Peer::Viewer => socket.join(VIEWERS_ROOM),
+        Peer::Driver { .. } | Peer::Undeclared => {}
     }
     socket.extensions.insert(peer);
     socket.extensions.insert(budget);
@@ -95,6 +99,7 @@ struct Inlet {
     event: Event,
     core: CoreHandle,
     max_event_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 /// Marks [`Inlet`]'s `MessageHandler` implementation.
@@ -103,7 +108,7 @@ struct InletCall;
 impl MessageHandler<LocalAdapter, InletCall> for Inlet {
     fn call(&self, raw: Arc<Socket<LocalAdapter>>, mut value: Value, ack_id: Option<i64>) {
         let Ok(ack) = AckSender::from_message_parts(&raw, &mut value, &ack_id);
-        let reply = Reply::new(ack, ack_id.is_some());
+        let reply = Reply::new(ack, ack_id.is_some(), Arc::clone(&self.metrics));
         let socket = SocketRef::from(raw.clone());
         match socket
             .extensions
@@ -134,8 +139,8 @@ impl MessageHandler<LocalAdapter, InletCall> for Inlet {
             Event::Delivered => decode(raw, &mut value, &ack_id, limit).map(ClientEvent::Delivered),
             Event::GetAll => decode(raw, &mut value, &ack_id, limit).map(ClientEvent::GetAll),
             Event::Received => decode(raw, &mut value, &ack_id, limit).map(ClientEvent::Received),
-            // Sent by the hub only; FROM_CLIENTS does not register it.
-            Event::Refused => return,
+            // Sent by the hub only; FROM_CLIENTS does not register them.
+            Event::Refused | Event::Activity => return,
         };
         match parsed {
             Ok(event) => self.core.submit_event(socket, event, reply),

@@ -13,7 +13,7 @@
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use super::dispatch::{DriverKey, OrderKey};
+use super::dispatch::{DriverKey, OrderKey, Transition};
 use crate::api::OrderState;
 use crate::protocol::{MessageId, Order};
 
@@ -76,6 +76,8 @@ pub struct StoredOrder {
     pub told_in_transit: bool,
     /// When it entered its state.
     pub since: DateTime<Utc>,
+    /// Every state it entered, oldest first.
+    pub history: Vec<Transition>,
 }
 
 /// A queued delivery notice as recorded.

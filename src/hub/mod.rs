@@ -10,8 +10,10 @@ pub mod dispatch;
 mod event_log;
 mod guard;
 mod handlers;
+mod http;
 pub mod journal;
 mod mailbox;
+mod metrics;
 mod peer;
 pub mod sqlite;
 
@@ -22,12 +24,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use axum::Json;
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use std::sync::Arc;
+
 use axum::serve::ListenerExt;
 use socketioxide::SocketIo;
 use socketioxide::handler::ConnectHandler;
@@ -41,8 +39,8 @@ pub use peer::{Admission, Peer};
 use self::core::{CoreHandle, CoreSetup};
 use self::guard::Guard;
 use self::journal::{Journal, Snapshot, Store};
+use self::metrics::Metrics;
 use self::sqlite::SqliteStore;
-use crate::api::STATUS_PATH;
 use crate::protocol::NAMESPACE;
 
 /// Tunables of a hub.
@@ -166,6 +164,7 @@ pub(crate) struct HubState {
     core: CoreHandle,
     admission: Admission,
     guard: Guard,
+    metrics: Arc<Metrics>,
 }
 
 async fn serve_hub(
@@ -182,7 +181,9 @@ async fn serve_hub(
     let (core, inbox) = self::core::channel();
     let cors = cors_layer(&config.limits.cors_origins)?;
     let max_message = config.limits.max_message_bytes;
+    let max_event = config.limits.max_event_bytes;
     let guard = Guard::new(config.limits);
+    let metrics = Arc::new(Metrics::new());
     let (layer, io) = SocketIo::builder()
         .max_payload(max_message)
         .ws_max_message_size(max_message as usize)
@@ -193,8 +194,9 @@ async fn serve_hub(
         .ping_timeout(Duration::from_secs(10))
         .with_state(HubState {
             core: core.clone(),
-            admission: config.admission,
+            admission: config.admission.clone(),
             guard: guard.clone(),
+            metrics: Arc::clone(&metrics),
         })
         .build_layer();
     io.ns(NAMESPACE, handlers::on_connect.with(handlers::admit));
@@ -204,15 +206,17 @@ async fn serve_hub(
         snapshot,
         journal,
         guard,
+        metrics,
     };
     let mut core_task = tokio::spawn(self::core::run(inbox, io.clone(), log, setup));
 
-    let router = Router::new()
-        .route("/healthz", get(async || "ok\n"))
-        .route(STATUS_PATH, get(status))
-        .with_state(core)
-        .layer(layer)
-        .layer(cors);
+    let router = http::routes(http::HttpState {
+        core,
+        admission: config.admission,
+    })
+    .layer(axum::extract::DefaultBodyLimit::max(max_event))
+    .layer(layer)
+    .layer(cors);
     // Small messages must not wait for Nagle's algorithm.
     let listener = listener.tap_io(|tcp| {
         if let Err(error) = tcp.set_nodelay(true) {
@@ -262,13 +266,6 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<tower_http::cors::CorsLayer>
         .allow_origin(allow)
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]))
-}
-
-async fn status(State(core): State<CoreHandle>) -> Response {
-    match core.status().await {
-        Some(status) => Json(status).into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "the hub is stopping\n").into_response(),
-    }
 }
 
 /// The URL clients use to reach a hub listening on `addr`.

@@ -5,6 +5,7 @@
 //! corrupt database, or one written by a newer caps (a schema this build
 //! does not know). Schema changes are numbered migrations, applied in order.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, params};
 
-use super::dispatch::DriverKey;
+use super::dispatch::{DriverKey, Transition};
 use super::journal::{Change, Snapshot, Store, StoredNotice, StoredOrder};
 use crate::api::OrderState;
 use crate::protocol::{Address, Customer, DriverName, MessageId, Order, OrderId, StoreId};
@@ -190,6 +191,34 @@ impl Store for SqliteStore {
         orders.extend(delivered);
         orders.sort_by_key(|order| order.seq);
 
+        // Each loaded order's history, in one pass over the transitions.
+        let index: HashMap<(String, String), usize> = orders
+            .iter()
+            .enumerate()
+            .map(|(i, o)| ((o.order.store.to_string(), o.order.order_id.to_string()), i))
+            .collect();
+        let mut steps = self
+            .conn
+            .prepare("SELECT store, order_id, state, driver, at FROM transitions ORDER BY id")?;
+        let mut rows = steps.query([])?;
+        while let Some(row) = rows.next()? {
+            let key: (String, String) = (row.get(0)?, row.get(1)?);
+            let Some(&position) = index.get(&key) else {
+                continue;
+            };
+            let state: String = row.get(2)?;
+            let driver: Option<String> = row.get(3)?;
+            let at: String = row.get(4)?;
+            if let (Some(state), Ok(at)) = (parse_state(&state), DateTime::parse_from_rfc3339(&at))
+            {
+                orders[position].history.push(Transition {
+                    state,
+                    driver: driver.as_deref().and_then(driver_from_column),
+                    at: at.with_timezone(&Utc),
+                });
+            }
+        }
+
         let delivered_total: i64 = self.conn.query_row(
             "SELECT count(*) FROM orders WHERE state = 'delivered'",
             [],
@@ -311,6 +340,12 @@ impl Store for SqliteStore {
     }
 }
 
+fn parse_state(name: &str) -> Option<OrderState> {
+    OrderState::ALL
+        .into_iter()
+        .find(|state| state.name() == name)
+}
+
 /// How a driver is written down: `n:<name>` or `a:<socket id>`.
 fn driver_column(driver: &DriverKey) -> String {
     match driver {
@@ -354,10 +389,8 @@ fn read_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<anyhow::Result<Stored
     let told_in_transit: bool = row.get(7)?;
     let since: String = row.get(8)?;
     Ok((|| {
-        let state = OrderState::ALL
-            .into_iter()
-            .find(|candidate| candidate.name() == state)
-            .with_context(|| format!("unknown order state {state:?}"))?;
+        let state =
+            parse_state(&state).with_context(|| format!("unknown order state {state:?}"))?;
         Ok(StoredOrder {
             order: order_from(store, order_id, customer, address)?,
             seq: seq as u64,
@@ -367,6 +400,7 @@ fn read_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<anyhow::Result<Stored
             since: DateTime::parse_from_rfc3339(&since)
                 .map(|at| at.with_timezone(&Utc))
                 .unwrap_or_else(|_| Utc::now()),
+            history: Vec::new(),
         })
     })())
 }
@@ -426,6 +460,12 @@ mod tests {
         assert_eq!(snapshot.orders[0].state, OrderState::InTransit);
         assert_eq!(snapshot.orders[0].driver, Some(driver));
         assert!(snapshot.orders[0].told_in_transit);
+        let steps: Vec<OrderState> = snapshot.orders[0].history.iter().map(|t| t.state).collect();
+        assert_eq!(
+            steps,
+            [OrderState::Ready, OrderState::InTransit],
+            "the history comes back too"
+        );
         assert_eq!(snapshot.orders[1].state, OrderState::Ready);
         assert_eq!(snapshot.notices.len(), 1);
         assert_eq!(snapshot.notices[0].order, order("o2"));

@@ -34,7 +34,8 @@ const order = (store, overrides = {}) => ({
 });
 
 async function board() {
-  return (await fetch(`${url}/api/status`)).json();
+  const headers = { authorization: `Bearer ${token('viewer')}` };
+  return (await fetch(`${url}/api/status`, { headers })).json();
 }
 
 /** What an intruder must not change: counts, open orders, queues. */

@@ -1,0 +1,317 @@
+//! The hub's HTTP side, on the same port as Socket.IO: the dashboard at `/`,
+//! the JSON API under `/api`, `/healthz` and `/metrics`.
+//!
+//! Errors are JSON in the shape of a refused acknowledgement,
+//! `{"ok":false,"error":{"code":"…","message":"…"}}`, with a 4xx status; bad
+//! input never yields a 500. With a secret, `/api` needs a token
+//! (`Authorization: Bearer …`): a viewer's reads everything, a vendor's reads
+//! and places only its own store's orders.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use super::core::{CoreHandle, PageQuery};
+use super::peer::{Admission, Peer};
+use crate::api::{MAX_PAGE, NewOrder, ORDERS_PATH, OrderState, STATUS_PATH};
+use crate::protocol::{Ack, ErrorCode, Handshake, Order, OrderId, Refusal, StoreId};
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct HttpState {
+    /// The core.
+    pub core: CoreHandle,
+    /// How callers are identified.
+    pub admission: Admission,
+}
+
+/// The HTTP routes (Socket.IO is layered on top by the caller).
+pub fn routes(state: HttpState) -> Router {
+    Router::new()
+        .route("/", get(dashboard_page))
+        .route("/dashboard.js", get(dashboard_script))
+        .route("/dashboard.css", get(dashboard_style))
+        .route("/socket.io.min.js", get(socket_io_client))
+        .route("/healthz", get(async || "ok\n"))
+        .route("/metrics", get(metrics))
+        .route(STATUS_PATH, get(status))
+        .route(ORDERS_PATH, get(list_orders).post(place_order))
+        .route(&format!("{ORDERS_PATH}/{{order_id}}"), get(track_order))
+        .fallback(async || {
+            failure(
+                StatusCode::NOT_FOUND,
+                ErrorCode::InvalidPayload,
+                "no such path",
+            )
+        })
+        .with_state(state)
+}
+
+/// The dashboard page and its assets, built into the binary.
+const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("dashboard/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
+/// The official socket.io client, from the npm package pinned in
+/// package-lock.json, copied in by build.rs.
+const SOCKET_IO_CLIENT: &str = include_str!(concat!(env!("OUT_DIR"), "/socket.io.min.js"));
+
+async fn dashboard_page() -> Html<&'static str> {
+    Html(DASHBOARD_HTML)
+}
+
+async fn dashboard_script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        DASHBOARD_JS,
+    )
+        .into_response()
+}
+
+async fn dashboard_style() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        DASHBOARD_CSS,
+    )
+        .into_response()
+}
+
+async fn socket_io_client() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        SOCKET_IO_CLIENT,
+    )
+        .into_response()
+}
+
+/// The caller of an API route, from its bearer token (or open mode).
+struct Caller(Peer);
+
+impl FromRequestParts<HttpState> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, Response> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(|token| token.trim().to_owned());
+        let handshake = match (&state.admission, token) {
+            // Open mode: an HTTP caller is trusted like a claimed viewer, and may
+            // place orders for any store.
+            (Admission::Open, _) => return Ok(Caller(Peer::Undeclared)),
+            (Admission::Tokens(_), token) => Handshake::default().with_token(token),
+        };
+        let now = chrono::Utc::now().timestamp();
+        Peer::admit(handshake, &state.admission, now)
+            .map(Caller)
+            .map_err(|refusal| refuse(StatusCode::UNAUTHORIZED, refusal))
+    }
+}
+
+impl Caller {
+    /// May the caller read `store`'s orders (none: every store)?
+    fn may_read(&self, store: Option<&StoreId>) -> Result<(), Refusal> {
+        match (&self.0, store) {
+            (Peer::Viewer | Peer::Undeclared, _) => Ok(()),
+            (Peer::Vendor { store: own }, Some(store)) if own == store => Ok(()),
+            (Peer::Vendor { store: own }, _) => Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("a vendor of store {own} may read only its own orders (add ?store={own})"),
+            )),
+            (Peer::Driver { .. }, _) => {
+                Err(Refusal::new(ErrorCode::Forbidden, "drivers use Socket.IO"))
+            }
+        }
+    }
+}
+
+async fn status(caller: Caller, State(state): State<HttpState>) -> Response {
+    if let Err(refusal) = caller.may_read(None) {
+        return refuse(StatusCode::FORBIDDEN, refusal);
+    }
+    match state.core.status().await {
+        Some(status) => Json(status).into_response(),
+        None => stopping(),
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    match state.core.metrics().await {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        None => stopping(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    store: Option<String>,
+    state: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn list_orders(
+    caller: Caller,
+    State(state): State<HttpState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Response {
+    let Ok(Query(params)) = params else {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidPayload,
+            "bad query: use store, state, after, limit",
+        );
+    };
+    let store = match params.store.map(StoreId::new).transpose() {
+        Ok(store) => store,
+        Err(message) => {
+            return failure(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &message);
+        }
+    };
+    let order_state = match params.state.as_deref() {
+        None => None,
+        Some(name) => match OrderState::ALL
+            .into_iter()
+            .find(|state| state.name() == name)
+        {
+            Some(state) => Some(state),
+            None => {
+                return failure(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidPayload,
+                    "state must be ready, assigned, in-transit or delivered",
+                );
+            }
+        },
+    };
+    if let Err(refusal) = caller.may_read(store.as_ref()) {
+        return refuse(StatusCode::FORBIDDEN, refusal);
+    }
+    let query = PageQuery {
+        store,
+        state: order_state,
+        after: params.after,
+        limit: params.limit.unwrap_or(100).clamp(1, MAX_PAGE),
+    };
+    match state.core.orders(query).await {
+        Some(page) => Json(page).into_response(),
+        None => stopping(),
+    }
+}
+
+#[derive(Deserialize)]
+struct TrackParams {
+    store: Option<String>,
+}
+
+async fn track_order(
+    caller: Caller,
+    State(state): State<HttpState>,
+    Path(order_id): Path<String>,
+    params: Result<Query<TrackParams>, QueryRejection>,
+) -> Response {
+    let Ok(Query(params)) = params else {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidPayload,
+            "bad query: use store",
+        );
+    };
+    let order_id = match OrderId::new(order_id) {
+        Ok(order_id) => order_id,
+        Err(message) => {
+            return failure(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &message);
+        }
+    };
+    let store = match params.store.map(StoreId::new).transpose() {
+        Ok(store) => store,
+        Err(message) => {
+            return failure(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &message);
+        }
+    };
+    // A vendor looks only in its own store.
+    let store = match (&caller.0, store) {
+        (Peer::Vendor { store: own }, None) => Some(own.clone()),
+        (_, store) => store,
+    };
+    if let Err(refusal) = caller.may_read(store.as_ref()) {
+        return refuse(StatusCode::FORBIDDEN, refusal);
+    }
+    match state.core.order(order_id, store).await {
+        Some(Ok(view)) => Json(view).into_response(),
+        Some(Err(refusal)) if refusal.code == ErrorCode::UnknownOrder => {
+            refuse(StatusCode::NOT_FOUND, refusal)
+        }
+        Some(Err(refusal)) => refuse(StatusCode::CONFLICT, refusal),
+        None => stopping(),
+    }
+}
+
+async fn place_order(
+    caller: Caller,
+    State(state): State<HttpState>,
+    body: Result<Json<NewOrder>, JsonRejection>,
+) -> Response {
+    let new = match body {
+        Ok(Json(new)) => new,
+        Err(rejection) => {
+            let status = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                ErrorCode::PayloadTooLarge
+            } else {
+                ErrorCode::InvalidPayload
+            };
+            return failure(status, code, &rejection.body_text());
+        }
+    };
+    let order = Order {
+        store: new.store,
+        order_id: new.order_id.unwrap_or_else(|| {
+            OrderId::new(uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid id")
+        }),
+        customer: new.customer,
+        address: new.address,
+    };
+    match state.core.http_pickup(caller.0, order.clone()).await {
+        Some(Ok(())) => (StatusCode::CREATED, Json(order)).into_response(),
+        Some(Err(refusal)) => {
+            let status = match refusal.code {
+                ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+                ErrorCode::OrderConflict => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            refuse(status, refusal)
+        }
+        None => stopping(),
+    }
+}
+
+fn refuse(status: StatusCode, refusal: Refusal) -> Response {
+    (status, Json(Ack::refused(refusal))).into_response()
+}
+
+fn failure(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    refuse(status, Refusal::new(code, message))
+}
+
+fn stopping() -> Response {
+    failure(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Busy,
+        "the hub is stopping",
+    )
+}
