@@ -2,7 +2,7 @@
 // its error code and leaves the hub's board unchanged.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { connectClient, emitWithAck, nextEvent, orderOf, startHub } from './support.mjs';
+import { arrives, connectClient, emitWithAck, nextEvent, orderOf, startHub } from './support.mjs';
 
 const order = (overrides = {}) => ({
   store: 'acme',
@@ -27,19 +27,6 @@ function essentials(status) {
   };
 }
 
-function arrives(socket, event, ms = 300) {
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => {
-      socket.off(event, onEvent);
-      resolve(false);
-    }, ms);
-    function onEvent() {
-      clearTimeout(timer);
-      resolve(true);
-    }
-    socket.once(event, onEvent);
-  });
-}
 
 test('each refusal has its code and changes nothing; repeats are idempotent', async (t) => {
   const { hub, url } = await startHub();

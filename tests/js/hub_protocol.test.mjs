@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { io } from 'socket.io-client';
-import { connectClient, emitWithAck, nextEvent, orderOf, startHub } from './support.mjs';
+import { arrives, connectClient, emitWithAck, nextEvent, orderOf, startHub } from './support.mjs';
 
 const order = (overrides = {}) => ({
   store: 'acme',
@@ -13,20 +13,6 @@ const order = (overrides = {}) => ({
   ...overrides,
 });
 
-/** Resolves true if `event` arrives on `socket` within `ms`, false otherwise. */
-function arrives(socket, event, ms = 300) {
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => {
-      socket.off(event, onEvent);
-      resolve(false);
-    }, ms);
-    function onEvent() {
-      clearTimeout(timer);
-      resolve(true);
-    }
-    socket.once(event, onEvent);
-  });
-}
 
 test('a pickup reaches one driver and no vendor; its news reaches only its own store', async (t) => {
   const { hub, url } = await startHub();

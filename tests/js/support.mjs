@@ -139,3 +139,18 @@ export function nextEvent(socket, event, timeoutMs = 5_000) {
     });
   });
 }
+
+/** Resolves true if `event` arrives on `socket` within `ms`, false otherwise. */
+export function arrives(socket, event, ms = 300) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      socket.off(event, onEvent);
+      resolve(false);
+    }, ms);
+    function onEvent() {
+      clearTimeout(timer);
+      resolve(true);
+    }
+    socket.once(event, onEvent);
+  });
+}
