@@ -3,17 +3,24 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test setup build lint
+.PHONY: demo test setup build lint bench
 
 ## Build, then run a hub with two shops and two couriers in this terminal.
 demo: setup
 	$(CARGO) run --quiet -- demo
 
-## Build once, then run the Rust tests and the JavaScript tests against that build.
+## Build once, then run the Rust tests, the JavaScript tests, and a small
+## benchmark (it fails on any lost or duplicated order, never on a timing).
 test: setup
 	$(CARGO) build --locked --all-targets
 	$(CARGO) test --locked
+	target/debug/caps bench --targets caps,node,echo --vendors 2 --drivers 2 --orders 150
 	npm test
+
+## The benchmark of docs/BENCHMARKS.md (release build).
+bench: setup
+	$(CARGO) build --locked --release
+	scripts/bench.sh
 
 ## Install system packages (if missing) and the npm packages from the lockfile.
 setup:

@@ -23,8 +23,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
 fi
 
-# npm ci only when the lockfile changed since the last install.
-stamp=node_modules/.package-lock.json
-if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ]; then
-  npm ci --no-audit --no-fund
-fi
+# npm ci only when a lockfile changed since the last install: the tests'
+# packages here, the benchmark's Node peer in bench/.
+for dir in . bench; do
+  stamp="$dir/node_modules/.package-lock.json"
+  if [ ! -f "$stamp" ] || [ "$dir/package-lock.json" -nt "$stamp" ]; then
+    npm ci --prefix "$dir" --no-audit --no-fund
+  fi
+done

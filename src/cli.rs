@@ -54,6 +54,55 @@ enum Command {
     Token(TokenArgs),
     /// Print one order's history: each state it entered, when, and with which driver.
     Track(TrackArgs),
+    /// Measure a hub under load: throughput, latency, CPU and memory, against the Node peer and a ceiling.
+    Bench(BenchArgs),
+    /// The bench's ceiling: a bare WebSocket server that echoes events back.
+    #[command(hide = true)]
+    BenchEcho {
+        /// Port to listen on; 0 picks a free one.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// The servers to measure, in turns each round.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "caps")]
+    targets: Vec<crate::bench::Kind>,
+    /// Measure this running hub instead of starting servers.
+    #[arg(long, value_parser = parse_hub_url)]
+    hub: Option<String>,
+    /// The running hub's process id (to read its CPU and memory).
+    #[arg(long)]
+    hub_pid: Option<u32>,
+    /// Vendors.
+    #[arg(long, default_value_t = 4)]
+    vendors: usize,
+    /// Drivers.
+    #[arg(long, default_value_t = 4)]
+    drivers: usize,
+    /// Orders per vendor.
+    #[arg(long, default_value_t = 2_500)]
+    orders: usize,
+    /// Offered orders per second over all vendors (open loop); without it, closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Orders in flight per vendor in closed loop.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Idle driver connections to open first (memory per connection, connection rate).
+    #[arg(long, default_value_t = 0)]
+    conns: usize,
+    /// How many times to measure each target.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Give up on orders not delivered this long after the last progress.
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    patience: Duration,
+    /// Extra flags for the caps hubs started, e.g. --hub-arg=--rate-limit=100000.
+    #[arg(long = "hub-arg", allow_hyphen_values = true)]
+    hub_args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -303,7 +352,12 @@ impl Cli {
     /// terminal for the roles' lines; the others say what they are doing.
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Demo(_) | Command::Status(_) | Command::Token(_) | Command::Track(_) => "warn",
+            Command::Demo(_)
+            | Command::Status(_)
+            | Command::Token(_)
+            | Command::Track(_)
+            | Command::Bench(_)
+            | Command::BenchEcho { .. } => "warn",
             Command::Hub(_) | Command::Vendor(_) | Command::Driver(_) => "warn,caps=info",
         }
     }
@@ -375,6 +429,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", mint_token(args)?);
             Ok(())
         }
+        Command::Bench(args) => {
+            crate::bench::run(crate::bench::BenchConfig {
+                targets: args.targets,
+                hub: args.hub,
+                hub_pid: args.hub_pid,
+                hub_args: args.hub_args,
+                vendors: args.vendors,
+                drivers: args.drivers,
+                orders: args.orders,
+                rate: args.rate,
+                window: args.window,
+                conns: args.conns,
+                rounds: args.rounds,
+                patience: args.patience,
+            })
+            .await
+        }
+        Command::BenchEcho { port } => crate::bench::echo::serve(port).await,
     }
 }
 

@@ -5,6 +5,7 @@
 //! the clients reach the hub through [`client`]. [`cli`] wires it to a binary.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod console;

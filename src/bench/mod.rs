@@ -1,0 +1,499 @@
+//! `caps bench`: a load generator that drives a hub the way vendors and
+//! drivers do, and measures it.
+//!
+//! V vendors each place K orders; D drivers take each offer at once (zero
+//! delays). Vendors send either as fast as a window of orders in flight
+//! allows (closed loop), or at a fixed offered rate (`--rate`, open loop).
+//! For each order the generator records the time from sending `pickup` to
+//! hearing `delivered`, counts orders delivered twice (duplicates) or never
+//! (lost), and reads the server's CPU time and memory from /proc. Several
+//! targets (caps, the Node peer, the echo ceiling) are measured in turns in
+//! one run, so their figures can be compared as ratios on a noisy machine.
+
+pub mod echo;
+mod target;
+mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+pub use target::Kind;
+use target::Target;
+
+use crate::protocol::{Event, NAMESPACE};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The servers to measure, in turns.
+    pub targets: Vec<Kind>,
+    /// Measure this already running hub instead.
+    pub hub: Option<String>,
+    /// Its process id, to read its CPU and memory.
+    pub hub_pid: Option<u32>,
+    /// Extra flags for the `caps hub` processes started.
+    pub hub_args: Vec<String>,
+    /// Vendors.
+    pub vendors: usize,
+    /// Drivers.
+    pub drivers: usize,
+    /// Orders per vendor.
+    pub orders: usize,
+    /// Offered orders per second over all vendors; `None` for closed loop.
+    pub rate: Option<f64>,
+    /// Orders in flight per vendor in closed loop.
+    pub window: usize,
+    /// Idle driver connections to open first (memory and connection rate).
+    pub conns: usize,
+    /// How many times to measure each target.
+    pub rounds: usize,
+    /// Give up on orders not delivered this long after the last was sent.
+    pub patience: Duration,
+}
+
+/// The figures of one measurement.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Figures {
+    /// What was measured.
+    pub target: String,
+    /// Which round.
+    pub round: usize,
+    /// Orders sent.
+    pub sent: u64,
+    /// Orders delivered (each counted once).
+    pub delivered: u64,
+    /// Orders never delivered.
+    pub lost: u64,
+    /// Extra deliveries of an order already delivered.
+    pub duplicates: u64,
+    /// Delivered orders per second, first pickup sent to last delivery heard.
+    pub per_second: f64,
+    /// Median pickup-to-delivered latency, in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile, in milliseconds.
+    pub p99_ms: f64,
+    /// Slowest, in milliseconds.
+    pub max_ms: f64,
+    /// Server CPU time per 1,000 delivered orders, in milliseconds.
+    pub cpu_ms_per_1000: Option<f64>,
+    /// Server peak resident memory, in MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// Idle connections opened per second (with `--conns`).
+    pub connects_per_second: Option<f64>,
+    /// Server memory per idle connection, in KiB (with `--conns`).
+    pub kib_per_connection: Option<f64>,
+}
+
+/// Runs every round against every target, prints a table and JSON lines,
+/// and fails if any order was lost or duplicated.
+pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
+    let mut results: Vec<Figures> = Vec::new();
+    for round in 1..=config.rounds.max(1) {
+        if let Some(url) = &config.hub {
+            let target = Target::external(url.clone(), config.hub_pid);
+            results.push(measure(&target, "external", round, false, &config).await?);
+            continue;
+        }
+        for &kind in &config.targets {
+            let target = Target::start(kind, &config.hub_args)?;
+            eprintln!("bench: round {round}: {} at {}", kind.label(), target.url);
+            results.push(measure(&target, kind.label(), round, kind == Kind::Echo, &config).await?);
+        }
+    }
+    print_report(&results);
+    let bad: Vec<&Figures> = results
+        .iter()
+        .filter(|f| f.lost > 0 || f.duplicates > 0)
+        .collect();
+    if !bad.is_empty() {
+        bail!(
+            "{} run(s) lost or duplicated orders: {}",
+            bad.len(),
+            bad.iter()
+                .map(|f| format!("{} lost={} duplicates={}", f.target, f.lost, f.duplicates))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// What the vendors share: when each order was sent, and what came back.
+#[derive(Default)]
+struct Ledger {
+    sent_at: HashMap<String, Instant>,
+    done: HashSet<String>,
+    latencies: Vec<Duration>,
+    duplicates: u64,
+    last_delivery: Option<Instant>,
+}
+
+async fn measure(
+    target: &Target,
+    label: &str,
+    round: usize,
+    echo: bool,
+    config: &BenchConfig,
+) -> anyhow::Result<Figures> {
+    let (connects_per_second, kib_per_connection) = if config.conns > 0 {
+        let (rate, per) = idle_connections(target, config.conns).await?;
+        (Some(rate), per)
+    } else {
+        (None, None)
+    };
+
+    // Drivers: take every offer at once.
+    let mut drivers = JoinSet::new();
+    if !echo {
+        for index in 0..config.drivers {
+            let auth = json!({"role": "driver", "name": format!("bench-driver-{index}"), "capacity": 10_000});
+            let (mut sender, mut receiver) = wire::connect(&target.url, NAMESPACE, &auth).await?;
+            drivers.spawn(async move {
+                while let Some(frame) = receiver.next().await {
+                    match frame {
+                        wire::Frame::Ping => {
+                            let _ = sender.pong().await;
+                        }
+                        wire::Frame::Event(incoming) if incoming.event == Event::Pickup.name() => {
+                            let order = incoming.payload.to_string();
+                            if sender
+                                .emit_raw(Event::InTransit.name(), &order)
+                                .await
+                                .is_err()
+                                || sender
+                                    .emit_raw(Event::Delivered.name(), &order)
+                                    .await
+                                    .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    }
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let total = (config.vendors * config.orders) as u64;
+    let cpu_before = target.cpu();
+    let started = Instant::now();
+    let mut vendors = JoinSet::new();
+    for index in 0..config.vendors {
+        let store = format!("bench-store-{index}");
+        let auth = json!({"role": "vendor", "store": store});
+        let (sender, receiver) = wire::connect(&target.url, NAMESPACE, &auth).await?;
+        let window = Arc::new(Semaphore::new(config.window.max(1)));
+        let per_vendor_rate = config.rate.map(|rate| rate / config.vendors as f64);
+        let sender = Arc::new(tokio::sync::Mutex::new(sender));
+        vendors.spawn(listen(
+            receiver,
+            Arc::clone(&sender),
+            Arc::clone(&ledger),
+            Arc::clone(&window),
+            echo,
+        ));
+        vendors.spawn(place(
+            sender,
+            store,
+            config.orders,
+            per_vendor_rate,
+            window,
+            Arc::clone(&ledger),
+        ));
+    }
+
+    // Wait for every delivery, or until nothing has come for `patience`.
+    let mut last_progress = (0usize, Instant::now());
+    loop {
+        let done = ledger.lock().expect("ledger lock").done.len();
+        if done as u64 >= total {
+            break;
+        }
+        if done != last_progress.0 {
+            last_progress = (done, Instant::now());
+        } else if last_progress.1.elapsed() > config.patience {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cpu_after = target.cpu();
+    vendors.abort_all();
+    drivers.abort_all();
+
+    let ledger = ledger.lock().expect("ledger lock");
+    let delivered = ledger.done.len() as u64;
+    let elapsed = ledger
+        .last_delivery
+        .map(|last| last.duration_since(started))
+        .unwrap_or_else(|| started.elapsed());
+    let mut latencies = ledger.latencies.clone();
+    latencies.sort();
+    let percentile = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[index].as_secs_f64() * 1000.0
+    };
+    let cpu_ms_per_1000 = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) if delivered > 0 => {
+            Some((after - before).as_secs_f64() * 1000.0 * 1000.0 / delivered as f64)
+        }
+        _ => None,
+    };
+    Ok(Figures {
+        target: label.to_owned(),
+        round,
+        sent: ledger.sent_at.len() as u64,
+        delivered,
+        lost: total.saturating_sub(delivered),
+        duplicates: ledger.duplicates,
+        per_second: delivered as f64 / elapsed.as_secs_f64().max(1e-9),
+        p50_ms: percentile(0.50),
+        p99_ms: percentile(0.99),
+        max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        cpu_ms_per_1000,
+        peak_rss_mib: target
+            .peak_rss()
+            .map(|bytes| bytes as f64 / (1024.0 * 1024.0)),
+        connects_per_second,
+        kib_per_connection,
+    })
+}
+
+/// One vendor's sending side.
+async fn place(
+    sender: Arc<tokio::sync::Mutex<wire::Sender>>,
+    store: String,
+    orders: usize,
+    rate: Option<f64>,
+    window: Arc<Semaphore>,
+    ledger: Arc<Mutex<Ledger>>,
+) {
+    let pace = rate.map(|rate| Duration::from_secs_f64(1.0 / rate.max(1e-3)));
+    let mut ticker = pace.map(|pace| {
+        let mut ticker = tokio::time::interval(pace);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        ticker
+    });
+    for n in 0..orders {
+        match &mut ticker {
+            Some(ticker) => {
+                ticker.tick().await;
+            }
+            None => match window.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => return,
+            },
+        }
+        let order_id = format!("{store}-{n}-{}", uuid::Uuid::new_v4().simple());
+        let order = json!({"store": store, "orderId": order_id, "customer": "Bench Customer", "address": "Benchtown, BT"});
+        ledger
+            .lock()
+            .expect("ledger lock")
+            .sent_at
+            .insert(order_id, Instant::now());
+        if sender
+            .lock()
+            .await
+            .emit_raw(Event::Pickup.name(), &order.to_string())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// One vendor's receiving side: record deliveries, acknowledge them.
+async fn listen(
+    mut receiver: wire::Receiver,
+    sender: Arc<tokio::sync::Mutex<wire::Sender>>,
+    ledger: Arc<Mutex<Ledger>>,
+    window: Arc<Semaphore>,
+    echo: bool,
+) {
+    let delivered_event = if echo {
+        Event::Pickup.name()
+    } else {
+        Event::Delivered.name()
+    };
+    while let Some(frame) = receiver.next().await {
+        let incoming = match frame {
+            wire::Frame::Ping => {
+                let _ = sender.lock().await.pong().await;
+                continue;
+            }
+            wire::Frame::Event(incoming) if incoming.event == delivered_event => incoming,
+            _ => continue,
+        };
+        let Some(order_id) = incoming.payload["orderId"].as_str() else {
+            continue;
+        };
+        let first = {
+            let mut ledger = ledger.lock().expect("ledger lock");
+            let now = Instant::now();
+            if ledger.done.insert(order_id.to_owned()) {
+                if let Some(sent) = ledger.sent_at.get(order_id).copied() {
+                    ledger.latencies.push(now.duration_since(sent));
+                }
+                ledger.last_delivery = Some(now);
+                true
+            } else {
+                ledger.duplicates += 1;
+                false
+            }
+        };
+        if first {
+            window.add_permits(1);
+        }
+        if let Some(message_id) = incoming.payload["messageId"].as_str() {
+            let store = incoming.payload["store"].as_str().unwrap_or_default();
+            let received = json!({"queueId": store, "event": "delivered", "messageId": message_id});
+            if sender
+                .lock()
+                .await
+                .emit_raw(Event::Received.name(), &received.to_string())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Opens `count` idle driver connections; returns connections per second
+/// and the server's memory per connection (KiB), then closes them.
+async fn idle_connections(target: &Target, count: usize) -> anyhow::Result<(f64, Option<f64>)> {
+    let rss_before = target.rss();
+    let started = Instant::now();
+    let limit = Arc::new(Semaphore::new(256));
+    let mut opening = JoinSet::new();
+    for index in 0..count {
+        let url = target.url.clone();
+        let limit = Arc::clone(&limit);
+        opening.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let auth = json!({"role": "driver", "name": format!("idle-{index}"), "capacity": 1});
+            wire::connect(&url, NAMESPACE, &auth).await
+        });
+    }
+    let mut held = Vec::with_capacity(count);
+    while let Some(opened) = opening.join_next().await {
+        held.push(opened.context("a connecting task failed")??);
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    // Let the server settle (its per-connection tasks start), then read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per = match (rss_before, target.rss()) {
+        (Some(before), Some(after)) => {
+            Some(after.saturating_sub(before) as f64 / 1024.0 / count as f64)
+        }
+        _ => None,
+    };
+    for (sender, _) in held {
+        sender.close().await;
+    }
+    Ok((rate, per))
+}
+
+fn print_report(results: &[Figures]) {
+    println!(
+        "{:<15} {:>5} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>5} {:>4} {:>11} {:>9} {:>9} {:>8}",
+        "target",
+        "round",
+        "delivered",
+        "lost",
+        "per sec",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "dup",
+        "",
+        "cpu/1k ms",
+        "peak MiB",
+        "conn/s",
+        "KiB/conn"
+    );
+    let show = |value: Option<f64>, digits: usize| {
+        value.map_or("-".to_owned(), |v| format!("{v:.digits$}"))
+    };
+    for f in results {
+        println!(
+            "{:<15} {:>5} {:>9} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>5} {:>4} {:>11} {:>9} {:>9} {:>8}",
+            f.target,
+            f.round,
+            f.delivered,
+            f.lost,
+            f.per_second,
+            f.p50_ms,
+            f.p99_ms,
+            f.max_ms,
+            f.duplicates,
+            "",
+            show(f.cpu_ms_per_1000, 1),
+            show(f.peak_rss_mib, 1),
+            show(f.connects_per_second, 0),
+            show(f.kib_per_connection, 1),
+        );
+    }
+    for f in results {
+        if let Ok(line) = serde_json::to_string(f) {
+            println!("{line}");
+        }
+    }
+    print_ratios(results);
+}
+
+/// Medians per target, and caps's against each other target.
+fn print_ratios(results: &[Figures]) {
+    let median = |target: &str, pick: &dyn Fn(&Figures) -> Option<f64>| -> Option<f64> {
+        let mut values: Vec<f64> = results
+            .iter()
+            .filter(|f| f.target == target)
+            .filter_map(pick)
+            .collect();
+        values.sort_by(|a, b| a.total_cmp(b));
+        values.get(values.len() / 2).copied()
+    };
+    let Some(caps) = ["caps", "caps-ephemeral", "external"]
+        .into_iter()
+        .find(|t| results.iter().any(|f| f.target == *t))
+    else {
+        return;
+    };
+    let mut others: Vec<&str> = Vec::new();
+    for f in results {
+        if f.target != caps && !others.contains(&f.target.as_str()) {
+            others.push(&f.target);
+        }
+    }
+    for other in others {
+        let ratio = |pick: &dyn Fn(&Figures) -> Option<f64>| match (
+            median(caps, pick),
+            median(other, pick),
+        ) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "ratio {caps}/{other} (medians): per-second {}  p99 {}  cpu/1k {}  KiB/conn {}  conn/s {}",
+            ratio(&|f| Some(f.per_second)),
+            ratio(&|f| Some(f.p99_ms)),
+            ratio(&|f| f.cpu_ms_per_1000),
+            ratio(&|f| f.kib_per_connection),
+            ratio(&|f| f.connects_per_second),
+        );
+    }
+}
