@@ -60,7 +60,7 @@ enum Command {
     #[command(hide = true)]
     BenchEcho {
         /// Port to listen on; 0 picks a free one.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, env = "CAPS_PORT", default_value_t = 0)]
         port: u16,
     },
 }
@@ -68,40 +68,51 @@ enum Command {
 #[derive(Debug, Args)]
 struct BenchArgs {
     /// The servers to measure, in turns each round.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "caps")]
+    #[arg(
+        long,
+        env = "CAPS_BENCH_TARGETS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "caps"
+    )]
     targets: Vec<crate::bench::Kind>,
     /// Measure this running hub instead of starting servers.
-    #[arg(long, value_parser = parse_hub_url)]
+    #[arg(long, env = "CAPS_HUB", value_parser = parse_hub_url)]
     hub: Option<String>,
     /// The running hub's process id (to read its CPU and memory).
-    #[arg(long)]
+    #[arg(long, env = "CAPS_BENCH_HUB_PID")]
     hub_pid: Option<u32>,
     /// Vendors.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "CAPS_BENCH_VENDORS", default_value_t = 4)]
     vendors: usize,
     /// Drivers.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "CAPS_BENCH_DRIVERS", default_value_t = 4)]
     drivers: usize,
     /// Orders per vendor.
-    #[arg(long, default_value_t = 2_500)]
+    #[arg(long, env = "CAPS_BENCH_ORDERS", default_value_t = 2_500)]
     orders: usize,
     /// Offered orders per second over all vendors (open loop); without it, closed loop.
-    #[arg(long)]
+    #[arg(long, env = "CAPS_BENCH_RATE")]
     rate: Option<f64>,
     /// Orders in flight per vendor in closed loop.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "CAPS_BENCH_WINDOW", default_value_t = 64)]
     window: usize,
     /// Idle driver connections to open first (memory per connection, connection rate).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "CAPS_BENCH_CONNS", default_value_t = 0)]
     conns: usize,
     /// How many times to measure each target.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "CAPS_BENCH_ROUNDS", default_value_t = 1)]
     rounds: usize,
     /// Give up on orders not delivered this long after the last progress.
-    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "CAPS_BENCH_PATIENCE", default_value = "10s", value_parser = parse_positive_duration)]
     patience: Duration,
     /// Extra flags for the caps hubs started, e.g. --hub-arg=--rate-limit=100000.
-    #[arg(long = "hub-arg", allow_hyphen_values = true)]
+    #[arg(
+        long = "hub-arg",
+        env = "CAPS_BENCH_HUB_ARGS",
+        value_delimiter = ' ',
+        allow_hyphen_values = true
+    )]
     hub_args: Vec<String>,
 }
 
@@ -123,6 +134,10 @@ struct HubArgs {
     /// Most delivery notices kept per store until its vendor acknowledges them.
     #[arg(long, env = "CAPS_QUEUE_LIMIT", default_value_t = 10_000)]
     queue_limit: usize,
+    /// When a commit counts as done: `full` (on disk: survives a power cut) or
+    /// `normal` (handed to the OS: survives the hub being killed).
+    #[arg(long, env = "CAPS_SYNC", value_enum, default_value = "full")]
+    sync: hub::sqlite::Sync,
     #[command(flatten)]
     dispatch: DispatchArgs,
     #[command(flatten)]
@@ -191,13 +206,13 @@ enum TokenRole {
     /// A token for the vendor of one store.
     Vendor {
         /// The store.
-        #[arg(long)]
+        #[arg(long, env = "CAPS_STORE")]
         store: StoreId,
     },
     /// A token for one driver.
     Driver {
         /// The driver's name.
-        #[arg(long)]
+        #[arg(long, env = "CAPS_NAME")]
         name: DriverName,
     },
     /// A token that may only read (a dashboard).
@@ -213,6 +228,7 @@ impl HubArgs {
         };
         config.dispatch = self.dispatch.config();
         config.queue_limit = self.queue_limit;
+        config.sync = self.sync;
         config.admission = self.security.admission()?;
         config.limits = self.security.limits();
         Ok(config)
@@ -249,7 +265,7 @@ struct StatusArgs {
     #[arg(long, env = "CAPS_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Print the JSON the hub returns instead of a table.
-    #[arg(long)]
+    #[arg(long, env = "CAPS_JSON")]
     json: bool,
 }
 
@@ -258,7 +274,7 @@ struct TrackArgs {
     /// The order's id.
     order_id: String,
     /// The order's store, when several stores use the same id.
-    #[arg(long)]
+    #[arg(long, env = "CAPS_STORE")]
     store: Option<String>,
     /// The hub's URL.
     #[arg(long, env = "CAPS_HUB", default_value = "http://127.0.0.1:3000", value_parser = parse_hub_url)]

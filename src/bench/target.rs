@@ -52,9 +52,18 @@ impl Target {
         let mut command = match kind {
             Kind::Caps | Kind::CapsEphemeral => {
                 let mut command = Command::new(&exe);
-                // One generator connection stands for many shops: lift the
-                // per-connection rate limit (later --hub-arg flags override).
-                command.args(["hub", "--port", "0", "--rate-limit", "100000000"]);
+                // One generator connection stands for many shops, and --conns
+                // opens as many as a process may: lift the rate and
+                // connection limits (later --hub-arg flags override).
+                command.args([
+                    "hub",
+                    "--port",
+                    "0",
+                    "--rate-limit",
+                    "100000000",
+                    "--max-connections",
+                    "1000000",
+                ]);
                 if kind == Kind::Caps {
                     let dir = tempfile::tempdir().context("creating a data dir")?;
                     command.arg("--data-dir").arg(dir.path());

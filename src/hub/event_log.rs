@@ -1,21 +1,38 @@
 //! The hub's event log: one `EVENT {json}` line on stdout per inbound CAPS event.
 //!
-//! Lines are handed to a dedicated writer thread so that a slow stdout (a full
-//! pipe, a terminal) never blocks the hub's async workers, and so that a burst
-//! of events costs one flush rather than one syscall per line.
+//! Lines are appended to a shared buffer that a background thread writes out
+//! every few milliseconds, so a slow stdout (a full pipe, a terminal) never
+//! blocks the hub's async workers, and a busy hub pays one write and no
+//! thread wake-up per event.
 
 use std::io::Write;
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::protocol::Event;
 
+/// How long a line may wait in the buffer before it is written.
+const FLUSH_EVERY: Duration = Duration::from_millis(5);
+
 /// A cheap handle for appending to the event log; clone it freely.
-#[derive(Clone)]
 pub struct EventLog {
-    lines: mpsc::Sender<Vec<u8>>,
+    shared: Arc<Shared>,
+    prefix: Arc<[u8]>,
+}
+
+struct Shared {
+    buffer: Mutex<Buffer>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Buffer {
+    bytes: Vec<u8>,
+    /// Handles still alive; the writer stops when none is left.
+    handles: usize,
 }
 
 #[derive(Serialize)]
@@ -44,12 +61,22 @@ impl EventLog {
     }
 
     fn start(out: impl Write + Send + 'static, prefix: Vec<u8>) -> Self {
-        let (lines, incoming) = mpsc::channel::<Vec<u8>>();
+        let shared = Arc::new(Shared {
+            buffer: Mutex::new(Buffer {
+                bytes: Vec::new(),
+                handles: 1,
+            }),
+            wake: Condvar::new(),
+        });
+        let writer = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("caps-event-log".into())
-            .spawn(move || write_lines(incoming, out, &prefix))
+            .spawn(move || write_out(&writer, out))
             .expect("spawning the event log thread");
-        EventLog { lines }
+        EventLog {
+            shared,
+            prefix: prefix.into(),
+        }
     }
 
     /// Appends one line: `EVENT {"event":…,"time":…,"payload":…}`.
@@ -59,38 +86,77 @@ impl EventLog {
             time: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
             payload,
         };
-        let mut line = b"EVENT ".to_vec();
-        match serde_json::to_writer(&mut line, &record) {
-            Ok(()) => {
-                // A send error means the writer is gone (stdout closed); the
-                // hub goes on serving, so there is nothing better to do.
-                let _ = self.lines.send(line);
-            }
-            Err(error) => log::error!("cannot encode event log record event={event}: {error}"),
+        let mut buffer = self.lock();
+        let start = buffer.bytes.len();
+        buffer.bytes.extend_from_slice(&self.prefix);
+        buffer.bytes.extend_from_slice(b"EVENT ");
+        if let Err(error) = serde_json::to_writer(&mut buffer.bytes, &record) {
+            buffer.bytes.truncate(start);
+            log::error!("cannot encode event log record event={event}: {error}");
+            return;
         }
+        buffer.bytes.push(b'\n');
     }
 
-    /// Appends a free-form line (the startup banner), in order with events.
-    pub fn line(&self, text: impl Into<String>) {
-        let _ = self.lines.send(text.into().into_bytes());
+    /// Appends a free-form line (the startup banner), in order with events,
+    /// and writes it out at once.
+    pub fn line(&self, text: impl AsRef<str>) {
+        let mut buffer = self.lock();
+        buffer.bytes.extend_from_slice(&self.prefix);
+        buffer.bytes.extend_from_slice(text.as_ref().as_bytes());
+        buffer.bytes.push(b'\n');
+        drop(buffer);
+        self.shared.wake.notify_one();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        self.shared
+            .buffer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-fn write_lines(incoming: mpsc::Receiver<Vec<u8>>, out: impl Write, prefix: &[u8]) {
-    let mut out = std::io::BufWriter::new(out);
-    while let Ok(first) = incoming.recv() {
-        let mut batch = Some(first);
-        while let Some(line) = batch {
-            let written = out
-                .write_all(prefix)
-                .and_then(|()| out.write_all(&line))
-                .and_then(|()| out.write_all(b"\n"));
-            if written.is_err() {
+impl Clone for EventLog {
+    fn clone(&self) -> Self {
+        self.lock().handles += 1;
+        EventLog {
+            shared: Arc::clone(&self.shared),
+            prefix: Arc::clone(&self.prefix),
+        }
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        let mut buffer = self.lock();
+        buffer.handles = buffer.handles.saturating_sub(1);
+        drop(buffer);
+        self.shared.wake.notify_one();
+    }
+}
+
+/// Every few milliseconds (or when told), writes what has been buffered.
+fn write_out(shared: &Shared, out: impl Write) {
+    let mut out = out;
+    let mut pending = Vec::new();
+    loop {
+        let done = {
+            let buffer = shared.buffer.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut buffer, _) = shared
+                .wake
+                .wait_timeout(buffer, FLUSH_EVERY)
+                .unwrap_or_else(|p| p.into_inner());
+            std::mem::swap(&mut buffer.bytes, &mut pending);
+            buffer.handles == 0
+        };
+        if !pending.is_empty() {
+            if out.write_all(&pending).and_then(|()| out.flush()).is_err() {
                 return;
             }
-            batch = incoming.try_recv().ok();
+            pending.clear();
         }
-        if out.flush().is_err() {
+        if done {
             return;
         }
     }

@@ -56,6 +56,8 @@ pub struct HubConfig {
     pub storage: Storage,
     /// Most delivery notices queued per store.
     pub queue_limit: usize,
+    /// When a commit to the data dir counts as done.
+    pub sync: sqlite::Sync,
 }
 
 /// Where a hub keeps its state.
@@ -76,6 +78,7 @@ impl HubConfig {
             dispatch: DispatchConfig::default(),
             storage: Storage::Ephemeral,
             queue_limit: 10_000,
+            sync: sqlite::Sync::Full,
         }
     }
 
@@ -118,7 +121,7 @@ impl Hub {
         let (snapshot, journal) = match &config.storage {
             Storage::Ephemeral => (Snapshot::default(), None),
             Storage::DataDir(dir) => {
-                let mut store = SqliteStore::open(dir)?;
+                let mut store = SqliteStore::open(dir, config.sync)?;
                 let snapshot = store
                     .load(config.dispatch.keep_delivered)
                     .with_context(|| format!("reading the data dir {}", dir.display()))?;
@@ -188,6 +191,9 @@ async fn serve_hub(
         .max_payload(max_message)
         .ws_max_message_size(max_message as usize)
         .ws_max_frame_size(max_message as usize)
+        // Most messages are a few hundred bytes: a small read buffer per
+        // connection keeps thousands of idle drivers cheap.
+        .ws_read_buffer_size(1024)
         // Offers to a slow driver queue here rather than fail.
         .max_buffer_size(1024)
         .ping_interval(Duration::from_secs(10))

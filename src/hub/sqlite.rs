@@ -57,10 +57,34 @@ const MIGRATIONS: &[&str] = &[
         order_id TEXT NOT NULL,
         queued_at TEXT NOT NULL
     );",
+    // 2: no secondary indexes. Every state change rewrote an index entry; the
+    // hub reads these tables only at start, with full scans.
+    "DROP INDEX orders_by_state;
+    DROP INDEX transitions_by_order;",
 ];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// When a commit counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Sync {
+    /// After it reached the disk (fsync): survives a power cut.
+    #[default]
+    Full,
+    /// After it reached the operating system: survives the hub being killed,
+    /// not a power cut (SQLite WAL with `synchronous=NORMAL`).
+    Normal,
+}
+
+impl Sync {
+    fn pragma(self) -> &'static str {
+        match self {
+            Sync::Full => "FULL",
+            Sync::Normal => "NORMAL",
+        }
+    }
+}
 
 /// The SQLite store of one data dir.
 pub struct SqliteStore {
@@ -71,7 +95,7 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if need be) the store in `dir`.
-    pub fn open(dir: &Path) -> anyhow::Result<SqliteStore> {
+    pub fn open(dir: &Path, sync: Sync) -> anyhow::Result<SqliteStore> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data dir {}", dir.display()))?;
         let lock_path = dir.join(LOCK_FILE);
@@ -125,8 +149,7 @@ impl SqliteStore {
         }
 
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // Every commit reaches the disk before the hub confirms what it holds.
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "synchronous", sync.pragma())?;
         let mut store = SqliteStore { conn, _lock: lock };
         store.migrate(version)?;
         Ok(store)
@@ -426,7 +449,7 @@ mod tests {
         let now = Utc::now();
         let driver = DriverKey::Named(DriverName::new("bob").unwrap());
         {
-            let mut store = SqliteStore::open(dir.path()).unwrap();
+            let mut store = SqliteStore::open(dir.path(), Sync::Full).unwrap();
             store
                 .commit(&[
                     Change::NewOrder {
@@ -454,7 +477,7 @@ mod tests {
                 ])
                 .unwrap();
         }
-        let mut store = SqliteStore::open(dir.path()).unwrap();
+        let mut store = SqliteStore::open(dir.path(), Sync::Full).unwrap();
         let snapshot = store.load(10).unwrap();
         assert_eq!(snapshot.orders.len(), 2);
         assert_eq!(snapshot.orders[0].state, OrderState::InTransit);
@@ -474,25 +497,34 @@ mod tests {
     #[test]
     fn a_second_hub_on_the_same_data_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = SqliteStore::open(dir.path()).unwrap();
-        let error = SqliteStore::open(dir.path()).err().unwrap().to_string();
+        let _first = SqliteStore::open(dir.path(), Sync::Full).unwrap();
+        let error = SqliteStore::open(dir.path(), Sync::Full)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(error.contains("in use by another hub"), "{error}");
     }
 
     #[test]
     fn a_newer_schema_or_a_foreign_file_is_refused_untouched() {
         let dir = tempfile::tempdir().unwrap();
-        drop(SqliteStore::open(dir.path()).unwrap());
+        drop(SqliteStore::open(dir.path(), Sync::Full).unwrap());
         let path = dir.path().join(DATABASE_FILE);
         Connection::open(&path)
             .unwrap()
             .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
-        let error = SqliteStore::open(dir.path()).err().unwrap().to_string();
+        let error = SqliteStore::open(dir.path(), Sync::Full)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(error.contains("written by a newer caps"), "{error}");
 
         std::fs::write(&path, b"this is not a database at all, just some text").unwrap();
-        let error = SqliteStore::open(dir.path()).err().unwrap().to_string();
+        let error = SqliteStore::open(dir.path(), Sync::Full)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(error.contains("not a caps database"), "{error}");
         assert_eq!(
             std::fs::read(&path).unwrap(),

@@ -17,12 +17,16 @@ socket.io.on('open', () => {
 socket.on('connect', () => console.log('DRIVER: connected'));
 
 socket.on('pickup', (payload) => {
+  // Waits, reports the package in transit, then waits again and reports it
+  // delivered: "a driver waits 1 s before picked up, then 3 s before
+  // delivered". (Two timers started together can fire out of order when the
+  // event loop stalls, which would report delivered before in-transit.)
   setTimeout(() => {
     console.log(`DRIVER: picked up ${payload.orderId}`);
     socket.emit('in-transit', payload);
+    setTimeout(() => {
+      console.log(`DRIVER: delivered ${payload.orderId}`);
+      socket.emit('delivered', payload);
+    }, deliverMs);
   }, pickupMs);
-  setTimeout(() => {
-    console.log(`DRIVER: delivered ${payload.orderId}`);
-    socket.emit('delivered', payload);
-  }, pickupMs + deliverMs);
 });
