@@ -21,6 +21,9 @@ const FLUSH_EVERY: Duration = Duration::from_millis(5);
 pub struct EventLog {
     shared: Arc<Shared>,
     prefix: Arc<[u8]>,
+    /// Write each line at once (the demo, where lines interleave with the
+    /// roles' own) instead of within [`FLUSH_EVERY`].
+    eager: bool,
 }
 
 struct Shared {
@@ -48,10 +51,12 @@ impl EventLog {
         Self::to_writer(std::io::stdout())
     }
 
-    /// A log on stdout whose lines start with `[tag] `, for a terminal shared
-    /// with other roles (the demo).
+    /// A log on stdout whose lines start with `[tag] `, written at once, for
+    /// a terminal shared with other roles (the demo).
     pub fn tagged_stdout(tag: &str) -> Self {
-        Self::start(std::io::stdout(), format!("[{tag}] ").into_bytes())
+        let mut log = Self::start(std::io::stdout(), format!("[{tag}] ").into_bytes());
+        log.eager = true;
+        log
     }
 
     /// A log that writes to `out` from a background thread; the thread ends
@@ -76,6 +81,7 @@ impl EventLog {
         EventLog {
             shared,
             prefix: prefix.into(),
+            eager: false,
         }
     }
 
@@ -96,6 +102,10 @@ impl EventLog {
             return;
         }
         buffer.bytes.push(b'\n');
+        drop(buffer);
+        if self.eager {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Appends a free-form line (the startup banner), in order with events,
@@ -123,6 +133,7 @@ impl Clone for EventLog {
         EventLog {
             shared: Arc::clone(&self.shared),
             prefix: Arc::clone(&self.prefix),
+            eager: self.eager,
         }
     }
 }
