@@ -13,249 +13,40 @@
 //! journal and its outputs wait until they are committed: nobody hears of a
 //! change the hub could still forget.
 
+mod handle;
+mod output;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde::Serialize;
 use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, SocketRef};
+use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
-use super::dispatch::{Dispatch, DispatchConfig, DriverKey, Effect, OrderKey, PickupOutcome};
+use handle::Command;
+pub use handle::{ClientEvent, CoreHandle, CoreInbox, PageQuery, Reply, channel};
+use output::{Message, Output};
+
+use super::dispatch::{Dispatch, DispatchConfig, DriverKey, OrderKey, PickupOutcome};
 use super::event_log::EventLog;
 use super::guard::Guard;
 use super::journal::{Change, Committed, Journal, Snapshot};
 use super::mailbox::Mailbox;
-use super::peer::Peer;
-use chrono::Utc;
-
 use super::metrics::Metrics;
-use crate::api::{OrderPage, OrderState, OrderView, QueueStatus, Status, StoreStatus};
+use super::peer::Peer;
+use crate::api::{OrderState, OrderView, QueueStatus, Status, StoreStatus};
 use crate::protocol::{
-    Ack, Activity, DeliveryNotice, ErrorCode, Event, JoinRequest, NAMESPACE, Order, OrderId,
-    QueueRequest, Refusal, RefusalNotice, StoreId, VIEWERS_ROOM,
+    DeliveryNotice, ErrorCode, Event, NAMESPACE, Order, OrderId, Refusal, StoreId,
 };
 
-/// Events waiting for the core beyond this many are refused as `busy`.
-const MAX_QUEUED_EVENTS: usize = 65_536;
 /// How often offers are checked for expiry.
 const TICK: Duration = Duration::from_millis(100);
 /// How often (in ticks) drivers' sockets are checked for liveness.
 const LIVENESS_EVERY: u32 = 10;
-
-/// A client event, typed.
-#[derive(Debug, Clone)]
-pub enum ClientEvent {
-    /// `join`.
-    Join(JoinRequest),
-    /// `pickup`.
-    Pickup(Order),
-    /// `in-transit`.
-    InTransit(Order),
-    /// `delivered`.
-    Delivered(Order),
-    /// `getAll`.
-    GetAll(QueueRequest),
-    /// `received`.
-    Received(QueueRequest),
-}
-
-impl ClientEvent {
-    fn event(&self) -> Event {
-        match self {
-            ClientEvent::Join(_) => Event::Join,
-            ClientEvent::Pickup(_) => Event::Pickup,
-            ClientEvent::InTransit(_) => Event::InTransit,
-            ClientEvent::Delivered(_) => Event::Delivered,
-            ClientEvent::GetAll(_) => Event::GetAll,
-            ClientEvent::Received(_) => Event::Received,
-        }
-    }
-
-    fn order(&self) -> Option<&Order> {
-        match self {
-            ClientEvent::Pickup(order)
-            | ClientEvent::InTransit(order)
-            | ClientEvent::Delivered(order) => Some(order),
-            ClientEvent::Join(_) | ClientEvent::GetAll(_) | ClientEvent::Received(_) => None,
-        }
-    }
-}
-
-/// How to answer the client that sent an event.
-pub struct Reply {
-    ack: AckSender,
-    wants_ack: bool,
-    metrics: Arc<Metrics>,
-}
-
-impl Reply {
-    /// A reply through `ack`; `wants_ack` says whether the client asked for one.
-    pub fn new(ack: AckSender, wants_ack: bool, metrics: Arc<Metrics>) -> Self {
-        Reply {
-            ack,
-            wants_ack,
-            metrics,
-        }
-    }
-
-    fn accept(self) {
-        // The client may be gone already; nothing to undo.
-        let _ = self.ack.send(&Ack::accepted());
-    }
-
-    /// Refuses: a warning, and an error ack, or a `refused` event for a
-    /// client that asked for no ack (rust_socketio cannot).
-    pub fn refuse(self, socket: &SocketRef, event: Event, order: Option<&Order>, refusal: Refusal) {
-        log::warn!(
-            "refused {event} sid={} {}: {refusal}",
-            socket.id,
-            peer_of(socket)
-        );
-        self.metrics.refusal(refusal.code.as_str());
-        if self.wants_ack {
-            let _ = self.ack.send(&Ack::refused(refusal));
-        } else {
-            let notice = RefusalNotice {
-                event,
-                store: order.map(|order| order.store.clone()),
-                order_id: order.map(|order| order.order_id.clone()),
-                error: refusal,
-            };
-            let _ = socket.emit(Event::Refused.name(), &notice);
-        }
-    }
-}
-
-enum Command {
-    Connected(SocketRef),
-    Disconnected(SocketRef),
-    Event(SocketRef, ClientEvent, Reply),
-    Status(oneshot::Sender<Status>),
-    Order(
-        OrderId,
-        Option<StoreId>,
-        oneshot::Sender<Result<OrderView, Refusal>>,
-    ),
-    Orders(PageQuery, oneshot::Sender<OrderPage>),
-    Metrics(oneshot::Sender<String>),
-    HttpPickup(Peer, Order, oneshot::Sender<Result<(), Refusal>>),
-}
-
-/// What `GET /api/orders` asks for.
-#[derive(Debug, Clone, Default)]
-pub struct PageQuery {
-    /// Only this store's orders.
-    pub store: Option<StoreId>,
-    /// Only orders in this state.
-    pub state: Option<OrderState>,
-    /// Only orders after this cursor.
-    pub after: Option<u64>,
-    /// At most this many.
-    pub limit: usize,
-}
-
-/// The way in to the core; clone it freely.
-#[derive(Clone)]
-pub struct CoreHandle {
-    commands: mpsc::UnboundedSender<Command>,
-    queued_events: Arc<AtomicUsize>,
-}
-
-/// The core's receiving end, until [`run`] takes it.
-pub struct CoreInbox {
-    commands: mpsc::UnboundedReceiver<Command>,
-    queued_events: Arc<AtomicUsize>,
-}
-
-/// A connected pair: handles for the handlers, and the inbox for [`run`].
-pub fn channel() -> (CoreHandle, CoreInbox) {
-    let (commands, inbox) = mpsc::unbounded_channel();
-    let queued_events = Arc::new(AtomicUsize::new(0));
-    (
-        CoreHandle {
-            commands,
-            queued_events: Arc::clone(&queued_events),
-        },
-        CoreInbox {
-            commands: inbox,
-            queued_events,
-        },
-    )
-}
-
-impl CoreHandle {
-    /// Queues a client's event; when the core is overloaded the event is
-    /// refused at once as `busy`.
-    pub fn submit_event(&self, socket: SocketRef, event: ClientEvent, reply: Reply) {
-        if self.queued_events.load(Ordering::Relaxed) >= MAX_QUEUED_EVENTS {
-            let refusal = Refusal::new(ErrorCode::Busy, "the hub is overloaded; try again");
-            let order = event.order().cloned();
-            return reply.refuse(&socket, event.event(), order.as_ref(), refusal);
-        }
-        self.queued_events.fetch_add(1, Ordering::Relaxed);
-        self.send(Command::Event(socket, event, reply));
-    }
-
-    /// A socket has joined the namespace.
-    pub fn connected(&self, socket: SocketRef) {
-        self.send(Command::Connected(socket));
-    }
-
-    /// A socket has left.
-    pub fn disconnected(&self, socket: SocketRef) {
-        self.send(Command::Disconnected(socket));
-    }
-
-    /// The dispatch board, or `None` if the core has stopped.
-    pub async fn status(&self) -> Option<Status> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Status(reply));
-        answer.await.ok()
-    }
-
-    /// One order and its history (`store` picks among stores reusing the id).
-    pub async fn order(
-        &self,
-        order_id: OrderId,
-        store: Option<StoreId>,
-    ) -> Option<Result<OrderView, Refusal>> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Order(order_id, store, reply));
-        answer.await.ok()
-    }
-
-    /// A page of orders.
-    pub async fn orders(&self, query: PageQuery) -> Option<OrderPage> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Orders(query, reply));
-        answer.await.ok()
-    }
-
-    /// The metrics, in Prometheus text format.
-    pub async fn metrics(&self) -> Option<String> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Metrics(reply));
-        answer.await.ok()
-    }
-
-    /// A pickup placed over HTTP by `peer`; answers once it is recorded.
-    pub async fn http_pickup(&self, peer: Peer, order: Order) -> Option<Result<(), Refusal>> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::HttpPickup(peer, order, reply));
-        answer.await.ok()
-    }
-
-    fn send(&self, command: Command) {
-        if self.commands.send(command).is_err() {
-            log::debug!("the hub core has stopped; command dropped");
-        }
-    }
-}
 
 /// Where the core's state comes from and goes to.
 pub struct CoreSetup {
@@ -358,43 +149,6 @@ async fn next_commit(committed: &mut Option<mpsc::UnboundedReceiver<Committed>>)
             .unwrap_or_else(|| Err("the journal writer stopped".into())),
         None => std::future::pending().await,
     }
-}
-
-/// A message to a store or a socket.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Message {
-    Order(Order),
-    Notice(DeliveryNotice),
-}
-
-/// Something to do once the changes that caused it are recorded.
-enum Output {
-    Accept(Reply),
-    Refuse {
-        reply: Reply,
-        socket: SocketRef,
-        event: Event,
-        order: Option<Order>,
-        refusal: Refusal,
-    },
-    Offer {
-        driver: DriverKey,
-        socket: SocketRef,
-        order: Order,
-    },
-    ToStore {
-        event: Event,
-        store: StoreId,
-        message: Message,
-    },
-    ToSocket {
-        socket: SocketRef,
-        event: Event,
-        message: Message,
-    },
-    ToViewers(Activity),
-    Http(oneshot::Sender<Result<(), Refusal>>, Result<(), Refusal>),
 }
 
 struct Core {
@@ -714,163 +468,6 @@ impl Core {
         }
     }
 
-    /// Turns the desk's effects into outputs; a delivery is queued in its
-    /// store's mailbox first.
-    fn add_effects(&mut self, effects: Vec<Effect<SocketRef>>, outputs: &mut Vec<Output>) {
-        for effect in effects {
-            outputs.push(match effect {
-                Effect::Offer {
-                    driver,
-                    socket,
-                    order,
-                } => Output::Offer {
-                    driver,
-                    socket,
-                    order,
-                },
-                Effect::Notify {
-                    event: Event::Delivered,
-                    order,
-                } => {
-                    if let Some(placed) = self.desk.placed_at(&OrderKey::of(&order)) {
-                        let latency = Utc::now().signed_duration_since(placed);
-                        self.metrics
-                            .delivered_after(latency.num_microseconds().unwrap_or(0) as f64 / 1e6);
-                    }
-                    let (message_id, changes) = self.mailbox.enqueue(order.clone());
-                    self.mailbox_changes.extend(changes);
-                    Output::ToStore {
-                        event: Event::Delivered,
-                        store: order.store.clone(),
-                        message: Message::Notice(DeliveryNotice::new(order, message_id)),
-                    }
-                }
-                Effect::Notify { event, order } => Output::ToStore {
-                    event,
-                    store: order.store.clone(),
-                    message: Message::Order(order),
-                },
-            });
-        }
-    }
-
-    /// Hands this step's changes to the journal. Returns the outputs that may
-    /// go out now; the others wait for their commit (and anything behind
-    /// outputs that wait, waits too, to keep the order).
-    fn settle(&mut self, mut outputs: Vec<Output>) -> Vec<Output> {
-        let mut changes = self.desk.take_changes();
-        changes.append(&mut self.mailbox_changes);
-        if !self.viewers.is_empty() {
-            outputs.extend(
-                changes
-                    .iter()
-                    .filter_map(activity_of)
-                    .map(Output::ToViewers),
-            );
-        }
-        let Some(journal) = &mut self.journal else {
-            return outputs;
-        };
-        if !changes.is_empty() {
-            let seq = journal.append(changes);
-            self.waiting.push_back((seq, outputs));
-            return Vec::new();
-        }
-        match self.waiting.back_mut() {
-            Some((_, behind)) => {
-                behind.extend(outputs);
-                Vec::new()
-            }
-            None => outputs,
-        }
-    }
-
-    /// Carries outputs out; drivers found dead on the way are taken off the
-    /// desk, and what that causes is settled and carried out in turn.
-    async fn deliver(&mut self, outputs: Vec<Output>) {
-        let mut outputs = outputs;
-        loop {
-            self.execute(outputs).await;
-            if self.gone.is_empty() {
-                return;
-            }
-            let mut more = Vec::new();
-            for (driver, socket) in std::mem::take(&mut self.gone) {
-                let effects = self.desk.driver_offline(&driver, &socket, Instant::now());
-                self.add_effects(effects, &mut more);
-            }
-            outputs = self.settle(more);
-        }
-    }
-
-    async fn execute(&mut self, outputs: Vec<Output>) {
-        for output in outputs {
-            match output {
-                Output::Accept(reply) => reply.accept(),
-                Output::Refuse {
-                    reply,
-                    socket,
-                    event,
-                    order,
-                    refusal,
-                } => reply.refuse(&socket, event, order.as_ref(), refusal),
-                Output::Offer {
-                    driver,
-                    socket,
-                    order,
-                } => {
-                    log::debug!("offering order={} to driver={driver}", order.order_id);
-                    if let Err(error) = socket.emit(Event::Pickup.name(), &order) {
-                        log::warn!(
-                            "cannot offer order={} to driver={driver}: {error}",
-                            order.order_id
-                        );
-                        if !socket.connected() {
-                            self.gone.push((driver, socket));
-                        }
-                    }
-                }
-                Output::ToStore {
-                    event,
-                    store,
-                    message,
-                } => {
-                    let Some(ns) = self.io.of(NAMESPACE) else {
-                        continue;
-                    };
-                    if let Err(error) = ns.to(store.to_string()).emit(event.name(), &message).await
-                    {
-                        log::warn!("cannot tell store={store} of {event}: {error}");
-                    }
-                }
-                Output::ToSocket {
-                    socket,
-                    event,
-                    message,
-                } => {
-                    if let Err(error) = socket.emit(event.name(), &message) {
-                        log::debug!("cannot send {event} to sid={}: {error}", socket.id);
-                    }
-                }
-                Output::ToViewers(activity) => {
-                    let Some(ns) = self.io.of(NAMESPACE) else {
-                        continue;
-                    };
-                    if let Err(error) = ns
-                        .to(VIEWERS_ROOM)
-                        .emit(Event::Activity.name(), &activity)
-                        .await
-                    {
-                        log::debug!("cannot tell viewers: {error}");
-                    }
-                }
-                Output::Http(reply, result) => {
-                    let _ = reply.send(result);
-                }
-            }
-        }
-    }
-
     fn status(&self) -> Status {
         let mut stores: HashMap<&StoreId, u32> = HashMap::new();
         for store in self.vendors.values().flatten() {
@@ -897,30 +494,6 @@ impl Core {
                 .collect(),
         }
     }
-}
-
-/// What viewers are told of a change, if it is an order's.
-fn activity_of(change: &Change) -> Option<Activity> {
-    let (store, order_id, state, driver, at) = match change {
-        Change::NewOrder { order, at, .. } => {
-            (&order.store, &order.order_id, OrderState::Ready, None, at)
-        }
-        Change::Transition {
-            key,
-            state,
-            driver,
-            at,
-            ..
-        } => (&key.store, &key.order_id, *state, driver.as_ref(), at),
-        Change::NoticeQueued { .. } | Change::NoticeRemoved { .. } => return None,
-    };
-    Some(Activity {
-        store: store.clone(),
-        order_id: order_id.clone(),
-        state: state.name().to_owned(),
-        driver: driver.map(ToString::to_string),
-        time: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    })
 }
 
 fn unknown_order(order_id: &OrderId) -> Refusal {
