@@ -14,19 +14,7 @@ use common::{
 const STORE: &str = "acme";
 
 fn rust_driver(url: &str, name: &str, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "driver",
-        "--hub",
-        url,
-        "--name",
-        name,
-        "--pickup-delay",
-        "5ms",
-        "--deliver-delay",
-        "10ms",
-    ];
-    args.extend_from_slice(extra);
-    Proc::caps(name, &args)
+    common::driver(url, name, "5ms", "10ms", extra)
 }
 
 fn lab_driver(url: &str) -> Proc {
@@ -45,21 +33,7 @@ fn lab_driver(url: &str) -> Proc {
 }
 
 fn vendor(url: &str, count: usize, interval: &str) -> Proc {
-    let count = count.to_string();
-    Proc::caps(
-        "vendor",
-        &[
-            "vendor",
-            "--hub",
-            url,
-            "--store",
-            STORE,
-            "--interval",
-            interval,
-            "--count",
-            &count,
-        ],
-    )
+    common::vendor(url, STORE, interval, count, &[])
 }
 
 /// The store was told of every placed order exactly once in transit and
@@ -97,6 +71,32 @@ fn wait_until_all_delivered(url: &str, count: u64) -> serde_json::Value {
         status["orders"]["delivered"] == count
             && status["openOrders"].as_array().unwrap().is_empty()
     })
+}
+
+/// Two slow drivers, "victim" and "steady", 40 orders on their way, and the
+/// victim holding a package in transit.
+struct VictimRun {
+    victim: Proc,
+    _steady: Proc,
+    watcher: StoreWatcher,
+    vendor: Proc,
+}
+
+fn start_victim_run(hub: &Proc, url: &str) -> VictimRun {
+    let slow = ["--deliver-delay", "300ms"];
+    let victim = rust_driver(url, "victim", &slow);
+    let steady = rust_driver(url, "steady", &slow);
+    hub.wait_for_log("driver name=victim");
+    hub.wait_for_log("driver name=steady");
+    let watcher = StoreWatcher::start(url, STORE);
+    let vendor = vendor(url, 40, "10ms");
+    wait_for_victim_in_transit(url);
+    VictimRun {
+        victim,
+        _steady: steady,
+        watcher,
+        vendor,
+    }
 }
 
 /// Waits until the hub records the driver "victim" carrying a package.
@@ -163,15 +163,12 @@ fn three_lab_js_drivers_deliver_200_orders_exactly_once() {
 #[test]
 fn a_driver_killed_mid_run_resumes_its_packages_when_restarted() {
     let (hub, url) = start_hub(0);
-    let slow = ["--pickup-delay", "5ms", "--deliver-delay", "300ms"];
-    let mut victim = rust_driver(&url, "victim", &slow);
-    let _steady = rust_driver(&url, "steady", &slow);
-    hub.wait_for_log("driver name=victim");
-    hub.wait_for_log("driver name=steady");
-    let watcher = StoreWatcher::start(&url, STORE);
-    let mut vendor = vendor(&url, 40, "10ms");
-
-    wait_for_victim_in_transit(&url);
+    let VictimRun {
+        mut victim,
+        _steady,
+        watcher,
+        mut vendor,
+    } = start_victim_run(&hub, &url);
     victim.signal("KILL");
     victim.wait_exit();
     let held = wait_for_status(&url, "the victim offline holding packages", |status| {
@@ -193,7 +190,7 @@ fn a_driver_killed_mid_run_resumes_its_packages_when_restarted() {
         "it was carrying: {victim_status}"
     );
 
-    let restarted = rust_driver(&url, "victim", &slow);
+    let restarted = rust_driver(&url, "victim", &["--deliver-delay", "300ms"]);
     assert!(
         vendor.wait_exit().success(),
         "{}\n{}",
@@ -207,15 +204,12 @@ fn a_driver_killed_mid_run_resumes_its_packages_when_restarted() {
 #[test]
 fn a_driver_killed_for_good_has_its_packages_reclaimed_by_others() {
     let (hub, url) = start_hub_with(&["--port", "0", "--ephemeral", "--reclaim-after", "300ms"]);
-    let slow = ["--pickup-delay", "5ms", "--deliver-delay", "300ms"];
-    let victim = rust_driver(&url, "victim", &slow);
-    let _steady = rust_driver(&url, "steady", &slow);
-    hub.wait_for_log("driver name=victim");
-    hub.wait_for_log("driver name=steady");
-    let watcher = StoreWatcher::start(&url, STORE);
-    let mut vendor = vendor(&url, 40, "10ms");
-
-    wait_for_victim_in_transit(&url);
+    let VictimRun {
+        victim,
+        _steady,
+        watcher,
+        mut vendor,
+    } = start_victim_run(&hub, &url);
     victim.signal("KILL");
     assert!(
         vendor.wait_exit().success(),

@@ -18,20 +18,7 @@ fn hub_on(dir: &Path, port: &str) -> (Proc, String) {
 }
 
 fn driver(url: &str, name: &str) -> Proc {
-    Proc::caps(
-        name,
-        &[
-            "driver",
-            "--hub",
-            url,
-            "--name",
-            name,
-            "--pickup-delay",
-            "5ms",
-            "--deliver-delay",
-            "20ms",
-        ],
-    )
+    common::driver(url, name, "5ms", "20ms", &[])
 }
 
 /// Every id printed after `prefix` by any of `procs`, with how often.
@@ -172,20 +159,7 @@ fn every_confirmed_order_is_delivered_exactly_once_through_crashes_of_everything
 fn a_restarted_hub_resumes_its_orders_and_queues() {
     let dir = tempfile::tempdir().unwrap();
     let (mut hub, url) = hub_on(dir.path(), "0");
-    let mut vendor = Proc::caps(
-        "vendor",
-        &[
-            "vendor",
-            "--hub",
-            &url,
-            "--store",
-            STORE,
-            "--interval",
-            "5ms",
-            "--count",
-            "3",
-        ],
-    );
+    let mut vendor = common::vendor(&url, STORE, "5ms", 3, &[]);
     vendor.wait_for_count("ready for pickup", 3);
     wait_for_status(&url, "three orders waiting", |status| {
         status["orders"]["ready"] == 3

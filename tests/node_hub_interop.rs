@@ -38,20 +38,7 @@ fn rust_vendor_and_driver_complete_the_flow_through_a_node_socketio_hub() {
         ],
     );
     driver.wait_for_log("driver connected");
-    let mut vendor = Proc::caps(
-        "vendor",
-        &[
-            "vendor",
-            "--hub",
-            &url,
-            "--store",
-            "1-206-flowers",
-            "--interval",
-            "100ms",
-            "--count",
-            "3",
-        ],
-    );
+    let mut vendor = common::vendor(&url, "1-206-flowers", "100ms", 3, &[]);
     assert!(
         vendor.wait_exit().success(),
         "{}\n{}",

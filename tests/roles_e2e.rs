@@ -11,20 +11,7 @@ const READY: &str = "VENDOR: order ";
 const THANKS: &str = "VENDOR: Thank you for delivering ";
 
 fn driver(url: &str) -> Proc {
-    Proc::caps(
-        "driver",
-        &[
-            "driver",
-            "--hub",
-            url,
-            "--name",
-            "bob",
-            "--pickup-delay",
-            "50ms",
-            "--deliver-delay",
-            "100ms",
-        ],
-    )
+    common::driver(url, "bob", "50ms", "100ms", &[])
 }
 
 /// Every order the vendor placed was thanked for exactly once.
@@ -48,20 +35,7 @@ fn hub_driver_and_vendor_processes_deliver_every_order() {
     let (hub, url) = start_hub(0);
     let driver = driver(&url);
     hub.wait_for_log("driver name=bob");
-    let mut vendor = Proc::caps(
-        "vendor",
-        &[
-            "vendor",
-            "--hub",
-            &url,
-            "--store",
-            "acme",
-            "--interval",
-            "100ms",
-            "--count",
-            "3",
-        ],
-    );
+    let mut vendor = common::vendor(&url, "acme", "100ms", 3, &[]);
     assert!(vendor.wait_exit().success(), "{}", vendor.describe());
     assert_each_order_thanked_once(&vendor, 3);
 
@@ -186,22 +160,7 @@ fn clients_carry_on_across_a_hub_restart() {
     let port = port_of(&url).to_string();
     let driver = driver(&url);
     hub.wait_for_log("driver name=bob");
-    let mut vendor = Proc::caps(
-        "vendor",
-        &[
-            "vendor",
-            "--hub",
-            &url,
-            "--store",
-            "acme",
-            "--interval",
-            "300ms",
-            "--count",
-            "6",
-            "--resend-after",
-            "1s",
-        ],
-    );
+    let mut vendor = common::vendor(&url, "acme", "300ms", 6, &["--resend-after", "1s"]);
     vendor.wait_for_line(THANKS);
 
     hub.signal("KILL");

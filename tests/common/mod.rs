@@ -219,6 +219,43 @@ pub fn caps_command(args: &[&str]) -> Command {
     command
 }
 
+/// A `caps driver` called `name` with these delays, plus `extra` flags (a
+/// later flag overrides an earlier one).
+pub fn driver(url: &str, name: &str, pickup: &str, deliver: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "driver",
+        "--hub",
+        url,
+        "--name",
+        name,
+        "--pickup-delay",
+        pickup,
+        "--deliver-delay",
+        deliver,
+    ];
+    args.extend_from_slice(extra);
+    Proc::caps(name, &args)
+}
+
+/// A `caps vendor` of `store` placing `count` orders every `interval`, plus
+/// `extra` flags.
+pub fn vendor(url: &str, store: &str, interval: &str, count: usize, extra: &[&str]) -> Proc {
+    let count = count.to_string();
+    let mut args = vec![
+        "vendor",
+        "--hub",
+        url,
+        "--store",
+        store,
+        "--interval",
+        interval,
+        "--count",
+        &count,
+    ];
+    args.extend_from_slice(extra);
+    Proc::caps("vendor", &args)
+}
+
 /// A durable hub on a fresh temporary data dir, started with `--port 0`
 /// (or `port`), and its URL from its first line.
 pub fn start_hub(port: u16) -> (Proc, String) {
