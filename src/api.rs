@@ -1,12 +1,10 @@
 //! The hub's HTTP API payloads, shared by the hub (which serves them) and
 //! `caps status` (which reads them).
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{OrderId, StoreId};
+use crate::protocol::{OrderId, OrderState, StoreId};
 
 /// Path of the status endpoint.
 pub const STATUS_PATH: &str = "/api/status";
@@ -14,46 +12,6 @@ pub const STATUS_PATH: &str = "/api/status";
 pub const ORDERS_PATH: &str = "/api/orders";
 /// The most orders one page of `GET /api/orders` returns.
 pub const MAX_PAGE: usize = 500;
-
-/// Where an order is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OrderState {
-    /// Waiting for a driver.
-    Ready,
-    /// Offered to one driver, who has not picked it up yet.
-    Assigned,
-    /// Picked up by its driver.
-    InTransit,
-    /// Delivered; final.
-    Delivered,
-}
-
-impl OrderState {
-    /// Every state, in lifecycle order.
-    pub const ALL: [OrderState; 4] = [
-        OrderState::Ready,
-        OrderState::Assigned,
-        OrderState::InTransit,
-        OrderState::Delivered,
-    ];
-
-    /// The state's name, as the API spells it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            OrderState::Ready => "ready",
-            OrderState::Assigned => "assigned",
-            OrderState::InTransit => "in-transit",
-            OrderState::Delivered => "delivered",
-        }
-    }
-}
-
-impl fmt::Display for OrderState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// `GET /api/status`: the hub's dispatch board.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

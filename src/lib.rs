@@ -1,20 +1,24 @@
 //! caps: the CAPS parcel-dispatch system over Socket.IO.
 //!
-//! A hub ([`hub`]) routes events between shops ([`vendor`]) and couriers
-//! ([`driver`]); every event and payload is defined once in [`protocol`], and
-//! the clients reach the hub through [`client`]. [`cli`] wires it to a binary.
+//! The modules read as the design:
+//! - the contracts both sides keep: [`protocol`] (every Socket.IO event and
+//!   payload), [`api`] (the HTTP API's payloads) and [`token`] (signed
+//!   identities);
+//! - the [`hub`], which routes events between shops and couriers;
+//! - the [`roles`] that talk to it: the shop ([`roles::vendor`]), the
+//!   courier ([`roles::driver`]), the demo, and the link they share;
+//! - the [`tools`] around them: `caps status`, `caps track`, `caps bench`;
+//! - [`cli`] and [`shutdown`], which wire it all to the `caps` binary.
 
 pub mod api;
-pub mod bench;
-pub mod cli;
-pub mod client;
-pub mod console;
-pub mod demo;
-pub mod driver;
-pub mod hub;
-pub mod ledger;
 pub mod protocol;
-pub mod recent;
-pub mod status;
 pub mod token;
-pub mod vendor;
+
+pub mod hub;
+
+pub mod roles;
+
+pub mod tools;
+
+pub mod cli;
+pub mod shutdown;

@@ -13,6 +13,8 @@ async fn main() -> ExitCode {
     .init();
     match caps::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        // A second Ctrl-C: the shell's code for an interrupt, and no message.
+        Err(error) if error.is::<caps::shutdown::Interrupted>() => ExitCode::from(130),
         Err(error) => {
             eprintln!("caps: {error:#}");
             ExitCode::FAILURE

@@ -72,16 +72,6 @@ impl Event {
         Event::Delivered,
     ];
 
-    /// The events a client may send, which the hub listens for.
-    pub const FROM_CLIENTS: [Event; 6] = [
-        Event::Join,
-        Event::Pickup,
-        Event::InTransit,
-        Event::Delivered,
-        Event::GetAll,
-        Event::Received,
-    ];
-
     /// The event's name on the wire.
     pub const fn name(self) -> &'static str {
         match self {
@@ -515,6 +505,46 @@ impl DeliveryNotice {
     }
 }
 
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrderState {
+    /// Waiting for a driver.
+    Ready,
+    /// Offered to one driver, who has not picked it up yet.
+    Assigned,
+    /// Picked up by its driver.
+    InTransit,
+    /// Delivered; final.
+    Delivered,
+}
+
+impl OrderState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [OrderState; 4] = [
+        OrderState::Ready,
+        OrderState::Assigned,
+        OrderState::InTransit,
+        OrderState::Delivered,
+    ];
+
+    /// The state's name, as the API spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            OrderState::Ready => "ready",
+            OrderState::Assigned => "assigned",
+            OrderState::InTransit => "in-transit",
+            OrderState::Delivered => "delivered",
+        }
+    }
+}
+
+impl fmt::Display for OrderState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The payload of `activity`: one order entered a state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -523,8 +553,8 @@ pub struct Activity {
     pub store: StoreId,
     /// The order.
     pub order_id: OrderId,
-    /// The state it entered: `ready`, `assigned`, `in-transit` or `delivered`.
-    pub state: String,
+    /// The state it entered.
+    pub state: OrderState,
     /// Who holds it now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,

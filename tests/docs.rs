@@ -30,7 +30,7 @@ fn the_readme_protocol_table_is_the_protocol_modules() {
 #[test]
 fn the_readme_documents_every_environment_variable() {
     let readme = read("README.md");
-    let cli = read("src/cli.rs");
+    let cli = read("src/cli/args.rs");
     let vars: Vec<&str> = cli
         .split("env = \"")
         .skip(1)

@@ -2,18 +2,20 @@
 //! Rust client link: routing stays within a store, and the event log records
 //! each inbound event.
 
+mod link;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use caps::client::{HubLink, Inbound, LinkConfig};
 use caps::hub::{self, EventLog, Hub, HubConfig};
-use caps::protocol::{DriverName, Event, Handshake, JoinRequest, Order, StoreId};
-use caps::vendor::fake_order;
+use caps::protocol::{DriverName, Event, Handshake, JoinRequest, StoreId};
+use caps::roles::vendor::fake_order;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+
+use link::{connect, next_order, order_within};
 
 /// Collects what the hub writes to its event log.
 #[derive(Clone, Default)]
@@ -73,35 +75,6 @@ async fn start_hub() -> RunningHub {
     RunningHub { url, log, stop }
 }
 
-async fn connect(
-    url: &str,
-    handshake: Handshake,
-    listen: Vec<Event>,
-) -> (HubLink, UnboundedReceiver<Inbound>) {
-    let config = LinkConfig {
-        hub_url: url.to_owned(),
-        handshake,
-        connect_timeout: Duration::from_secs(5),
-        listen,
-    };
-    HubLink::connect(&config)
-        .await
-        .expect("connecting to the in-process hub")
-}
-
-/// The next order event: which event, and the order.
-async fn next_order(inbound: &mut UnboundedReceiver<Inbound>) -> (Event, Order) {
-    loop {
-        let message = timeout(Duration::from_secs(5), inbound.recv())
-            .await
-            .expect("an event within 5 s")
-            .expect("the link is open");
-        if let Inbound::Order(event, order, _) = message {
-            return (event, order);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_store_hears_only_of_its_own_packages() {
     let hub = start_hub().await;
@@ -132,10 +105,9 @@ async fn each_store_hears_only_of_its_own_packages() {
     }
     // Neither vendor heard a pickup nor the other store's news: nothing is left.
     for inbound in [&mut acme_inbound, &mut globex_inbound] {
-        assert!(
-            timeout(Duration::from_millis(200), next_order(inbound))
-                .await
-                .is_err()
+        assert_eq!(
+            order_within(inbound, Duration::from_millis(200)).await,
+            None
         );
     }
 

@@ -1,5 +1,5 @@
 //! The hub's Socket.IO handlers: admit a socket, then hand each of its events,
-//! typed, to the core in the order they arrive.
+//! typed, to the sequencer in the order they arrive.
 
 use std::sync::Arc;
 
@@ -9,11 +9,11 @@ use socketioxide::handler::{FromMessageParts, MessageHandler, Value};
 use socketioxide::socket::{DisconnectReason, Socket};
 
 use super::HubState;
-use super::core::{ClientEvent, CoreHandle, Reply, peer_of};
-use super::decode::decode;
+use super::events::{Decoder, LISTENED};
 use super::guard::{Budget, Spend};
 use super::metrics::Metrics;
 use super::peer::Peer;
+use super::sequencer::{Origin, Reply, SequencerHandle, peer_of};
 use crate::protocol::{ErrorCode, Event, Handshake, Refusal, VIEWERS_ROOM};
 
 /// Connect middleware: checks who the client is and whether there is room
@@ -42,12 +42,13 @@ pub async fn admit(
         log::warn!("refused connection sid={} {peer}: {refusal}", socket.id)
     })?;
 
-    for event in Event::FROM_CLIENTS {
+    for (event, decoder) in LISTENED {
         socket.on(
             event.name(),
             Inlet {
                 event,
-                core: hub.core.clone(),
+                decoder,
+                sequencer: hub.sequencer.clone(),
                 max_event_bytes: hub.guard.limits().max_event_bytes,
                 metrics: Arc::clone(&hub.metrics),
             },
@@ -70,7 +71,7 @@ pub async fn admit(
     Ok(())
 }
 
-/// Connect handler: the socket is in; tell the core.
+/// Connect handler: the socket is in; tell the sequencer.
 pub async fn on_connect(socket: SocketRef, State(hub): State<HubState>) {
     log::info!(
         "connected sid={} {} transport={:?}",
@@ -78,7 +79,7 @@ pub async fn on_connect(socket: SocketRef, State(hub): State<HubState>) {
         peer_of(&socket),
         socket.transport_type()
     );
-    hub.core.connected(socket);
+    hub.sequencer.connected(socket);
 }
 
 async fn on_disconnect(socket: SocketRef, reason: DisconnectReason, State(hub): State<HubState>) {
@@ -88,16 +89,17 @@ async fn on_disconnect(socket: SocketRef, reason: DisconnectReason, State(hub): 
         peer_of(&socket)
     );
     hub.guard.release();
-    hub.core.disconnected(socket);
+    hub.sequencer.disconnected(socket);
 }
 
 /// The handler of one CAPS event. Unlike a closure handler (which
 /// socketioxide spawns as a task of its own), it runs as the message is read,
-/// so events reach the core in the order the client sent them.
+/// so events reach the sequencer in the order the client sent them.
 #[derive(Clone)]
 struct Inlet {
     event: Event,
-    core: CoreHandle,
+    decoder: Decoder,
+    sequencer: SequencerHandle,
     max_event_bytes: usize,
     metrics: Arc<Metrics>,
 }
@@ -108,8 +110,13 @@ struct InletCall;
 impl MessageHandler<LocalAdapter, InletCall> for Inlet {
     fn call(&self, raw: Arc<Socket<LocalAdapter>>, mut value: Value, ack_id: Option<i64>) {
         let Ok(ack) = AckSender::from_message_parts(&raw, &mut value, &ack_id);
-        let reply = Reply::new(ack, ack_id.is_some(), Arc::clone(&self.metrics));
         let socket = SocketRef::from(raw.clone());
+        let reply = Reply::socket(
+            socket.clone(),
+            ack,
+            ack_id.is_some(),
+            Arc::clone(&self.metrics),
+        );
         match socket
             .extensions
             .get::<Budget>()
@@ -118,7 +125,7 @@ impl MessageHandler<LocalAdapter, InletCall> for Inlet {
             Some(Spend::Allowed) | None => {}
             Some(Spend::Refused) => {
                 let refusal = Refusal::new(ErrorCode::RateLimited, "too many events; slow down");
-                return reply.refuse(&socket, self.event, None, refusal);
+                return reply.refuse(self.event, None, refusal);
             }
             Some(Spend::Flooding) => {
                 log::warn!(
@@ -130,21 +137,9 @@ impl MessageHandler<LocalAdapter, InletCall> for Inlet {
                 return;
             }
         }
-        let limit = self.max_event_bytes;
-        let raw = &raw;
-        let parsed = match self.event {
-            Event::Join => decode(raw, &mut value, &ack_id, limit).map(ClientEvent::Join),
-            Event::Pickup => decode(raw, &mut value, &ack_id, limit).map(ClientEvent::Pickup),
-            Event::InTransit => decode(raw, &mut value, &ack_id, limit).map(ClientEvent::InTransit),
-            Event::Delivered => decode(raw, &mut value, &ack_id, limit).map(ClientEvent::Delivered),
-            Event::GetAll => decode(raw, &mut value, &ack_id, limit).map(ClientEvent::GetAll),
-            Event::Received => decode(raw, &mut value, &ack_id, limit).map(ClientEvent::Received),
-            // Sent by the hub only; FROM_CLIENTS does not register them.
-            Event::Refused | Event::Activity => return,
-        };
-        match parsed {
-            Ok(event) => self.core.submit_event(socket, event, reply),
-            Err(refusal) => reply.refuse(&socket, self.event, None, refusal),
+        match (self.decoder)(&raw, &mut value, &ack_id, self.max_event_bytes) {
+            Ok(event) => self.sequencer.submit(Origin::Socket(socket), event, reply),
+            Err(refusal) => reply.refuse(self.event, None, refusal),
         }
     }
 }

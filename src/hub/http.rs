@@ -17,16 +17,17 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-use super::core::{CoreHandle, PageQuery};
+use super::events::Pickup;
 use super::peer::{Admission, Peer};
-use crate::api::{MAX_PAGE, NewOrder, ORDERS_PATH, OrderState, STATUS_PATH};
-use crate::protocol::{Ack, ErrorCode, Handshake, Order, OrderId, Refusal, StoreId};
+use super::sequencer::{PageQuery, SequencerHandle};
+use crate::api::{MAX_PAGE, NewOrder, ORDERS_PATH, STATUS_PATH};
+use crate::protocol::{Ack, ErrorCode, Handshake, Order, OrderId, OrderState, Refusal, StoreId};
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
 pub struct HttpState {
-    /// The core.
-    pub core: CoreHandle,
+    /// The sequencer, which answers every route.
+    pub sequencer: SequencerHandle,
     /// How callers are identified.
     pub admission: Admission,
 }
@@ -139,14 +140,14 @@ async fn status(caller: Caller, State(state): State<HttpState>) -> Response {
     if let Err(refusal) = caller.may_read(None) {
         return refuse(StatusCode::FORBIDDEN, refusal);
     }
-    match state.core.status().await {
+    match state.sequencer.status().await {
         Some(status) => Json(status).into_response(),
         None => stopping(),
     }
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    match state.core.metrics().await {
+    match state.sequencer.metrics().await {
         Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         None => stopping(),
     }
@@ -203,7 +204,7 @@ async fn list_orders(
         after: params.after,
         limit: params.limit.unwrap_or(100).clamp(1, MAX_PAGE),
     };
-    match state.core.orders(query).await {
+    match state.sequencer.orders(query).await {
         Some(page) => Json(page).into_response(),
         None => stopping(),
     }
@@ -247,7 +248,7 @@ async fn track_order(
     if let Err(refusal) = caller.may_read(store.as_ref()) {
         return refuse(StatusCode::FORBIDDEN, refusal);
     }
-    match state.core.order(order_id, store).await {
+    match state.sequencer.order(order_id, store).await {
         Some(Ok(view)) => Json(view).into_response(),
         Some(Err(refusal)) if refusal.code == ErrorCode::UnknownOrder => {
             refuse(StatusCode::NOT_FOUND, refusal)
@@ -286,12 +287,14 @@ async fn place_order(
         customer: new.customer,
         address: new.address,
     };
-    match state.core.http_pickup(caller.0, order.clone()).await {
+    let pickup = Box::new(Pickup(order.clone()));
+    match state.sequencer.submit_http(caller.0, pickup).await {
         Some(Ok(())) => (StatusCode::CREATED, Json(order)).into_response(),
         Some(Err(refusal)) => {
             let status = match refusal.code {
                 ErrorCode::Forbidden => StatusCode::FORBIDDEN,
                 ErrorCode::OrderConflict => StatusCode::CONFLICT,
+                ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
             };
             refuse(status, refusal)

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
 
-use super::journal::{Change, StoredNotice};
+use super::domain::{Change, StoredNotice};
 use crate::protocol::{ErrorCode, MessageId, Order, Refusal, StoreId};
 
 /// The notices of every store.

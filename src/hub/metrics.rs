@@ -1,7 +1,7 @@
 //! The hub's Prometheus metrics, served at `GET /metrics` in the text format.
 //!
-//! Counters and the latency histogram are updated by the core as things
-//! happen; gauges (connections, orders by state) are set from the core's
+//! Counters and the latency histogram are updated by the sequencer as things
+//! happen; gauges (connections, orders by state) are set from the sequencer's
 //! state when scraped.
 
 use prometheus::{
@@ -28,7 +28,7 @@ impl Metrics {
         let events = IntCounterVec::new(
             Opts::new(
                 "caps_events_total",
-                "CAPS events from clients that reached the hub's core, by event",
+                "CAPS events from clients that reached the hub's sequencer, by event",
             ),
             &["event"],
         )

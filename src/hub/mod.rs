@@ -1,13 +1,45 @@
 //! The CAPS hub: a Socket.IO server on axum that dispatches each package to
 //! one driver and tells each store about its own packages.
 //!
-//! [`serve`] takes its listener and its shutdown signal as arguments, so tests
-//! run the real hub in-process on port 0 and stop it when they like.
+//! Layers, from the network in (see `docs/ARCHITECTURE.md` for the picture):
+//! - the edges: [`handlers`] (Socket.IO: admit a socket, type each event with
+//!   [`decode`]) and [`http`] (the dashboard, the API, `/metrics`);
+//! - [`events`]: one module per client event, with its permission rule and
+//!   what applying it does;
+//! - [`sequencer`]: the one task that applies every command in arrival order,
+//!   and its outbox, which holds replies and messages until their commit;
+//! - [`dispatch`] (the pure desk) and [`mailbox`] (the Phase 3 queues), which
+//!   describe every change as a [`domain::Change`];
+//! - [`journal`]: the group-commit writer, and the storage seam
+//!   [`journal::Backend`], with [`sqlite`] behind it.
+//!
+//! All of them speak the vocabulary of [`domain`], which depends on none of them.
+//!
+//! ## Event flow
+//!
+//! One row per client event: where it enters, what the sequencer runs, the
+//! desk (or mailbox) method it calls, what it yields, and who hears of it.
+//! Every output waits in the outbox until the event's changes are committed.
+//!
+//! | event | enters at | applied by | calls | yields | who hears |
+//! |---|---|---|---|---|---|
+//! | `join` | `handlers::Inlet` | `events/join.rs` | `Sequencer::join` | `Accept` | the sender (ack) |
+//! | `pickup` | `handlers::Inlet`, `http::place_order` | `events/pickup.rs` | `Dispatch::pickup` | `Accept`, `Offer` | the sender; one driver (`pickup`); viewers |
+//! | `in-transit` | `handlers::Inlet` | `events/in_transit.rs` | `Dispatch::in_transit` | `Accept`, `ToStore` | the sender; the store's room, once; viewers |
+//! | `delivered` | `handlers::Inlet` | `events/delivered.rs` | `Dispatch::delivered`, `Mailbox::enqueue` | `Accept`, `ToStore`, `Offer` | the sender; the store's room (a queued notice); viewers |
+//! | `getAll` | `handlers::Inlet` | `events/get_all.rs` | `Mailbox::pending`, `Dispatch::held_by` | `ToSocket`, `Accept` | the sender, again |
+//! | `received` | `handlers::Inlet` | `events/received.rs` | `Mailbox::acknowledge` | `Accept` | the sender (ack) |
+//!
+//! [`Hub::serve`] takes its listener and its shutdown signal as arguments, so
+//! tests run the real hub in-process on port 0 and stop it when they like;
+//! [`Hub::start`] gives the routes without a listener, for tests that call
+//! them directly.
 
-mod core;
 mod decode;
 pub mod dispatch;
+pub mod domain;
 mod event_log;
+mod events;
 mod guard;
 mod handlers;
 mod http;
@@ -15,6 +47,7 @@ pub mod journal;
 mod mailbox;
 mod metrics;
 mod peer;
+mod sequencer;
 pub mod sqlite;
 
 use std::future::Future;
@@ -36,11 +69,12 @@ pub use event_log::EventLog;
 pub use guard::Limits;
 pub use peer::{Admission, Peer};
 
-use self::core::{CoreHandle, CoreSetup};
+use self::domain::{OrderState, Snapshot};
 use self::guard::Guard;
-use self::journal::{Journal, Snapshot, Store};
+use self::journal::{Backend, Journal};
 use self::metrics::Metrics;
-use self::sqlite::SqliteStore;
+use self::sequencer::{SequencerHandle, SequencerSetup};
+use self::sqlite::{SqliteBackend, SyncMode};
 use crate::protocol::NAMESPACE;
 
 /// Tunables of a hub.
@@ -57,7 +91,7 @@ pub struct HubConfig {
     /// Most delivery notices queued per store.
     pub queue_limit: usize,
     /// When a commit to the data dir counts as done.
-    pub sync: sqlite::Sync,
+    pub sync: SyncMode,
 }
 
 /// Where a hub keeps its state.
@@ -78,7 +112,7 @@ impl HubConfig {
             dispatch: DispatchConfig::default(),
             storage: Storage::Ephemeral,
             queue_limit: 10_000,
-            sync: sqlite::Sync::Full,
+            sync: SyncMode::Full,
         }
     }
 
@@ -118,33 +152,97 @@ impl Hub {
     /// Opens the hub's storage and reads its state back. A data dir that is
     /// in use, unreadable, corrupt or from a newer caps is refused here.
     pub fn open(config: HubConfig) -> anyhow::Result<Hub> {
-        let (snapshot, journal) = match &config.storage {
-            Storage::Ephemeral => (Snapshot::default(), None),
+        match &config.storage {
+            Storage::Ephemeral => Ok(Hub {
+                config,
+                snapshot: Snapshot::default(),
+                journal: None,
+            }),
             Storage::DataDir(dir) => {
-                let mut store = SqliteStore::open(dir, config.sync)?;
-                let snapshot = store
-                    .load(config.dispatch.keep_delivered)
-                    .with_context(|| format!("reading the data dir {}", dir.display()))?;
-                log::info!(
-                    "data dir {}: {} open orders, {} delivered, {} queued notices",
-                    dir.display(),
-                    snapshot
-                        .orders
-                        .iter()
-                        .filter(|o| o.state != crate::api::OrderState::Delivered)
-                        .count(),
-                    snapshot.delivered_total,
-                    snapshot.notices.len()
-                );
-                let store: Box<dyn Store> = Box::new(store);
-                (snapshot, Some(Journal::start(store)))
+                let backend = SqliteBackend::open(dir, config.sync)?;
+                let described = format!("data dir {}", dir.display());
+                Hub::with_backend(config, Box::new(backend), &described)
             }
-        };
+        }
+    }
+
+    /// A durable hub on `backend` (`described` names it in messages), with
+    /// its state read back from it.
+    pub fn with_backend(
+        config: HubConfig,
+        mut backend: Box<dyn Backend>,
+        described: &str,
+    ) -> anyhow::Result<Hub> {
+        let snapshot = backend
+            .load(config.dispatch.keep_delivered)
+            .with_context(|| format!("reading the {described}"))?;
+        log::info!(
+            "{described}: {} open orders, {} delivered, {} queued notices",
+            snapshot
+                .orders
+                .iter()
+                .filter(|o| o.state != OrderState::Delivered)
+                .count(),
+            snapshot.delivered_total,
+            snapshot.notices.len()
+        );
         Ok(Hub {
             config,
             snapshot,
-            journal,
+            journal: Some(Journal::start(backend)),
         })
+    }
+
+    /// Starts the hub's sequencer and builds its routes (HTTP and
+    /// Socket.IO), without listening anywhere yet.
+    pub fn start(self, log: EventLog) -> anyhow::Result<RunningHub> {
+        let Hub {
+            config,
+            snapshot,
+            journal,
+        } = self;
+        let metrics = Arc::new(Metrics::new());
+        let (sequencer, inbox) = self::sequencer::channel(Arc::clone(&metrics));
+        let cors = cors_layer(&config.limits.cors_origins)?;
+        let max_message = config.limits.max_message_bytes;
+        let max_event = config.limits.max_event_bytes;
+        let guard = Guard::new(config.limits);
+        let (layer, io) = SocketIo::builder()
+            .max_payload(max_message)
+            .ws_max_message_size(max_message as usize)
+            .ws_max_frame_size(max_message as usize)
+            // Most messages are a few hundred bytes: a small read buffer per
+            // connection keeps thousands of idle drivers cheap.
+            .ws_read_buffer_size(1024)
+            // Offers to a slow driver queue here rather than fail.
+            .max_buffer_size(1024)
+            .ping_interval(Duration::from_secs(10))
+            .ping_timeout(Duration::from_secs(10))
+            .with_state(HubState {
+                sequencer: sequencer.clone(),
+                admission: config.admission.clone(),
+                guard: guard.clone(),
+                metrics: Arc::clone(&metrics),
+            })
+            .build_layer();
+        io.ns(NAMESPACE, handlers::on_connect.with(handlers::admit));
+        let setup = SequencerSetup {
+            dispatch: config.dispatch,
+            queue_limit: config.queue_limit,
+            snapshot,
+            journal,
+            guard,
+            metrics,
+        };
+        let task = tokio::spawn(self::sequencer::run(inbox, io.clone(), log, setup));
+        let router = http::routes(http::HttpState {
+            sequencer,
+            admission: config.admission,
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(max_event))
+        .layer(layer)
+        .layer(cors);
+        Ok(RunningHub { router, io, task })
     }
 
     /// Serves on `listener` until `shutdown` completes, then closes every
@@ -157,97 +255,80 @@ impl Hub {
         log: EventLog,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        serve_hub(self, listener, log, shutdown).await
+        self.start(log)?.serve(listener, shutdown).await
+    }
+}
+
+/// A hub whose sequencer runs: its routes can be served, or called directly.
+pub struct RunningHub {
+    router: axum::Router,
+    io: SocketIo,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningHub {
+    /// The hub's routes: the dashboard, the API, and Socket.IO.
+    pub fn router(&self) -> axum::Router {
+        self.router.clone()
+    }
+
+    /// Waits until the sequencer stops, which it does only on failure (the
+    /// data dir cannot be written) or once every handle is gone.
+    pub async fn stopped(self) -> anyhow::Result<()> {
+        sequencer_outcome(self.task.await)
+    }
+
+    /// Serves on `listener` until `shutdown` completes or the sequencer fails.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let RunningHub {
+            router,
+            io,
+            mut task,
+        } = self;
+        // Small messages must not wait for Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                log::debug!("cannot set TCP_NODELAY: {error}");
+            }
+        });
+        let closer = io.clone();
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            log::info!("shutting down: closing all connections");
+            closer.close().await;
+        });
+        tokio::select! {
+            served = server => {
+                task.abort();
+                served.context("serving")
+            }
+            stopped = &mut task => {
+                io.close().await;
+                sequencer_outcome(stopped)
+            }
+        }
     }
 }
 
 /// State shared by every Socket.IO handler.
 #[derive(Clone)]
 pub(crate) struct HubState {
-    core: CoreHandle,
+    sequencer: SequencerHandle,
     admission: Admission,
     guard: Guard,
     metrics: Arc<Metrics>,
 }
 
-async fn serve_hub(
-    hub: Hub,
-    listener: TcpListener,
-    log: EventLog,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+fn sequencer_outcome(
+    stopped: Result<anyhow::Result<()>, tokio::task::JoinError>,
 ) -> anyhow::Result<()> {
-    let Hub {
-        config,
-        snapshot,
-        journal,
-    } = hub;
-    let (core, inbox) = self::core::channel();
-    let cors = cors_layer(&config.limits.cors_origins)?;
-    let max_message = config.limits.max_message_bytes;
-    let max_event = config.limits.max_event_bytes;
-    let guard = Guard::new(config.limits);
-    let metrics = Arc::new(Metrics::new());
-    let (layer, io) = SocketIo::builder()
-        .max_payload(max_message)
-        .ws_max_message_size(max_message as usize)
-        .ws_max_frame_size(max_message as usize)
-        // Most messages are a few hundred bytes: a small read buffer per
-        // connection keeps thousands of idle drivers cheap.
-        .ws_read_buffer_size(1024)
-        // Offers to a slow driver queue here rather than fail.
-        .max_buffer_size(1024)
-        .ping_interval(Duration::from_secs(10))
-        .ping_timeout(Duration::from_secs(10))
-        .with_state(HubState {
-            core: core.clone(),
-            admission: config.admission.clone(),
-            guard: guard.clone(),
-            metrics: Arc::clone(&metrics),
-        })
-        .build_layer();
-    io.ns(NAMESPACE, handlers::on_connect.with(handlers::admit));
-    let setup = CoreSetup {
-        dispatch: config.dispatch,
-        queue_limit: config.queue_limit,
-        snapshot,
-        journal,
-        guard,
-        metrics,
-    };
-    let mut core_task = tokio::spawn(self::core::run(inbox, io.clone(), log, setup));
-
-    let router = http::routes(http::HttpState {
-        core,
-        admission: config.admission,
-    })
-    .layer(axum::extract::DefaultBodyLimit::max(max_event))
-    .layer(layer)
-    .layer(cors);
-    // Small messages must not wait for Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            log::debug!("cannot set TCP_NODELAY: {error}");
-        }
-    });
-    let closer = io.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown.await;
-        log::info!("shutting down: closing all connections");
-        closer.close().await;
-    });
-    tokio::select! {
-        served = server => {
-            core_task.abort();
-            served.context("serving")
-        }
-        stopped = &mut core_task => {
-            io.close().await;
-            match stopped {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(error),
-                Err(panic) => Err(anyhow::anyhow!("the hub core failed: {panic}")),
-            }
-        }
+    match stopped {
+        Ok(outcome) => outcome,
+        Err(panic) => Err(anyhow::anyhow!("the hub's sequencer failed: {panic}")),
     }
 }
 

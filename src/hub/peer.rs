@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use super::dispatch::DriverKey;
+use super::domain::DriverKey;
 use crate::protocol::{DriverName, ErrorCode, Handshake, Refusal, RoleName, StoreId, limits};
 use crate::token::{self, Secret};
 

@@ -14,9 +14,10 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, params};
 
-use super::dispatch::{DriverKey, Transition};
-use super::journal::{Change, Snapshot, Store, StoredNotice, StoredOrder};
-use crate::api::OrderState;
+use super::domain::{
+    Change, DriverKey, OrderState, Snapshot, StoredNotice, StoredOrder, Transition,
+};
+use super::journal::Backend;
 use crate::protocol::{Address, Customer, DriverName, MessageId, Order, OrderId, StoreId};
 
 /// The database file inside the data dir.
@@ -67,8 +68,8 @@ const MIGRATIONS: &[&str] = &[
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// When a commit counts as done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Sync {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
     /// After it reached the disk (fsync): survives a power cut.
     #[default]
     Full,
@@ -77,25 +78,25 @@ pub enum Sync {
     Normal,
 }
 
-impl Sync {
+impl SyncMode {
     fn pragma(self) -> &'static str {
         match self {
-            Sync::Full => "FULL",
-            Sync::Normal => "NORMAL",
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
         }
     }
 }
 
-/// The SQLite store of one data dir.
-pub struct SqliteStore {
+/// The SQLite backend of one data dir.
+pub struct SqliteBackend {
     conn: Connection,
-    /// Held for the store's lifetime: the OS lock on the data dir.
+    /// Held for the backend's lifetime: the OS lock on the data dir.
     _lock: File,
 }
 
-impl SqliteStore {
-    /// Opens (creating if need be) the store in `dir`.
-    pub fn open(dir: &Path, sync: Sync) -> anyhow::Result<SqliteStore> {
+impl SqliteBackend {
+    /// Opens (creating if need be) the database in `dir`.
+    pub fn open(dir: &Path, sync: SyncMode) -> anyhow::Result<SqliteBackend> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data dir {}", dir.display()))?;
         let lock_path = dir.join(LOCK_FILE);
@@ -150,9 +151,9 @@ impl SqliteStore {
 
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", sync.pragma())?;
-        let mut store = SqliteStore { conn, _lock: lock };
-        store.migrate(version)?;
-        Ok(store)
+        let mut backend = SqliteBackend { conn, _lock: lock };
+        backend.migrate(version)?;
+        Ok(backend)
     }
 
     fn migrate(&mut self, from: i64) -> anyhow::Result<()> {
@@ -192,7 +193,7 @@ fn check_header(path: &PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-impl Store for SqliteStore {
+impl Backend for SqliteBackend {
     fn load(&mut self, keep_delivered: usize) -> anyhow::Result<Snapshot> {
         let mut orders = Vec::new();
         let mut open = self.conn.prepare(
@@ -431,7 +432,7 @@ fn read_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<anyhow::Result<Stored
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::dispatch::OrderKey;
+    use crate::hub::domain::OrderKey;
 
     fn order(id: &str) -> Order {
         order_from(
@@ -449,8 +450,8 @@ mod tests {
         let now = Utc::now();
         let driver = DriverKey::Named(DriverName::new("bob").unwrap());
         {
-            let mut store = SqliteStore::open(dir.path(), Sync::Full).unwrap();
-            store
+            let mut backend = SqliteBackend::open(dir.path(), SyncMode::Full).unwrap();
+            backend
                 .commit(&[
                     Change::NewOrder {
                         order: order("o1"),
@@ -477,8 +478,8 @@ mod tests {
                 ])
                 .unwrap();
         }
-        let mut store = SqliteStore::open(dir.path(), Sync::Full).unwrap();
-        let snapshot = store.load(10).unwrap();
+        let mut backend = SqliteBackend::open(dir.path(), SyncMode::Full).unwrap();
+        let snapshot = backend.load(10).unwrap();
         assert_eq!(snapshot.orders.len(), 2);
         assert_eq!(snapshot.orders[0].state, OrderState::InTransit);
         assert_eq!(snapshot.orders[0].driver, Some(driver));
@@ -497,8 +498,8 @@ mod tests {
     #[test]
     fn a_second_hub_on_the_same_data_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = SqliteStore::open(dir.path(), Sync::Full).unwrap();
-        let error = SqliteStore::open(dir.path(), Sync::Full)
+        let _first = SqliteBackend::open(dir.path(), SyncMode::Full).unwrap();
+        let error = SqliteBackend::open(dir.path(), SyncMode::Full)
             .err()
             .unwrap()
             .to_string();
@@ -508,20 +509,20 @@ mod tests {
     #[test]
     fn a_newer_schema_or_a_foreign_file_is_refused_untouched() {
         let dir = tempfile::tempdir().unwrap();
-        drop(SqliteStore::open(dir.path(), Sync::Full).unwrap());
+        drop(SqliteBackend::open(dir.path(), SyncMode::Full).unwrap());
         let path = dir.path().join(DATABASE_FILE);
         Connection::open(&path)
             .unwrap()
             .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
-        let error = SqliteStore::open(dir.path(), Sync::Full)
+        let error = SqliteBackend::open(dir.path(), SyncMode::Full)
             .err()
             .unwrap()
             .to_string();
         assert!(error.contains("written by a newer caps"), "{error}");
 
         std::fs::write(&path, b"this is not a database at all, just some text").unwrap();
-        let error = SqliteStore::open(dir.path(), Sync::Full)
+        let error = SqliteBackend::open(dir.path(), SyncMode::Full)
             .err()
             .unwrap()
             .to_string();

@@ -355,8 +355,8 @@ pub struct StoreWatcher {
 impl StoreWatcher {
     /// Connects as a vendor of `store` and starts recording.
     pub fn start(url: &str, store: &str) -> StoreWatcher {
-        use caps::client::{HubLink, Inbound, LinkConfig};
         use caps::protocol::{Event, Handshake, StoreId};
+        use caps::roles::hub_link::{HubLink, Inbound, LinkConfig};
 
         let heard = Arc::new(Mutex::new(Vec::new()));
         let (stop, stopped) = std::sync::mpsc::channel::<()>();

@@ -10,6 +10,8 @@
 //! - drops a package when the hub refuses its report (the offer expired or
 //!   went to another driver while this one was away).
 
+mod recent;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
@@ -18,10 +20,10 @@ use anyhow::bail;
 use tokio::task::JoinSet;
 use tokio::time::sleep;
 
-use crate::client::{HubLink, Inbound, LinkConfig};
-use crate::console::Console;
 use crate::protocol::{DriverName, Event, Handshake, Order, OrderId, StoreId};
-use crate::recent::RecentSet;
+use crate::roles::console::Console;
+use crate::roles::hub_link::{HubLink, Inbound, LinkConfig};
+use recent::RecentSet;
 
 /// How many delivered packages a driver remembers.
 const REMEMBERED_DELIVERIES: usize = 100_000;

@@ -9,6 +9,8 @@
 //! lost. Each notice is acknowledged (`received`) after its thank-you is
 //! printed and recorded in the ledger.
 
+mod ledger;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -20,12 +22,12 @@ use fake::faker::address::en::{CityName, StateAbbr};
 use fake::faker::name::en::Name;
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
-use crate::client::{HubLink, Inbound, LinkConfig};
-use crate::console::Console;
-use crate::ledger::Ledger;
 use crate::protocol::{
     Address, Customer, Event, Handshake, JoinRequest, Order, OrderId, QueueRequest, StoreId,
 };
+use crate::roles::console::Console;
+use crate::roles::hub_link::{HubLink, Inbound, LinkConfig};
+use ledger::Ledger;
 
 /// What a vendor does.
 #[derive(Debug, Clone)]

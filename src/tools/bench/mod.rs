@@ -128,7 +128,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
 
 /// What the vendors share: when each order was sent, and what came back.
 #[derive(Default)]
-struct Ledger {
+struct Tally {
     sent_at: HashMap<String, Instant>,
     done: HashSet<String>,
     latencies: Vec<Duration>,
@@ -183,7 +183,7 @@ async fn measure(
         }
     }
 
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let tally = Arc::new(Mutex::new(Tally::default()));
     let total = (config.vendors * config.orders) as u64;
     let cpu_before = target.cpu();
     let started = Instant::now();
@@ -198,7 +198,7 @@ async fn measure(
         vendors.spawn(listen(
             receiver,
             Arc::clone(&sender),
-            Arc::clone(&ledger),
+            Arc::clone(&tally),
             Arc::clone(&window),
             echo,
         ));
@@ -208,14 +208,14 @@ async fn measure(
             config.orders,
             per_vendor_rate,
             window,
-            Arc::clone(&ledger),
+            Arc::clone(&tally),
         ));
     }
 
     // Wait for every delivery, or until nothing has come for `patience`.
     let mut last_progress = (0usize, Instant::now());
     loop {
-        let done = ledger.lock().expect("ledger lock").done.len();
+        let done = tally.lock().expect("tally lock").done.len();
         if done as u64 >= total {
             break;
         }
@@ -230,13 +230,13 @@ async fn measure(
     vendors.abort_all();
     drivers.abort_all();
 
-    let ledger = ledger.lock().expect("ledger lock");
-    let delivered = ledger.done.len() as u64;
-    let elapsed = ledger
+    let tally = tally.lock().expect("tally lock");
+    let delivered = tally.done.len() as u64;
+    let elapsed = tally
         .last_delivery
         .map(|last| last.duration_since(started))
         .unwrap_or_else(|| started.elapsed());
-    let mut latencies = ledger.latencies.clone();
+    let mut latencies = tally.latencies.clone();
     latencies.sort();
     let percentile = |p: f64| -> f64 {
         if latencies.is_empty() {
@@ -254,10 +254,10 @@ async fn measure(
     Ok(Figures {
         target: label.to_owned(),
         round,
-        sent: ledger.sent_at.len() as u64,
+        sent: tally.sent_at.len() as u64,
         delivered,
         lost: total.saturating_sub(delivered),
-        duplicates: ledger.duplicates,
+        duplicates: tally.duplicates,
         per_second: delivered as f64 / elapsed.as_secs_f64().max(1e-9),
         p50_ms: percentile(0.50),
         p99_ms: percentile(0.99),
@@ -278,7 +278,7 @@ async fn place(
     orders: usize,
     rate: Option<f64>,
     window: Arc<Semaphore>,
-    ledger: Arc<Mutex<Ledger>>,
+    tally: Arc<Mutex<Tally>>,
 ) {
     let pace = rate.map(|rate| Duration::from_secs_f64(1.0 / rate.max(1e-3)));
     let mut ticker = pace.map(|pace| {
@@ -298,9 +298,9 @@ async fn place(
         }
         let order_id = format!("{store}-{n}-{}", uuid::Uuid::new_v4().simple());
         let order = json!({"store": store, "orderId": order_id, "customer": "Bench Customer", "address": "Benchtown, BT"});
-        ledger
+        tally
             .lock()
-            .expect("ledger lock")
+            .expect("tally lock")
             .sent_at
             .insert(order_id, Instant::now());
         if sender
@@ -319,7 +319,7 @@ async fn place(
 async fn listen(
     mut receiver: wire::Receiver,
     sender: Arc<tokio::sync::Mutex<wire::Sender>>,
-    ledger: Arc<Mutex<Ledger>>,
+    tally: Arc<Mutex<Tally>>,
     window: Arc<Semaphore>,
     echo: bool,
 ) {
@@ -341,16 +341,16 @@ async fn listen(
             continue;
         };
         let first = {
-            let mut ledger = ledger.lock().expect("ledger lock");
+            let mut tally = tally.lock().expect("tally lock");
             let now = Instant::now();
-            if ledger.done.insert(order_id.to_owned()) {
-                if let Some(sent) = ledger.sent_at.get(order_id).copied() {
-                    ledger.latencies.push(now.duration_since(sent));
+            if tally.done.insert(order_id.to_owned()) {
+                if let Some(sent) = tally.sent_at.get(order_id).copied() {
+                    tally.latencies.push(now.duration_since(sent));
                 }
-                ledger.last_delivery = Some(now);
+                tally.last_delivery = Some(now);
                 true
             } else {
-                ledger.duplicates += 1;
+                tally.duplicates += 1;
                 false
             }
         };

@@ -9,11 +9,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::console::Console;
-use crate::driver::{self, DriverConfig};
 use crate::hub::{self, EventLog, Hub, HubConfig};
 use crate::protocol::{DriverName, StoreId};
-use crate::vendor::{self, VendorConfig};
+use crate::roles::console::Console;
+use crate::roles::driver::{self, DriverConfig};
+use crate::roles::vendor::{self, VendorConfig};
 
 /// Stores the course uses, then numbered ones.
 const STORES: [&str; 3] = ["1-206-flowers", "acme-widgets", "1-800-flowers"];

@@ -2,7 +2,7 @@
 //! the next package.
 //!
 //! Pure and synchronous: it never touches a socket. Every change returns the
-//! [`Effect`]s for the hub's core to carry out. `S` is how the core reaches a
+//! [`Effect`]s for the sequencer to carry out. `S` is how the sequencer reaches a
 //! driver (a socket); tests use plain numbers.
 //!
 //! Lifecycle: `ready` → `assigned` (offered to one driver) → `in-transit` →
@@ -11,63 +11,16 @@
 //! goes to the online driver with spare capacity and the lowest load; ties go
 //! to the driver that was given a package least recently (round robin).
 
+mod views;
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
-use super::journal::{Change, StoredOrder};
-use crate::api::{
-    DriverStatus, OrderCounts, OrderPage, OrderState, OrderSummary, OrderView, TransitionView,
-};
-use crate::protocol::{DriverName, ErrorCode, Event, Order, OrderId, Refusal, StoreId};
-
-/// Orders are unique per store: two shops may both have an order "1".
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OrderKey {
-    /// The order's store.
-    pub store: StoreId,
-    /// Its id within the store.
-    pub order_id: OrderId,
-}
-
-impl OrderKey {
-    /// The key of `order`.
-    pub fn of(order: &Order) -> Self {
-        OrderKey {
-            store: order.store.clone(),
-            order_id: order.order_id.clone(),
-        }
-    }
-}
-
-impl fmt::Display for OrderKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "store={} order={}", self.store, self.order_id)
-    }
-}
-
-/// Who a driver is. A named driver keeps its packages across reconnections;
-/// an anonymous one (a client that declared nothing) is known only by its
-/// socket, so its packages go back to `ready` when it leaves.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DriverKey {
-    /// A driver that declared a name.
-    Named(DriverName),
-    /// A client that declared nothing, by socket id.
-    Anonymous(String),
-}
-
-impl fmt::Display for DriverKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DriverKey::Named(name) => write!(f, "{name}"),
-            DriverKey::Anonymous(sid) => write!(f, "anonymous-{sid}"),
-        }
-    }
-}
+use super::domain::{Change, DriverKey, OrderKey, OrderState, StoredOrder, Transition};
+use crate::protocol::{ErrorCode, Event, Order, OrderId, Refusal};
 
 /// Tunables of the desk.
 #[derive(Debug, Clone)]
@@ -91,7 +44,7 @@ impl Default for DispatchConfig {
     }
 }
 
-/// Something the core must do for the desk.
+/// Something the sequencer must do for the desk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect<S> {
     /// Send `pickup` with this order to this driver: a new offer, or a
@@ -120,17 +73,6 @@ pub enum PickupOutcome {
     Accepted,
     /// The same order again: nothing changed; it is in this state.
     Repeated(OrderState),
-}
-
-/// One step in an order's history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transition {
-    /// The state entered.
-    pub state: OrderState,
-    /// The driver holding it then.
-    pub driver: Option<DriverKey>,
-    /// When.
-    pub at: DateTime<Utc>,
 }
 
 struct OrderEntry {
@@ -219,7 +161,7 @@ pub struct Dispatch<S> {
     next_seq: u64,
     next_offer: u64,
     assignments: u64,
-    /// Changes not yet taken by the core for the journal.
+    /// Changes not yet taken by the sequencer for the journal.
     changes: Vec<Change>,
 }
 
@@ -241,7 +183,7 @@ impl<S: Clone + PartialEq> Dispatch<S> {
         }
     }
 
-    /// A desk resuming from recorded orders (see [`super::journal::Snapshot`]). Offers do not
+    /// A desk resuming from recorded orders (see [`super::domain::Snapshot`]). Offers do not
     /// survive a restart: assigned orders are ready again. Packages in transit
     /// stay with their named driver, offline until it reconnects; an
     /// anonymous driver cannot come back, so its packages are ready again.
@@ -572,122 +514,12 @@ impl<S: Clone + PartialEq> Dispatch<S> {
         keys
     }
 
-    /// One order, its state and its history.
-    pub fn view(&self, key: &OrderKey) -> Option<OrderView> {
-        let entry = self.orders.get(key)?;
-        Some(OrderView {
-            store: entry.order.store.clone(),
-            order_id: entry.order.order_id.clone(),
-            customer: entry.order.customer.to_string(),
-            address: entry.order.address.to_string(),
-            state: entry.state,
-            driver: entry.driver.as_ref().map(ToString::to_string),
-            history: entry
-                .history
-                .iter()
-                .map(|step| TransitionView {
-                    state: step.state,
-                    driver: step.driver.as_ref().map(ToString::to_string),
-                    at: step.at,
-                })
-                .collect(),
-        })
-    }
-
     /// When the order was placed (the first step the desk knows of).
     pub fn placed_at(&self, key: &OrderKey) -> Option<DateTime<Utc>> {
         self.orders
             .get(key)
             .and_then(|entry| entry.history.first())
             .map(|step| step.at)
-    }
-
-    /// A page of orders, oldest first, after arrival number `after`.
-    pub fn page(
-        &self,
-        store: Option<&StoreId>,
-        state: Option<OrderState>,
-        after: Option<u64>,
-        limit: usize,
-    ) -> OrderPage {
-        let limit = limit.max(1);
-        let mut matching: Vec<&OrderEntry> = self
-            .orders
-            .values()
-            .filter(|entry| store.is_none_or(|store| &entry.order.store == store))
-            .filter(|entry| state.is_none_or(|state| entry.state == state))
-            .filter(|entry| after.is_none_or(|after| entry.seq > after))
-            .collect();
-        matching.sort_by_key(|entry| entry.seq);
-        let next = (matching.len() > limit).then(|| matching[limit - 1].seq);
-        let orders = matching
-            .into_iter()
-            .take(limit)
-            .map(|entry| OrderSummary {
-                store: entry.order.store.clone(),
-                order_id: entry.order.order_id.clone(),
-                state: entry.state,
-                driver: entry.driver.as_ref().map(ToString::to_string),
-                since: entry.history.last().map(|t| t.at).unwrap_or_else(Utc::now),
-            })
-            .collect();
-        OrderPage { orders, next }
-    }
-
-    /// Orders per state.
-    pub fn counts(&self) -> OrderCounts {
-        let mut counts = OrderCounts {
-            delivered: self.delivered_total,
-            ..OrderCounts::default()
-        };
-        for entry in self.orders.values() {
-            match entry.state {
-                OrderState::Ready => counts.ready += 1,
-                OrderState::Assigned => counts.assigned += 1,
-                OrderState::InTransit => counts.in_transit += 1,
-                OrderState::Delivered => {}
-            }
-        }
-        counts
-    }
-
-    /// Open orders, oldest first, at most `limit`.
-    pub fn open_orders(&self, limit: usize) -> Vec<OrderSummary> {
-        let mut open: Vec<&OrderEntry> = self
-            .orders
-            .values()
-            .filter(|entry| entry.state != OrderState::Delivered)
-            .collect();
-        open.sort_by_key(|entry| entry.seq);
-        open.into_iter()
-            .take(limit)
-            .map(|entry| OrderSummary {
-                store: entry.order.store.clone(),
-                order_id: entry.order.order_id.clone(),
-                state: entry.state,
-                driver: entry.driver.as_ref().map(ToString::to_string),
-                since: entry.history.last().map(|t| t.at).unwrap_or_else(Utc::now),
-            })
-            .collect()
-    }
-
-    /// Every driver online, and every driver offline that still holds packages.
-    pub fn drivers(&self) -> Vec<DriverStatus> {
-        let mut drivers: Vec<DriverStatus> = self
-            .drivers
-            .iter()
-            .filter(|(_, entry)| entry.socket.is_some() || entry.load() > 0)
-            .map(|(key, entry)| DriverStatus {
-                name: key.to_string(),
-                online: entry.socket.is_some(),
-                load: entry.load(),
-                capacity: entry.capacity,
-                peak_load: entry.peak_load,
-                delivered: entry.delivered,
-            })
-            .collect();
-        drivers.sort_by(|a, b| a.name.cmp(&b.name));
-        drivers
     }
 
     /// Offers ready orders, oldest first, while some driver has room.
@@ -763,411 +595,4 @@ fn not_yours(key: &OrderKey, entry: &OrderEntry) -> Refusal {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::{Address, Customer};
-
-    type Desk = Dispatch<u32>;
-
-    fn desk() -> Desk {
-        Dispatch::new(DispatchConfig {
-            offer_timeout: Duration::from_secs(10),
-            reclaim_after: Some(Duration::from_secs(60)),
-            keep_delivered: 100,
-        })
-    }
-
-    fn order(id: &str) -> Order {
-        Order {
-            store: StoreId::new("acme").unwrap(),
-            order_id: OrderId::new(id).unwrap(),
-            customer: Customer::new("Jamal Braun").unwrap(),
-            address: Address::new("Schmittfurt, LA").unwrap(),
-        }
-    }
-
-    fn named(name: &str) -> DriverKey {
-        DriverKey::Named(DriverName::new(name).unwrap())
-    }
-
-    /// (driver, order id) of every offer among `effects`.
-    fn offers(effects: &[Effect<u32>]) -> Vec<(String, String)> {
-        effects
-            .iter()
-            .filter_map(|effect| match effect {
-                Effect::Offer { driver, order, .. } => {
-                    Some((driver.to_string(), order.order_id.to_string()))
-                }
-                Effect::Notify { .. } => None,
-            })
-            .collect()
-    }
-
-    fn pickup(desk: &mut Desk, id: &str, now: Instant) -> Vec<Effect<u32>> {
-        let (outcome, effects) = desk.pickup(order(id), now).unwrap();
-        assert_eq!(outcome, PickupOutcome::Accepted);
-        effects
-    }
-
-    #[test]
-    fn each_order_goes_to_exactly_one_driver_least_loaded_then_round_robin() {
-        let now = Instant::now();
-        let mut desk = desk();
-        for (n, name) in ["a", "b", "c"].into_iter().enumerate() {
-            assert!(
-                desk.driver_online(named(name), n as u32, None, now)
-                    .is_empty()
-            );
-        }
-        let mut given = Vec::new();
-        for n in 0..6 {
-            given.extend(offers(&pickup(&mut desk, &format!("o{n}"), now)));
-        }
-        assert_eq!(given.len(), 6, "one offer per order");
-        let per_driver = |name: &str| given.iter().filter(|(d, _)| d == name).count();
-        assert_eq!(
-            (per_driver("a"), per_driver("b"), per_driver("c")),
-            (2, 2, 2)
-        );
-        assert_ne!(given[0].0, given[1].0, "ties rotate");
-    }
-
-    #[test]
-    fn pickups_wait_until_a_driver_connects_and_go_oldest_first() {
-        let now = Instant::now();
-        let mut desk = desk();
-        for n in 0..3 {
-            assert!(pickup(&mut desk, &format!("o{n}"), now).is_empty());
-        }
-        assert_eq!(desk.counts().ready, 3);
-        let effects = desk.driver_online(named("a"), 1, Some(2), now);
-        let ids: Vec<String> = offers(&effects).into_iter().map(|(_, id)| id).collect();
-        assert_eq!(ids, ["o0", "o1"], "oldest first, up to capacity");
-        assert_eq!(desk.counts().ready, 1);
-    }
-
-    #[test]
-    fn capacity_is_never_exceeded() {
-        let now = Instant::now();
-        let mut desk = desk();
-        desk.driver_online(named("a"), 1, Some(2), now);
-        for n in 0..5 {
-            pickup(&mut desk, &format!("o{n}"), now);
-        }
-        let status = desk.drivers();
-        assert_eq!((status[0].load, status[0].peak_load), (2, 2));
-        let key = |id: &str| OrderKey::of(&order(id));
-        desk.in_transit(&named("a"), &key("o0")).unwrap();
-        let effects = desk.delivered(&named("a"), &key("o0"), now).unwrap();
-        assert_eq!(
-            offers(&effects),
-            [("a".to_string(), "o2".to_string())],
-            "room made, next order offered"
-        );
-        assert_eq!(desk.drivers()[0].peak_load, 2);
-    }
-
-    #[test]
-    fn the_lifecycle_moves_only_forward_and_only_for_the_assigned_driver() {
-        let now = Instant::now();
-        let mut desk = desk();
-        desk.driver_online(named("a"), 1, None, now);
-        desk.driver_online(named("b"), 2, None, now);
-        let given = offers(&pickup(&mut desk, "o1", now));
-        let holder = named(&given[0].0);
-        let other = if given[0].0 == "a" {
-            named("b")
-        } else {
-            named("a")
-        };
-        let key = OrderKey::of(&order("o1"));
-
-        let refused = |result: Result<Vec<Effect<u32>>, Refusal>| result.unwrap_err().code;
-        assert_eq!(
-            refused(desk.delivered(&holder, &key, now)),
-            ErrorCode::OutOfOrder
-        );
-        assert_eq!(
-            refused(desk.in_transit(&other, &key)),
-            ErrorCode::NotAssigned
-        );
-        let missing = OrderKey::of(&order("nope"));
-        assert_eq!(
-            refused(desk.in_transit(&holder, &missing)),
-            ErrorCode::UnknownOrder
-        );
-        assert_eq!(
-            desk.state_of(&key),
-            Some(OrderState::Assigned),
-            "refusals change nothing"
-        );
-
-        let effects = desk.in_transit(&holder, &key).unwrap();
-        assert!(matches!(
-            &effects[..],
-            [Effect::Notify {
-                event: Event::InTransit,
-                ..
-            }]
-        ));
-        assert!(
-            desk.in_transit(&holder, &key).unwrap().is_empty(),
-            "a repeat is not relayed"
-        );
-        assert_eq!(
-            refused(desk.delivered(&other, &key, now)),
-            ErrorCode::NotAssigned
-        );
-        let effects = desk.delivered(&holder, &key, now).unwrap();
-        assert!(matches!(
-            &effects[..],
-            [Effect::Notify {
-                event: Event::Delivered,
-                ..
-            }]
-        ));
-        assert!(desk.delivered(&holder, &key, now).unwrap().is_empty());
-        assert_eq!(desk.state_of(&key), Some(OrderState::Delivered));
-        let states: Vec<OrderState> = desk
-            .history_of(&key)
-            .unwrap()
-            .iter()
-            .map(|t| t.state)
-            .collect();
-        assert_eq!(states, OrderState::ALL);
-    }
-
-    #[test]
-    fn a_repeated_pickup_is_idempotent_and_a_conflicting_one_refused() {
-        let now = Instant::now();
-        let mut desk = desk();
-        desk.driver_online(named("a"), 1, None, now);
-        assert_eq!(offers(&pickup(&mut desk, "o1", now)).len(), 1);
-        let (outcome, effects) = desk.pickup(order("o1"), now).unwrap();
-        assert_eq!(outcome, PickupOutcome::Repeated(OrderState::Assigned));
-        assert!(effects.is_empty(), "not dispatched twice");
-        let mut changed = order("o1");
-        changed.customer = Customer::new("Somebody Else").unwrap();
-        assert_eq!(
-            desk.pickup(changed, now).unwrap_err().code,
-            ErrorCode::OrderConflict
-        );
-    }
-
-    #[test]
-    fn expired_offers_go_to_another_driver() {
-        let start = Instant::now();
-        let mut desk = desk();
-        desk.driver_online(named("a"), 1, None, start);
-        desk.driver_online(named("b"), 2, None, start);
-        let first = offers(&pickup(&mut desk, "o1", start))[0].0.clone();
-        assert!(
-            desk.tick(start + Duration::from_secs(5)).is_empty(),
-            "not yet"
-        );
-        let again = offers(&desk.tick(start + Duration::from_secs(10)));
-        assert_eq!(again.len(), 1);
-        assert_ne!(again[0].0, first, "someone else gets it");
-        let key = OrderKey::of(&order("o1"));
-        assert_eq!(
-            desk.in_transit(&named(&first), &key).unwrap_err().code,
-            ErrorCode::NotAssigned,
-            "the withdrawn offer cannot be taken up"
-        );
-    }
-
-    #[test]
-    fn a_lone_driver_gets_its_expired_offer_again() {
-        let start = Instant::now();
-        let mut desk = desk();
-        desk.driver_online(named("a"), 1, None, start);
-        pickup(&mut desk, "o1", start);
-        let again = offers(&desk.tick(start + Duration::from_secs(10)));
-        assert_eq!(again, [("a".to_string(), "o1".to_string())]);
-    }
-
-    #[test]
-    fn a_named_driver_keeps_its_packages_across_a_reconnect_and_is_handed_them_back() {
-        let now = Instant::now();
-        let mut desk = desk();
-        desk.driver_online(named("a"), 1, None, now);
-        pickup(&mut desk, "carried", now);
-        pickup(&mut desk, "offered", now);
-        desk.in_transit(&named("a"), &OrderKey::of(&order("carried")))
-            .unwrap();
-
-        assert!(desk.driver_offline(&named("a"), &1, now).is_empty());
-        assert_eq!(
-            desk.state_of(&OrderKey::of(&order("carried"))),
-            Some(OrderState::InTransit)
-        );
-        assert_eq!(
-            desk.state_of(&OrderKey::of(&order("offered"))),
-            Some(OrderState::Ready)
-        );
-
-        let back = offers(&desk.driver_online(named("a"), 7, None, now));
-        assert_eq!(
-            back,
-            [
-                ("a".to_string(), "carried".to_string()),
-                ("a".to_string(), "offered".to_string())
-            ]
-        );
-        desk.delivered(&named("a"), &OrderKey::of(&order("carried")), now)
-            .unwrap();
-    }
-
-    #[test]
-    fn a_stale_disconnect_does_not_unseat_the_new_connection() {
-        let now = Instant::now();
-        let mut desk = desk();
-        desk.driver_online(named("a"), 1, None, now);
-        desk.driver_online(named("a"), 2, None, now);
-        assert!(desk.driver_offline(&named("a"), &1, now).is_empty());
-        assert_eq!(desk.online_drivers(), [(named("a"), 2)]);
-    }
-
-    #[test]
-    fn an_anonymous_drivers_packages_return_when_it_leaves() {
-        let now = Instant::now();
-        let mut desk = desk();
-        let anon = DriverKey::Anonymous("sid1".into());
-        desk.driver_online(anon.clone(), 1, None, now);
-        pickup(&mut desk, "o1", now);
-        desk.in_transit(&anon, &OrderKey::of(&order("o1"))).unwrap();
-        desk.driver_offline(&anon, &1, now);
-        assert_eq!(
-            desk.state_of(&OrderKey::of(&order("o1"))),
-            Some(OrderState::Ready)
-        );
-        assert!(desk.drivers().is_empty());
-        let effects = desk.driver_online(named("b"), 2, None, now);
-        assert_eq!(offers(&effects), [("b".to_string(), "o1".to_string())]);
-    }
-
-    #[test]
-    fn packages_of_a_driver_away_too_long_are_reclaimed() {
-        let start = Instant::now();
-        let mut desk = desk();
-        desk.driver_online(named("a"), 1, None, start);
-        pickup(&mut desk, "o1", start);
-        desk.in_transit(&named("a"), &OrderKey::of(&order("o1")))
-            .unwrap();
-        desk.driver_offline(&named("a"), &1, start);
-        desk.driver_online(named("b"), 2, None, start);
-        assert!(desk.tick(start + Duration::from_secs(30)).is_empty());
-        let reclaimed = offers(&desk.tick(start + Duration::from_secs(60)));
-        assert_eq!(reclaimed, [("b".to_string(), "o1".to_string())]);
-        let key = OrderKey::of(&order("o1"));
-        assert!(
-            desk.in_transit(&named("b"), &key).unwrap().is_empty(),
-            "the store heard in-transit already"
-        );
-        assert_eq!(desk.delivered(&named("b"), &key, start).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn every_change_is_recorded_and_a_restored_desk_resumes() {
-        let now = Instant::now();
-        let mut desk = desk();
-        desk.driver_online(named("a"), 1, None, now);
-        pickup(&mut desk, "carried", now);
-        pickup(&mut desk, "offered", now);
-        desk.in_transit(&named("a"), &OrderKey::of(&order("carried")))
-            .unwrap();
-        let changes = desk.take_changes();
-        let kinds: Vec<String> = changes
-            .iter()
-            .map(|change| match change {
-                Change::NewOrder { order, .. } => format!("new {}", order.order_id),
-                Change::Transition { key, state, .. } => format!("{} {state}", key.order_id),
-                other => format!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(
-            kinds,
-            [
-                "new carried",
-                "carried assigned",
-                "new offered",
-                "offered assigned",
-                "carried in-transit"
-            ]
-        );
-        assert!(desk.take_changes().is_empty());
-
-        let stored =
-            |id: &str, seq: u64, state: OrderState, driver: Option<DriverKey>| StoredOrder {
-                order: order(id),
-                seq,
-                state,
-                driver,
-                told_in_transit: state == OrderState::InTransit,
-                since: Utc::now(),
-                history: Vec::new(),
-            };
-        let mut restored: Desk = Dispatch::restore(
-            DispatchConfig::default(),
-            vec![
-                stored("carried", 0, OrderState::InTransit, Some(named("a"))),
-                stored("offered", 1, OrderState::Assigned, Some(named("a"))),
-                stored("done", 2, OrderState::Delivered, Some(named("a"))),
-            ],
-            7,
-            now,
-        );
-        assert_eq!(
-            restored.state_of(&OrderKey::of(&order("offered"))),
-            Some(OrderState::Ready)
-        );
-        assert_eq!(
-            restored.take_changes().len(),
-            1,
-            "the void offer is recorded as ready again"
-        );
-        assert_eq!(restored.counts().delivered, 7);
-        let (outcome, _) = restored.pickup(order("done"), now).unwrap();
-        assert_eq!(outcome, PickupOutcome::Repeated(OrderState::Delivered));
-        let back = offers(&restored.driver_online(named("a"), 2, None, now));
-        assert_eq!(
-            back,
-            [
-                ("a".to_string(), "carried".to_string()),
-                ("a".to_string(), "offered".to_string())
-            ]
-        );
-        let (_, effects) = restored.pickup(order("new"), now).unwrap();
-        assert_eq!(offers(&effects).len(), 1);
-        assert!(matches!(
-            restored
-                .take_changes()
-                .iter()
-                .find(|c| matches!(c, Change::NewOrder { .. })),
-            Some(Change::NewOrder { seq: 3, .. })
-        ));
-    }
-
-    #[test]
-    fn delivered_orders_beyond_the_memory_limit_are_forgotten() {
-        let now = Instant::now();
-        let mut desk = Dispatch::new(DispatchConfig {
-            keep_delivered: 2,
-            ..DispatchConfig::default()
-        });
-        desk.driver_online(named("a"), 1, None, now);
-        for n in 0..3 {
-            let id = format!("o{n}");
-            desk.pickup(order(&id), now).unwrap();
-            let key = OrderKey::of(&order(&id));
-            desk.in_transit(&named("a"), &key).unwrap();
-            desk.delivered(&named("a"), &key, now).unwrap();
-        }
-        assert_eq!(desk.state_of(&OrderKey::of(&order("o0"))), None);
-        assert_eq!(
-            desk.state_of(&OrderKey::of(&order("o2"))),
-            Some(OrderState::Delivered)
-        );
-        assert_eq!(desk.counts().delivered, 3);
-    }
-}
+mod tests;

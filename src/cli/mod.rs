@@ -1,0 +1,244 @@
+//! The command line's wiring: turns the parsed arguments ([`args`]) into each
+//! role's configuration and runs it. Only `main` decides the exit code.
+
+mod args;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+pub use args::Cli;
+use args::{Command, DispatchArgs, HubArgs, SecurityArgs, SyncArg, TokenArgs, TokenRole};
+
+use crate::hub::sqlite::SyncMode;
+use crate::hub::{self, Admission, DispatchConfig, EventLog, Hub, HubConfig, Limits, Storage};
+use crate::protocol::{DriverName, RoleName};
+use crate::roles::console::Console;
+use crate::roles::demo::{self, DemoConfig};
+use crate::roles::driver::{self, DriverConfig};
+use crate::roles::vendor::{self, VendorConfig};
+use crate::shutdown::{Interrupted, shutdown_signal, stop_then_quit};
+use crate::token::{self, Claims, Secret};
+use crate::tools::status;
+
+/// Runs the command the user asked for.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Hub(args) => run_hub(args).await,
+        Command::Vendor(args) => {
+            let config = VendorConfig {
+                hub_url: args.link.hub,
+                connect_timeout: args.link.connect_timeout,
+                token: args.link.token,
+                store: args.store,
+                interval: args.interval,
+                count: args.count,
+                resend_after: args.resend_after,
+                state_file: args.state_file,
+            };
+            vendor::run(config, Console::stdout(), shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Driver(args) => {
+            let name = args.name.unwrap_or_else(random_driver_name);
+            let config = DriverConfig {
+                hub_url: args.link.hub,
+                connect_timeout: args.link.connect_timeout,
+                token: args.link.token,
+                name,
+                capacity: Some(args.capacity),
+                pickup_delay: args.pickup_delay,
+                deliver_delay: args.deliver_delay,
+            };
+            // A second Ctrl-C quits without waiting for packages in hand.
+            let (stop, now) = stop_then_quit();
+            tokio::select! {
+                delivered = driver::run(config, Console::stdout(), stop.cancelled_owned()) => delivered.map(|_| ()),
+                () = now.cancelled() => Err(Interrupted.into()),
+            }
+        }
+        Command::Demo(args) => {
+            let config = DemoConfig {
+                vendors: args.vendors,
+                drivers: args.drivers,
+                orders: (args.orders > 0).then_some(args.orders),
+                interval: args.interval,
+                pickup_delay: args.pickup_delay,
+                deliver_delay: args.deliver_delay,
+                port: args.port,
+            };
+            demo::run(config, shutdown_signal()).await
+        }
+        Command::Status(args) => status::print(&args.hub, args.token.as_deref(), args.json).await,
+        Command::Track(args) => {
+            status::track(
+                &args.hub,
+                args.token.as_deref(),
+                &args.order_id,
+                args.store.as_deref(),
+            )
+            .await
+        }
+        Command::Token(args) => {
+            println!("{}", mint_token(args)?);
+            Ok(())
+        }
+        Command::Bench(args) => {
+            crate::tools::bench::run(crate::tools::bench::BenchConfig {
+                targets: args.targets,
+                hub: args.hub,
+                hub_pid: args.hub_pid,
+                hub_args: args.hub_args,
+                vendors: args.vendors,
+                drivers: args.drivers,
+                orders: args.orders,
+                rate: args.rate,
+                window: args.window,
+                conns: args.conns,
+                rounds: args.rounds,
+                patience: args.patience,
+            })
+            .await
+        }
+        Command::BenchEcho { port } => crate::tools::bench::echo::serve(port).await,
+    }
+}
+
+fn mint_token(args: TokenArgs) -> anyhow::Result<String> {
+    let path = args
+        .secret_file
+        .context("--secret-file (or CAPS_SECRET_FILE) is required to sign a token")?;
+    let secret = Secret::read(&path)?;
+    let now = chrono::Utc::now().timestamp();
+    let ttl = i64::try_from(args.ttl.as_secs()).context("--ttl is too long")?;
+    let (role, store, name) = match args.role {
+        TokenRole::Vendor { store } => (RoleName::Vendor, Some(store), None),
+        TokenRole::Driver { name } => (RoleName::Driver, None, Some(name)),
+        TokenRole::Viewer => (RoleName::Viewer, None, None),
+    };
+    let claims = Claims {
+        role,
+        store,
+        name,
+        iat: now,
+        exp: now.saturating_add(ttl),
+    };
+    Ok(token::mint(&secret, &claims))
+}
+
+async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    match &config.admission {
+        Admission::Tokens(_) => {
+            log::info!("clients must present tokens signed with the hub's secret")
+        }
+        Admission::Open if is_loopback(&args.host) => log::warn!(
+            "open mode: no --secret-file, so the hub trusts the identities clients claim (fine on this machine)"
+        ),
+        Admission::Open if args.security.insecure => log::warn!(
+            "open mode on {}: anyone who can reach this port can act as any store or driver (--insecure)",
+            args.host
+        ),
+        Admission::Open => anyhow::bail!(
+            "refusing to listen on {} without --secret-file: anyone on the network could act as any store or driver (add --insecure to do it anyway)",
+            args.host
+        ),
+    }
+    match &config.storage {
+        Storage::Ephemeral => log::warn!("ephemeral hub: orders are kept in memory only"),
+        Storage::DataDir(dir) => log::info!("data dir {}", dir.display()),
+    }
+    let hub = Hub::open(config)?;
+    let listener = TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let log = EventLog::stdout();
+    log.line(format!("caps hub listening on {}", hub::url_for(addr)));
+    log::info!("namespace {} ready", crate::protocol::NAMESPACE);
+    hub.serve(listener, log, shutdown_signal()).await?;
+    log::info!("hub stopped");
+    Ok(())
+}
+
+/// Whether `host` names this machine only.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn random_driver_name() -> DriverName {
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    DriverName::new(format!("driver-{suffix}")).expect("a generated name is valid")
+}
+
+impl SecurityArgs {
+    fn admission(&self) -> anyhow::Result<Admission> {
+        match &self.secret_file {
+            Some(path) => Ok(Admission::Tokens(Secret::read(path)?)),
+            None => Ok(Admission::Open),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            events_per_second: self.rate_limit,
+            max_event_bytes: self.max_payload,
+            max_message_bytes: self.max_message,
+            cors_origins: self.cors_origin.clone(),
+        }
+    }
+}
+
+impl HubArgs {
+    fn config(&self) -> anyhow::Result<HubConfig> {
+        let mut config = if self.ephemeral {
+            HubConfig::ephemeral()
+        } else {
+            HubConfig::durable(self.data_dir.clone().unwrap_or_else(hub::default_data_dir))
+        };
+        config.dispatch = self.dispatch.config();
+        config.queue_limit = self.queue_limit;
+        config.sync = self.sync.into();
+        config.admission = self.security.admission()?;
+        config.limits = self.security.limits();
+        Ok(config)
+    }
+}
+
+impl DispatchArgs {
+    fn config(&self) -> DispatchConfig {
+        DispatchConfig {
+            offer_timeout: self.offer_timeout,
+            reclaim_after: self.reclaim_after,
+            ..DispatchConfig::default()
+        }
+    }
+}
+
+impl From<SyncArg> for SyncMode {
+    fn from(sync: SyncArg) -> SyncMode {
+        match sync {
+            SyncArg::Full => SyncMode::Full,
+            SyncArg::Normal => SyncMode::Normal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        for host in ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["0.0.0.0", "10.0.0.1", "example.com", "::"] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The desk's read views, in the shapes of the HTTP API: one order, a page
+//! of orders, the counts, and the drivers.
+
+use chrono::Utc;
+
+use super::{Dispatch, OrderEntry};
+use crate::api::{DriverStatus, OrderCounts, OrderPage, OrderSummary, OrderView, TransitionView};
+use crate::hub::domain::{OrderKey, OrderState};
+use crate::protocol::StoreId;
+
+impl<S: Clone + PartialEq> Dispatch<S> {
+    /// One order, its state and its history.
+    pub fn view(&self, key: &OrderKey) -> Option<OrderView> {
+        let entry = self.orders.get(key)?;
+        Some(OrderView {
+            store: entry.order.store.clone(),
+            order_id: entry.order.order_id.clone(),
+            customer: entry.order.customer.to_string(),
+            address: entry.order.address.to_string(),
+            state: entry.state,
+            driver: entry.driver.as_ref().map(ToString::to_string),
+            history: entry
+                .history
+                .iter()
+                .map(|step| TransitionView {
+                    state: step.state,
+                    driver: step.driver.as_ref().map(ToString::to_string),
+                    at: step.at,
+                })
+                .collect(),
+        })
+    }
+
+    /// A page of orders, oldest first, after arrival number `after`.
+    pub fn page(
+        &self,
+        store: Option<&StoreId>,
+        state: Option<OrderState>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> OrderPage {
+        let limit = limit.max(1);
+        let mut matching: Vec<&OrderEntry> = self
+            .orders
+            .values()
+            .filter(|entry| store.is_none_or(|store| &entry.order.store == store))
+            .filter(|entry| state.is_none_or(|state| entry.state == state))
+            .filter(|entry| after.is_none_or(|after| entry.seq > after))
+            .collect();
+        matching.sort_by_key(|entry| entry.seq);
+        let next = (matching.len() > limit).then(|| matching[limit - 1].seq);
+        let orders = matching.into_iter().take(limit).map(summary).collect();
+        OrderPage { orders, next }
+    }
+
+    /// Orders per state.
+    pub fn counts(&self) -> OrderCounts {
+        let mut counts = OrderCounts {
+            delivered: self.delivered_total,
+            ..OrderCounts::default()
+        };
+        for entry in self.orders.values() {
+            match entry.state {
+                OrderState::Ready => counts.ready += 1,
+                OrderState::Assigned => counts.assigned += 1,
+                OrderState::InTransit => counts.in_transit += 1,
+                OrderState::Delivered => {}
+            }
+        }
+        counts
+    }
+
+    /// Open orders, oldest first, at most `limit`.
+    pub fn open_orders(&self, limit: usize) -> Vec<OrderSummary> {
+        let mut open: Vec<&OrderEntry> = self
+            .orders
+            .values()
+            .filter(|entry| entry.state != OrderState::Delivered)
+            .collect();
+        open.sort_by_key(|entry| entry.seq);
+        open.into_iter().take(limit).map(summary).collect()
+    }
+
+    /// Every driver online, and every driver offline that still holds packages.
+    pub fn drivers(&self) -> Vec<DriverStatus> {
+        let mut drivers: Vec<DriverStatus> = self
+            .drivers
+            .iter()
+            .filter(|(_, entry)| entry.socket.is_some() || entry.load() > 0)
+            .map(|(key, entry)| DriverStatus {
+                name: key.to_string(),
+                online: entry.socket.is_some(),
+                load: entry.load(),
+                capacity: entry.capacity,
+                peak_load: entry.peak_load,
+                delivered: entry.delivered,
+            })
+            .collect();
+        drivers.sort_by(|a, b| a.name.cmp(&b.name));
+        drivers
+    }
+}
+
+/// One line of a listing.
+fn summary(entry: &OrderEntry) -> OrderSummary {
+    OrderSummary {
+        store: entry.order.store.clone(),
+        order_id: entry.order.order_id.clone(),
+        state: entry.state,
+        driver: entry.driver.as_ref().map(ToString::to_string),
+        since: entry.history.last().map(|t| t.at).unwrap_or_else(Utc::now),
+    }
+}

@@ -1,0 +1,149 @@
+//! The hub's vocabulary: the names of orders and drivers, the changes of
+//! state the hub records, and what it reads back at start.
+//!
+//! Every other part of the hub (the dispatch desk, the mailboxes, the journal,
+//! the storage backends, the peers) speaks in these types and depends on this
+//! module rather than on each other. It depends on nothing in the hub.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+pub use crate::protocol::OrderState;
+use crate::protocol::{DriverName, MessageId, Order, OrderId, StoreId};
+
+/// Orders are unique per store: two shops may both have an order "1".
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrderKey {
+    /// The order's store.
+    pub store: StoreId,
+    /// Its id within the store.
+    pub order_id: OrderId,
+}
+
+impl OrderKey {
+    /// The key of `order`.
+    pub fn of(order: &Order) -> Self {
+        OrderKey {
+            store: order.store.clone(),
+            order_id: order.order_id.clone(),
+        }
+    }
+}
+
+impl fmt::Display for OrderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "store={} order={}", self.store, self.order_id)
+    }
+}
+
+/// Who a driver is. A named driver keeps its packages across reconnections;
+/// an anonymous one (a client that declared nothing) is known only by its
+/// socket, so its packages go back to `ready` when it leaves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DriverKey {
+    /// A driver that declared a name.
+    Named(DriverName),
+    /// A client that declared nothing, by socket id.
+    Anonymous(String),
+}
+
+impl fmt::Display for DriverKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DriverKey::Named(name) => write!(f, "{name}"),
+            DriverKey::Anonymous(sid) => write!(f, "anonymous-{sid}"),
+        }
+    }
+}
+
+/// One step in an order's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The state entered.
+    pub state: OrderState,
+    /// The driver holding it then.
+    pub driver: Option<DriverKey>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// One change of the hub's state, as the journal records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A new order, in `ready`.
+    NewOrder {
+        /// The order.
+        order: Order,
+        /// Its arrival number.
+        seq: u64,
+        /// When it arrived.
+        at: DateTime<Utc>,
+    },
+    /// An order moved to another state.
+    Transition {
+        /// Which order.
+        key: OrderKey,
+        /// Its new state.
+        state: OrderState,
+        /// Who holds it now.
+        driver: Option<DriverKey>,
+        /// Whether its store has been told it is in transit.
+        told_in_transit: bool,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A delivery notice was queued for the order's store.
+    NoticeQueued {
+        /// Its id.
+        message_id: MessageId,
+        /// The order delivered.
+        order: Order,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A notice left its queue (acknowledged, or dropped over the limit).
+    NoticeRemoved {
+        /// Its id.
+        message_id: MessageId,
+    },
+}
+
+/// An order as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredOrder {
+    /// The order.
+    pub order: Order,
+    /// Its arrival number.
+    pub seq: u64,
+    /// Its state.
+    pub state: OrderState,
+    /// Who held it.
+    pub driver: Option<DriverKey>,
+    /// Whether its store was told it is in transit.
+    pub told_in_transit: bool,
+    /// When it entered its state.
+    pub since: DateTime<Utc>,
+    /// Every state it entered, oldest first.
+    pub history: Vec<Transition>,
+}
+
+/// A queued delivery notice as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredNotice {
+    /// Its id.
+    pub message_id: MessageId,
+    /// The order delivered.
+    pub order: Order,
+}
+
+/// Everything the hub needs to resume.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Open orders, and the most recent delivered ones, by arrival.
+    pub orders: Vec<StoredOrder>,
+    /// How many orders were ever delivered.
+    pub delivered_total: u64,
+    /// Queued notices, oldest first.
+    pub notices: Vec<StoredNotice>,
+}

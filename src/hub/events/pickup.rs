@@ -1,0 +1,61 @@
+//! `pickup`: a vendor (or `POST /api/orders`) has a package ready.
+
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::{ClientEvent, refused};
+use crate::hub::dispatch::PickupOutcome;
+use crate::hub::peer::Peer;
+use crate::hub::sequencer::{Message, Origin, Output, Reply, Sequencer};
+use crate::protocol::{DeliveryNotice, Event, Order, OrderState, Refusal};
+
+/// `pickup`: a new order to dispatch, or the same order again.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct Pickup(pub Order);
+
+impl ClientEvent for Pickup {
+    fn event(&self) -> Event {
+        Event::Pickup
+    }
+
+    fn order(&self) -> Option<&Order> {
+        Some(&self.0)
+    }
+
+    fn permit(&self, peer: &Peer) -> Result<(), Refusal> {
+        peer.may_act_for(&self.0.store)
+    }
+
+    fn apply(
+        self: Box<Self>,
+        hub: &mut Sequencer,
+        from: &Origin,
+        reply: Reply,
+        out: &mut Vec<Output>,
+    ) {
+        let Pickup(order) = *self;
+        match hub.desk.pickup(order.clone(), Instant::now()) {
+            Ok((outcome, effects)) => {
+                hub.log.record(Event::Pickup, &order);
+                if outcome == PickupOutcome::Repeated(OrderState::Delivered)
+                    && let Some(socket) = from.socket()
+                {
+                    // The vendor missed the news; tell it again.
+                    let message = match hub.mailbox.find(&order) {
+                        Some(message_id) => Message::Notice(DeliveryNotice::new(order, message_id)),
+                        None => Message::Order(order),
+                    };
+                    out.push(Output::ToSocket {
+                        socket: socket.clone(),
+                        event: Event::Delivered,
+                        message,
+                    });
+                }
+                out.push(Output::Accept(reply));
+                hub.add_effects(effects, out);
+            }
+            Err(refusal) => out.push(refused(reply, Event::Pickup, Some(order), refusal)),
+        }
+    }
+}

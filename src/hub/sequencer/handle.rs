@@ -1,0 +1,294 @@
+//! The way into the sequencer: the commands it takes, the handle that queues
+//! them, where an event came from, and how its sender is answered.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use socketioxide::extract::{AckSender, SocketRef};
+use tokio::sync::{mpsc, oneshot};
+
+use super::super::domain::{DriverKey, OrderState};
+use super::super::metrics::Metrics;
+use super::super::peer::Peer;
+use super::ClientEvent;
+use crate::api::{OrderPage, OrderView, Status};
+use crate::protocol::{Ack, ErrorCode, Event, Order, OrderId, Refusal, RefusalNotice, StoreId};
+
+/// Events waiting for the sequencer beyond this many are refused as `busy`.
+const MAX_QUEUED_EVENTS: usize = 65_536;
+
+/// Where an event came from.
+#[derive(Clone)]
+pub enum Origin {
+    /// A Socket.IO client.
+    Socket(SocketRef),
+    /// A caller of the HTTP API, with its identity.
+    Http(Peer),
+}
+
+impl Origin {
+    /// Who sent it, as far as the hub knows now.
+    pub fn peer(&self) -> Peer {
+        match self {
+            Origin::Socket(socket) => peer_of(socket),
+            Origin::Http(peer) => peer.clone(),
+        }
+    }
+
+    /// The sender's socket, if it has one to answer on.
+    pub fn socket(&self) -> Option<&SocketRef> {
+        match self {
+            Origin::Socket(socket) => Some(socket),
+            Origin::Http(_) => None,
+        }
+    }
+
+    /// The key under which the desk knows the sender as a driver. Anyone who
+    /// is not a driver gets a key that holds no package.
+    pub fn driver_key(&self) -> DriverKey {
+        match self {
+            Origin::Socket(socket) => {
+                let sid = socket.id.to_string();
+                peer_of(socket)
+                    .driver_key(&sid)
+                    .unwrap_or(DriverKey::Anonymous(sid))
+            }
+            Origin::Http(_) => DriverKey::Anonymous("http".into()),
+        }
+    }
+}
+
+/// Who the socket is, as far as the hub knows now.
+pub fn peer_of(socket: &SocketRef) -> Peer {
+    socket.extensions.get::<Peer>().unwrap_or(Peer::Undeclared)
+}
+
+/// How to answer the sender of one event.
+pub struct Reply {
+    to: ReplyTo,
+    metrics: Arc<Metrics>,
+}
+
+enum ReplyTo {
+    /// A socket: an ack if it asked for one, else a `refused` event on refusal.
+    Socket {
+        socket: SocketRef,
+        ack: AckSender,
+        wants_ack: bool,
+    },
+    /// An HTTP request waiting for the outcome.
+    Http {
+        peer: Peer,
+        answer: oneshot::Sender<Result<(), Refusal>>,
+    },
+}
+
+impl Reply {
+    /// A reply to `socket` through `ack`; `wants_ack` says whether the
+    /// client asked for one.
+    pub fn socket(
+        socket: SocketRef,
+        ack: AckSender,
+        wants_ack: bool,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Reply {
+            to: ReplyTo::Socket {
+                socket,
+                ack,
+                wants_ack,
+            },
+            metrics,
+        }
+    }
+
+    /// A reply to an HTTP caller, through `answer`.
+    pub fn http(
+        peer: Peer,
+        answer: oneshot::Sender<Result<(), Refusal>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Reply {
+            to: ReplyTo::Http { peer, answer },
+            metrics,
+        }
+    }
+
+    /// The event was accepted.
+    pub fn accept(self) {
+        // The sender may be gone already; nothing to undo.
+        match self.to {
+            ReplyTo::Socket { ack, .. } => {
+                let _ = ack.send(&Ack::accepted());
+            }
+            ReplyTo::Http { answer, .. } => {
+                let _ = answer.send(Ok(()));
+            }
+        }
+    }
+
+    /// Refuses: a warning, and an error ack, a `refused` event for a client
+    /// that asked for no ack (rust_socketio cannot), or the HTTP error.
+    pub fn refuse(self, event: Event, order: Option<&Order>, refusal: Refusal) {
+        self.metrics.refusal(refusal.code.as_str());
+        match self.to {
+            ReplyTo::Socket {
+                socket,
+                ack,
+                wants_ack,
+            } => {
+                log::warn!(
+                    "refused {event} sid={} {}: {refusal}",
+                    socket.id,
+                    peer_of(&socket)
+                );
+                if wants_ack {
+                    let _ = ack.send(&Ack::refused(refusal));
+                } else {
+                    let notice = RefusalNotice {
+                        event,
+                        store: order.map(|order| order.store.clone()),
+                        order_id: order.map(|order| order.order_id.clone()),
+                        error: refusal,
+                    };
+                    let _ = socket.emit(Event::Refused.name(), &notice);
+                }
+            }
+            ReplyTo::Http { peer, answer } => {
+                log::warn!("refused {event} over HTTP {peer}: {refusal}");
+                let _ = answer.send(Err(refusal));
+            }
+        }
+    }
+}
+
+pub(in crate::hub) enum Command {
+    Connected(SocketRef),
+    Disconnected(SocketRef),
+    Event(Origin, Box<dyn ClientEvent>, Reply),
+    Status(oneshot::Sender<Status>),
+    Order(
+        OrderId,
+        Option<StoreId>,
+        oneshot::Sender<Result<OrderView, Refusal>>,
+    ),
+    Orders(PageQuery, oneshot::Sender<OrderPage>),
+    Metrics(oneshot::Sender<String>),
+}
+
+/// What `GET /api/orders` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct PageQuery {
+    /// Only this store's orders.
+    pub store: Option<StoreId>,
+    /// Only orders in this state.
+    pub state: Option<OrderState>,
+    /// Only orders after this cursor.
+    pub after: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// The way in to the sequencer; clone it freely.
+#[derive(Clone)]
+pub struct SequencerHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    queued_events: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+/// The sequencer's receiving end, until [`super::run`] takes it.
+pub struct SequencerInbox {
+    pub(super) commands: mpsc::UnboundedReceiver<Command>,
+    pub(super) queued_events: Arc<AtomicUsize>,
+}
+
+/// A connected pair: handles for the edges, and the inbox for [`super::run`].
+pub fn channel(metrics: Arc<Metrics>) -> (SequencerHandle, SequencerInbox) {
+    let (commands, inbox) = mpsc::unbounded_channel();
+    let queued_events = Arc::new(AtomicUsize::new(0));
+    (
+        SequencerHandle {
+            commands,
+            queued_events: Arc::clone(&queued_events),
+            metrics,
+        },
+        SequencerInbox {
+            commands: inbox,
+            queued_events,
+        },
+    )
+}
+
+impl SequencerHandle {
+    /// Queues a client's event; when the sequencer is overloaded the event
+    /// is refused at once as `busy`.
+    pub fn submit(&self, origin: Origin, event: Box<dyn ClientEvent>, reply: Reply) {
+        if self.queued_events.load(Ordering::Relaxed) >= MAX_QUEUED_EVENTS {
+            let refusal = Refusal::new(ErrorCode::Busy, "the hub is overloaded; try again");
+            return reply.refuse(event.event(), event.order(), refusal);
+        }
+        self.queued_events.fetch_add(1, Ordering::Relaxed);
+        self.send(Command::Event(origin, event, reply));
+    }
+
+    /// A socket has joined the namespace.
+    pub fn connected(&self, socket: SocketRef) {
+        self.send(Command::Connected(socket));
+    }
+
+    /// A socket has left.
+    pub fn disconnected(&self, socket: SocketRef) {
+        self.send(Command::Disconnected(socket));
+    }
+
+    /// The dispatch board, or `None` if the sequencer has stopped.
+    pub async fn status(&self) -> Option<Status> {
+        self.ask(Command::Status).await
+    }
+
+    /// One order and its history (`store` picks among stores reusing the id).
+    pub async fn order(
+        &self,
+        order_id: OrderId,
+        store: Option<StoreId>,
+    ) -> Option<Result<OrderView, Refusal>> {
+        self.ask(|reply| Command::Order(order_id, store, reply))
+            .await
+    }
+
+    /// A page of orders.
+    pub async fn orders(&self, query: PageQuery) -> Option<OrderPage> {
+        self.ask(|reply| Command::Orders(query, reply)).await
+    }
+
+    /// The metrics, in Prometheus text format.
+    pub async fn metrics(&self) -> Option<String> {
+        self.ask(Command::Metrics).await
+    }
+
+    /// An event sent over HTTP by `peer`; answers once it is recorded, or
+    /// `None` if the sequencer has stopped.
+    pub async fn submit_http(
+        &self,
+        peer: Peer,
+        event: Box<dyn ClientEvent>,
+    ) -> Option<Result<(), Refusal>> {
+        let (answer, outcome) = oneshot::channel();
+        let reply = Reply::http(peer.clone(), answer, Arc::clone(&self.metrics));
+        self.submit(Origin::Http(peer), event, reply);
+        outcome.await.ok()
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.send(command(reply));
+        answer.await.ok()
+    }
+
+    fn send(&self, command: Command) {
+        if self.commands.send(command).is_err() {
+            log::debug!("the hub's sequencer has stopped; command dropped");
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! The sequencer: the one task that owns the dispatch desk, the stores'
+//! notice queues and who is online, and applies every command in the order
+//! it arrived.
+//!
+//! socketioxide runs each event handler as its own task, so two events read
+//! together from one socket can run in either order (a driver's `in-transit`
+//! after its `delivered`). The hub therefore queues every event here at the
+//! moment it is read, and this single task applies them one by one: per
+//! socket, events take effect in the order they were sent.
+//!
+//! Applying an event changes memory at once and yields [`Output`]s (replies,
+//! offers, notices). When the hub is durable, the event's changes go to the
+//! journal and its outputs wait in the [`Outbox`] until they are committed:
+//! nobody hears of a change the hub could still forget.
+
+mod handle;
+mod outbox;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use socketioxide::SocketIo;
+use socketioxide::extract::SocketRef;
+use socketioxide::socket::Sid;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, interval};
+
+use handle::Command;
+pub use handle::{Origin, PageQuery, Reply, SequencerHandle, SequencerInbox, channel, peer_of};
+use outbox::Outbox;
+pub use outbox::{Message, Output};
+
+use super::dispatch::{Dispatch, DispatchConfig, Effect};
+use super::domain::{Change, DriverKey, OrderKey, Snapshot};
+use super::event_log::EventLog;
+use super::guard::Guard;
+use super::journal::{Committed, Journal};
+use super::mailbox::Mailbox;
+use super::metrics::Metrics;
+use super::peer::Peer;
+use crate::api::{OrderView, QueueStatus, Status, StoreStatus};
+use crate::protocol::{
+    DeliveryNotice, ErrorCode, Event, NAMESPACE, Order, OrderId, Refusal, StoreId,
+};
+
+/// How often offers are checked for expiry.
+const TICK: Duration = Duration::from_millis(100);
+/// How often (in ticks) drivers' sockets are checked for liveness.
+const LIVENESS_EVERY: u32 = 10;
+
+/// Where the sequencer's state comes from and goes to.
+pub struct SequencerSetup {
+    /// How packages are handed out.
+    pub dispatch: DispatchConfig,
+    /// Most notices kept per store.
+    pub queue_limit: usize,
+    /// The state to resume from (empty for a new or ephemeral hub).
+    pub snapshot: Snapshot,
+    /// The journal and its commit reports; `None` keeps everything in memory.
+    pub journal: Option<(Journal, mpsc::UnboundedReceiver<Committed>)>,
+    /// The connection accounting, recounted now and then.
+    pub guard: Guard,
+    /// Where counts and latencies go.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Runs the sequencer until every handle is gone; fails if the journal fails
+/// (the hub must then stop rather than confirm what it cannot record).
+pub async fn run(
+    inbox: SequencerInbox,
+    io: SocketIo,
+    log: EventLog,
+    setup: SequencerSetup,
+) -> anyhow::Result<()> {
+    let SequencerInbox {
+        mut commands,
+        queued_events,
+    } = inbox;
+    let (journal, mut committed) = match setup.journal {
+        Some((journal, committed)) => (Some(journal), Some(committed)),
+        None => (None, None),
+    };
+    let mut mailbox = Mailbox::new(setup.queue_limit);
+    mailbox.restore(setup.snapshot.notices);
+    let mut hub = Sequencer {
+        desk: Dispatch::restore(
+            setup.dispatch,
+            setup.snapshot.orders,
+            setup.snapshot.delivered_total,
+            Instant::now(),
+        ),
+        mailbox,
+        mailbox_changes: Vec::new(),
+        io: io.clone(),
+        log,
+        vendors: HashMap::new(),
+        journal,
+        outbox: Outbox::new(io),
+        guard: setup.guard,
+        metrics: setup.metrics,
+        viewers: HashSet::new(),
+    };
+    // The restore itself may have changed things (void offers).
+    let restored = hub.settle(Vec::new());
+    hub.carry_out(restored).await;
+
+    let mut ticker = interval(TICK);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ticks: u32 = 0;
+    loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else { return Ok(()) };
+                if matches!(command, Command::Event(..)) {
+                    queued_events.fetch_sub(1, Ordering::Relaxed);
+                }
+                let outputs = hub.apply(command);
+                let ready = hub.settle(outputs);
+                hub.carry_out(ready).await;
+            }
+            report = next_commit(&mut committed) => {
+                let committed_seq = report.map_err(|error| anyhow::anyhow!("the data dir cannot be written: {error}"))?;
+                let ready = hub.outbox.committed(committed_seq);
+                hub.carry_out(ready).await;
+            }
+            _ = ticker.tick() => {
+                ticks = ticks.wrapping_add(1);
+                let mut outputs = Vec::new();
+                if ticks.is_multiple_of(LIVENESS_EVERY) {
+                    hub.drop_dead_drivers(&mut outputs);
+                }
+                let effects = hub.desk.tick(Instant::now());
+                hub.add_effects(effects, &mut outputs);
+                let ready = hub.settle(outputs);
+                hub.carry_out(ready).await;
+            }
+        }
+    }
+}
+
+async fn next_commit(committed: &mut Option<mpsc::UnboundedReceiver<Committed>>) -> Committed {
+    match committed {
+        Some(reports) => reports
+            .recv()
+            .await
+            .unwrap_or_else(|| Err("the journal writer stopped".into())),
+        None => std::future::pending().await,
+    }
+}
+
+/// One client event, typed, as the sequencer applies it. Each event's
+/// implementation is in [`crate::hub::events`].
+pub trait ClientEvent: Send + 'static {
+    /// Its name on the wire.
+    fn event(&self) -> Event;
+
+    /// The order it carries, if any (for refusals that name it).
+    fn order(&self) -> Option<&Order> {
+        None
+    }
+
+    /// Whether `peer` may send it.
+    fn permit(&self, peer: &Peer) -> Result<(), Refusal>;
+
+    /// Applies it: changes the hub's state and says what to send, including
+    /// the answer through `reply`.
+    fn apply(
+        self: Box<Self>,
+        hub: &mut Sequencer,
+        from: &Origin,
+        reply: Reply,
+        out: &mut Vec<Output>,
+    );
+}
+
+/// The state the sequencer owns. Client events ([`super::events`]) change
+/// it through [`crate::hub::events::ClientEvent::apply`].
+pub struct Sequencer {
+    /// Who holds which package, and who gets the next one.
+    pub(in crate::hub) desk: Dispatch<SocketRef>,
+    /// The stores' delivery notices.
+    pub(in crate::hub) mailbox: Mailbox,
+    /// Mailbox changes not yet handed to the journal.
+    mailbox_changes: Vec<Change>,
+    io: SocketIo,
+    /// The hub's stdout: one line per event applied.
+    pub(in crate::hub) log: EventLog,
+    /// The stores each vendor socket speaks for.
+    vendors: HashMap<Sid, HashSet<StoreId>>,
+    journal: Option<Journal>,
+    outbox: Outbox,
+    /// The connection count to correct.
+    guard: Guard,
+    pub(in crate::hub) metrics: Arc<Metrics>,
+    /// Viewer sockets, which hear every order's changes.
+    viewers: HashSet<Sid>,
+}
+
+impl Sequencer {
+    fn apply(&mut self, command: Command) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        match command {
+            Command::Connected(socket) => match peer_of(&socket) {
+                Peer::Vendor { store } => self.add_vendor(&socket, store),
+                Peer::Viewer => {
+                    if socket.connected() {
+                        self.viewers.insert(socket.id);
+                    }
+                }
+                Peer::Driver { .. } | Peer::Undeclared => {
+                    self.ensure_driver_online(&socket, &mut outputs)
+                }
+            },
+            Command::Disconnected(socket) => {
+                self.vendors.remove(&socket.id);
+                self.viewers.remove(&socket.id);
+                if let Some(key) = peer_of(&socket).driver_key(&socket.id.to_string()) {
+                    let effects = self.desk.driver_offline(&key, &socket, Instant::now());
+                    self.add_effects(effects, &mut outputs);
+                }
+            }
+            Command::Event(origin, event, reply) => {
+                self.metrics.event(event.event().name());
+                match event.permit(&origin.peer()) {
+                    Ok(()) => event.apply(self, &origin, reply, &mut outputs),
+                    Err(refusal) => outputs.push(Output::Refuse {
+                        reply,
+                        event: event.event(),
+                        order: event.order().cloned(),
+                        refusal,
+                    }),
+                }
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Order(order_id, store, reply) => {
+                let _ = reply.send(self.order(&order_id, store.as_ref()));
+            }
+            Command::Orders(query, reply) => {
+                let page =
+                    self.desk
+                        .page(query.store.as_ref(), query.state, query.after, query.limit);
+                let _ = reply.send(page);
+            }
+            Command::Metrics(reply) => {
+                let connections = [
+                    ("vendor", self.vendors.len()),
+                    ("driver", self.desk.online_drivers().len()),
+                    ("viewer", self.viewers.len()),
+                ];
+                let _ = reply.send(self.metrics.render(&self.desk.counts(), connections));
+            }
+        }
+        outputs
+    }
+
+    /// Turns the desk's effects into outputs.
+    pub(in crate::hub) fn add_effects(
+        &mut self,
+        effects: Vec<Effect<SocketRef>>,
+        outputs: &mut Vec<Output>,
+    ) {
+        outputs.extend(effects.into_iter().map(|effect| match effect {
+            Effect::Offer {
+                driver,
+                socket,
+                order,
+            } => Output::Offer {
+                driver,
+                socket,
+                order,
+            },
+            Effect::Notify { event, order } => Output::ToStore {
+                event,
+                store: order.store.clone(),
+                message: Message::Order(order),
+            },
+        }));
+    }
+
+    /// Queues the notice of `order`'s delivery in its store's mailbox, where
+    /// it stays until the store says `received`; returns the message that
+    /// tells the store now.
+    pub(in crate::hub) fn queue_delivery_notice(&mut self, order: Order) -> Output {
+        if let Some(placed) = self.desk.placed_at(&OrderKey::of(&order)) {
+            let latency = Utc::now().signed_duration_since(placed);
+            self.metrics
+                .delivered_after(latency.num_microseconds().unwrap_or(0) as f64 / 1e6);
+        }
+        let (message_id, changes) = self.mailbox.enqueue(order.clone());
+        self.mailbox_changes.extend(changes);
+        Output::ToStore {
+            event: Event::Delivered,
+            store: order.store.clone(),
+            message: Message::Notice(DeliveryNotice::new(order, message_id)),
+        }
+    }
+
+    /// Records a mailbox change made by an event.
+    pub(in crate::hub) fn record_mailbox_change(&mut self, change: Change) {
+        self.mailbox_changes.push(change);
+    }
+
+    /// Hands this step's changes to the journal and its outputs to the
+    /// outbox; returns the outputs that may go out now.
+    fn settle(&mut self, mut outputs: Vec<Output>) -> Vec<Output> {
+        let mut changes = self.desk.take_changes();
+        changes.append(&mut self.mailbox_changes);
+        if !self.viewers.is_empty() {
+            outputs.extend(changes.iter().filter_map(Output::activity));
+        }
+        let commit = match &mut self.journal {
+            Some(journal) if !changes.is_empty() => Some(journal.append(changes)),
+            _ => None,
+        };
+        self.outbox.after(commit, outputs)
+    }
+
+    /// Sends outputs; drivers found dead on the way are taken off the desk,
+    /// and what that causes is settled and sent in turn.
+    async fn carry_out(&mut self, outputs: Vec<Output>) {
+        let mut outputs = outputs;
+        loop {
+            self.outbox.send(outputs).await;
+            let gone = self.outbox.take_gone();
+            if gone.is_empty() {
+                return;
+            }
+            let mut more = Vec::new();
+            for (driver, socket) in gone {
+                let effects = self.desk.driver_offline(&driver, &socket, Instant::now());
+                self.add_effects(effects, &mut more);
+            }
+            outputs = self.settle(more);
+        }
+    }
+
+    /// Puts the socket in the store's room. A socket that had declared
+    /// nothing is a lab vendor: it leaves the drivers and its offers go to
+    /// others.
+    pub(in crate::hub) fn join(
+        &mut self,
+        socket: &SocketRef,
+        store: StoreId,
+        outputs: &mut Vec<Output>,
+    ) {
+        socket.join(store.to_string());
+        log::info!("joined sid={} room={store}", socket.id);
+        if peer_of(socket) == Peer::Undeclared {
+            socket.extensions.insert(Peer::Vendor {
+                store: store.clone(),
+            });
+            let key = DriverKey::Anonymous(socket.id.to_string());
+            let effects = self.desk.driver_offline(&key, socket, Instant::now());
+            self.add_effects(effects, outputs);
+        }
+        if !matches!(peer_of(socket), Peer::Driver { .. }) {
+            self.add_vendor(socket, store);
+        }
+    }
+
+    fn add_vendor(&mut self, socket: &SocketRef, store: StoreId) {
+        if socket.connected() {
+            self.vendors.entry(socket.id).or_default().insert(store);
+        }
+    }
+
+    /// The driver reporting an event from `from`, made sure to be on the desk.
+    pub(in crate::hub) fn reporting_driver(
+        &mut self,
+        from: &Origin,
+        outputs: &mut Vec<Output>,
+    ) -> DriverKey {
+        if let Some(socket) = from.socket() {
+            self.ensure_driver_online(socket, outputs);
+        }
+        from.driver_key()
+    }
+
+    /// Makes sure the desk knows this driver socket (its connect may not have
+    /// been applied yet when its first event arrives).
+    fn ensure_driver_online(&mut self, socket: &SocketRef, outputs: &mut Vec<Output>) {
+        let peer = peer_of(socket);
+        let Some(key) = peer.driver_key(&socket.id.to_string()) else {
+            return;
+        };
+        if !socket.connected() {
+            return;
+        }
+        let effects = self
+            .desk
+            .driver_online(key, socket.clone(), peer.capacity(), Instant::now());
+        self.add_effects(effects, outputs);
+    }
+
+    /// A socket can die without its disconnect ever being applied (during
+    /// connect middleware); find such drivers and take them off the desk.
+    fn drop_dead_drivers(&mut self, outputs: &mut Vec<Output>) {
+        let now = Instant::now();
+        for (key, socket) in self.desk.online_drivers() {
+            if !socket.connected() {
+                log::info!("driver={key} sid={} is gone", socket.id);
+                let effects = self.desk.driver_offline(&key, &socket, now);
+                self.add_effects(effects, outputs);
+            }
+        }
+        let namespace = self.io.of(NAMESPACE);
+        self.vendors.retain(|sid, _| {
+            namespace
+                .as_ref()
+                .is_some_and(|ns| ns.get_socket(*sid).is_some())
+        });
+        if let Some(ns) = namespace {
+            self.guard.recount(ns.sockets().len());
+        }
+    }
+
+    /// One order by id; an id that several stores use needs its store.
+    fn order(&self, order_id: &OrderId, store: Option<&StoreId>) -> Result<OrderView, Refusal> {
+        let keys: Vec<OrderKey> = self
+            .desk
+            .find(order_id)
+            .into_iter()
+            .filter(|key| store.is_none_or(|store| &key.store == store))
+            .collect();
+        match keys.as_slice() {
+            [key] => self.desk.view(key).ok_or_else(|| unknown_order(order_id)),
+            [] => Err(unknown_order(order_id)),
+            several => Err(Refusal::new(
+                ErrorCode::InvalidPayload,
+                format!(
+                    "order {order_id} exists in stores {}: add ?store=",
+                    several
+                        .iter()
+                        .map(|key| key.store.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
+    }
+
+    fn status(&self) -> Status {
+        let mut stores: HashMap<&StoreId, u32> = HashMap::new();
+        for store in self.vendors.values().flatten() {
+            *stores.entry(store).or_default() += 1;
+        }
+        let mut stores: Vec<StoreStatus> = stores
+            .into_iter()
+            .map(|(store, vendors)| StoreStatus {
+                store: store.clone(),
+                vendors,
+            })
+            .collect();
+        stores.sort_by(|a, b| a.store.cmp(&b.store));
+        Status {
+            orders: self.desk.counts(),
+            open_orders: self.desk.open_orders(Status::OPEN_ORDERS_SHOWN),
+            drivers: self.desk.drivers(),
+            stores,
+            queues: self
+                .mailbox
+                .queue_lengths()
+                .into_iter()
+                .map(|(store, queued)| QueueStatus { store, queued })
+                .collect(),
+        }
+    }
+}
+
+fn unknown_order(order_id: &OrderId) -> Refusal {
+    Refusal::new(
+        ErrorCode::UnknownOrder,
+        format!("no such order: {order_id}"),
+    )
+}

@@ -1,0 +1,217 @@
+//! The outbox: what applying a command yields (replies, offers, notices),
+//! held until the changes that caused it are committed, then sent.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+use socketioxide::SocketIo;
+use socketioxide::extract::SocketRef;
+
+use super::handle::Reply;
+use crate::hub::domain::{Change, DriverKey, OrderState};
+use crate::protocol::{
+    Activity, DeliveryNotice, Event, NAMESPACE, Order, Refusal, StoreId, VIEWERS_ROOM,
+};
+
+/// A message to a store or a socket.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum Message {
+    /// The order itself (`pickup`, `in-transit`, and Phase 2's `delivered`).
+    Order(Order),
+    /// A queued delivery notice, with its Phase 3 envelope.
+    Notice(DeliveryNotice),
+}
+
+/// Something to do once the changes that caused it are recorded.
+pub enum Output {
+    /// Accept the sender's event.
+    Accept(Reply),
+    /// Refuse the sender's event.
+    Refuse {
+        /// Whom to answer.
+        reply: Reply,
+        /// The event refused.
+        event: Event,
+        /// The order it carried, if any.
+        order: Option<Order>,
+        /// Why.
+        refusal: Refusal,
+    },
+    /// Offer a package to a driver (or hand one it holds back).
+    Offer {
+        /// The driver.
+        driver: DriverKey,
+        /// Its socket.
+        socket: SocketRef,
+        /// The package.
+        order: Order,
+    },
+    /// Tell a store's room.
+    ToStore {
+        /// What happened.
+        event: Event,
+        /// The store.
+        store: StoreId,
+        /// The message.
+        message: Message,
+    },
+    /// Tell one socket.
+    ToSocket {
+        /// The socket.
+        socket: SocketRef,
+        /// What happened.
+        event: Event,
+        /// The message.
+        message: Message,
+    },
+    /// Tell every viewer.
+    ToViewers(Activity),
+}
+
+impl Output {
+    /// What viewers are told of a change, if it is an order's.
+    pub fn activity(change: &Change) -> Option<Output> {
+        let (store, order_id, state, driver, at) = match change {
+            Change::NewOrder { order, at, .. } => {
+                (&order.store, &order.order_id, OrderState::Ready, None, at)
+            }
+            Change::Transition {
+                key,
+                state,
+                driver,
+                at,
+                ..
+            } => (&key.store, &key.order_id, *state, driver.as_ref(), at),
+            Change::NoticeQueued { .. } | Change::NoticeRemoved { .. } => return None,
+        };
+        Some(Output::ToViewers(Activity {
+            store: store.clone(),
+            order_id: order_id.clone(),
+            state,
+            driver: driver.map(ToString::to_string),
+            time: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }))
+    }
+}
+
+/// Outputs waiting for their commit, in order, and the sending of them.
+pub struct Outbox {
+    io: SocketIo,
+    /// Outputs waiting for the journal entry of this number to commit.
+    waiting: VecDeque<(u64, Vec<Output>)>,
+    /// Drivers whose socket turned out dead when offered a package.
+    gone: Vec<(DriverKey, SocketRef)>,
+}
+
+impl Outbox {
+    /// An empty outbox sending through `io`.
+    pub fn new(io: SocketIo) -> Self {
+        Outbox {
+            io,
+            waiting: VecDeque::new(),
+            gone: Vec::new(),
+        }
+    }
+
+    /// Takes one step's outputs. With `commit`, they wait for that journal
+    /// entry; without, they wait only behind outputs already waiting (to keep
+    /// the order). Returns what may go out now.
+    pub fn after(&mut self, commit: Option<u64>, outputs: Vec<Output>) -> Vec<Output> {
+        match (commit, self.waiting.back_mut()) {
+            (Some(seq), _) => {
+                self.waiting.push_back((seq, outputs));
+                Vec::new()
+            }
+            (None, Some((_, behind))) => {
+                behind.extend(outputs);
+                Vec::new()
+            }
+            (None, None) => outputs,
+        }
+    }
+
+    /// Everything whose journal entry is now committed, in order.
+    pub fn committed(&mut self, committed_seq: u64) -> Vec<Output> {
+        let mut ready = Vec::new();
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(seq, _)| *seq <= committed_seq)
+        {
+            let (_, outputs) = self.waiting.pop_front().expect("front exists");
+            ready.extend(outputs);
+        }
+        ready
+    }
+
+    /// Drivers found dead while sending, since the last call.
+    pub fn take_gone(&mut self) -> Vec<(DriverKey, SocketRef)> {
+        std::mem::take(&mut self.gone)
+    }
+
+    /// Sends outputs, in order.
+    pub async fn send(&mut self, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::Accept(reply) => reply.accept(),
+                Output::Refuse {
+                    reply,
+                    event,
+                    order,
+                    refusal,
+                } => reply.refuse(event, order.as_ref(), refusal),
+                Output::Offer {
+                    driver,
+                    socket,
+                    order,
+                } => {
+                    log::debug!("offering order={} to driver={driver}", order.order_id);
+                    if let Err(error) = socket.emit(Event::Pickup.name(), &order) {
+                        log::warn!(
+                            "cannot offer order={} to driver={driver}: {error}",
+                            order.order_id
+                        );
+                        if !socket.connected() {
+                            self.gone.push((driver, socket));
+                        }
+                    }
+                }
+                Output::ToStore {
+                    event,
+                    store,
+                    message,
+                } => {
+                    let Some(ns) = self.io.of(NAMESPACE) else {
+                        continue;
+                    };
+                    if let Err(error) = ns.to(store.to_string()).emit(event.name(), &message).await
+                    {
+                        log::warn!("cannot tell store={store} of {event}: {error}");
+                    }
+                }
+                Output::ToSocket {
+                    socket,
+                    event,
+                    message,
+                } => {
+                    if let Err(error) = socket.emit(event.name(), &message) {
+                        log::debug!("cannot send {event} to sid={}: {error}", socket.id);
+                    }
+                }
+                Output::ToViewers(activity) => {
+                    let Some(ns) = self.io.of(NAMESPACE) else {
+                        continue;
+                    };
+                    if let Err(error) = ns
+                        .to(VIEWERS_ROOM)
+                        .emit(Event::Activity.name(), &activity)
+                        .await
+                    {
+                        log::debug!("cannot tell viewers: {error}");
+                    }
+                }
+            }
+        }
+    }
+}
