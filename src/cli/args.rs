@@ -201,6 +201,11 @@ pub(super) struct DispatchArgs {
     /// Re-dispatch the packages of a named driver offline this long [default: never].
     #[arg(long, env = "CAPS_RECLAIM_AFTER", value_parser = parse_positive_duration)]
     pub(super) reclaim_after: Option<Duration>,
+    /// Delivered orders kept in memory: with a data dir a cache (older ones are read from
+    /// disk); with --ephemeral the window in which a repeated order is recognised
+    /// [default: 10000 with a data dir, 100000 ephemeral].
+    #[arg(long, env = "CAPS_KEEP_DELIVERED", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(super) keep_delivered: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -200,7 +200,7 @@ impl HubArgs {
         } else {
             HubConfig::durable(self.data_dir.clone().unwrap_or_else(hub::default_data_dir))
         };
-        config.dispatch = self.dispatch.config();
+        config.dispatch = self.dispatch.config(config.dispatch.keep_delivered);
         config.queue_limit = self.queue_limit;
         config.sync = self.sync.into();
         config.admission = self.security.admission()?;
@@ -210,11 +210,14 @@ impl HubArgs {
 }
 
 impl DispatchArgs {
-    fn config(&self) -> DispatchConfig {
+    /// The desk's configuration; `keep_delivered` unless the flag says otherwise.
+    fn config(&self, keep_delivered: usize) -> DispatchConfig {
         DispatchConfig {
             offer_timeout: self.offer_timeout,
             reclaim_after: self.reclaim_after,
-            ..DispatchConfig::default()
+            keep_delivered: self
+                .keep_delivered
+                .map_or(keep_delivered, |kept| kept as usize),
         }
     }
 }

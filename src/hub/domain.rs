@@ -140,10 +140,25 @@ pub struct StoredNotice {
 /// Everything the hub needs to resume.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    /// Open orders, and the most recent delivered ones, by arrival.
+    /// Open orders, by arrival (delivered ones stay in the data dir).
     pub orders: Vec<StoredOrder>,
     /// How many orders were ever delivered.
     pub delivered_total: u64,
+    /// The arrival number the next new order gets (one past every recorded one).
+    pub next_seq: u64,
     /// Queued notices, oldest first.
     pub notices: Vec<StoredNotice>,
+}
+
+/// Which orders a listing wants, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct OrderQuery {
+    /// Only this store's orders.
+    pub store: Option<StoreId>,
+    /// Only orders in this state.
+    pub state: Option<OrderState>,
+    /// Only orders after this arrival number.
+    pub after: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
 }

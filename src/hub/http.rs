@@ -19,15 +19,25 @@ use serde::Deserialize;
 
 use super::events::Pickup;
 use super::peer::{Admission, Peer};
-use super::sequencer::{PageQuery, SequencerHandle};
-use crate::api::{MAX_PAGE, NewOrder, ORDERS_PATH, STATUS_PATH};
+use std::sync::Arc;
+
+use super::domain::{OrderKey, OrderQuery, StoredOrder};
+use super::journal::Records;
+use super::sequencer::SequencerHandle;
+use crate::api::{
+    MAX_PAGE, NewOrder, ORDERS_PATH, OrderPage, OrderSummary, OrderView, STATUS_PATH,
+    TransitionView,
+};
 use crate::protocol::{Ack, ErrorCode, Handshake, Order, OrderId, OrderState, Refusal, StoreId};
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
 pub struct HttpState {
-    /// The sequencer, which answers every route.
+    /// The sequencer: it takes orders, and answers reads of an ephemeral hub.
     pub sequencer: SequencerHandle,
+    /// Committed orders, read beside the sequencer (never on its task) when
+    /// the hub has a data dir.
+    pub records: Option<Arc<dyn Records>>,
     /// How callers are identified.
     pub admission: Admission,
 }
@@ -198,15 +208,34 @@ async fn list_orders(
     if let Err(refusal) = caller.may_read(store.as_ref()) {
         return refuse(StatusCode::FORBIDDEN, refusal);
     }
-    let query = PageQuery {
+    let query = OrderQuery {
         store,
         state: order_state,
         after: params.after,
         limit: params.limit.unwrap_or(100).clamp(1, MAX_PAGE),
     };
-    match state.sequencer.orders(query).await {
-        Some(page) => Json(page).into_response(),
-        None => stopping(),
+    let Some(records) = state.records else {
+        return match state.sequencer.orders(query).await {
+            Some(page) => Json(page).into_response(),
+            None => stopping(),
+        };
+    };
+    let page = read(records, move |records| {
+        let mut orders = records.page(&OrderQuery {
+            limit: query.limit + 1,
+            ..query.clone()
+        })?;
+        let next = (orders.len() > query.limit).then(|| orders[query.limit - 1].seq);
+        orders.truncate(query.limit);
+        Ok(OrderPage {
+            orders: orders.iter().map(summary_of).collect(),
+            next,
+        })
+    })
+    .await;
+    match page {
+        Ok(page) => Json(page).into_response(),
+        Err(response) => response,
     }
 }
 
@@ -248,7 +277,20 @@ async fn track_order(
     if let Err(refusal) = caller.may_read(store.as_ref()) {
         return refuse(StatusCode::FORBIDDEN, refusal);
     }
-    match state.sequencer.order(order_id, store).await {
+    let found = match state.records {
+        Some(records) => {
+            match read(records, move |records| {
+                recorded_view(records, order_id, store)
+            })
+            .await
+            {
+                Ok(found) => Some(found),
+                Err(response) => return response,
+            }
+        }
+        None => state.sequencer.order(order_id, store).await,
+    };
+    match found {
         Some(Ok(view)) => Json(view).into_response(),
         Some(Err(refusal)) if refusal.code == ErrorCode::UnknownOrder => {
             refuse(StatusCode::NOT_FOUND, refusal)
@@ -300,6 +342,95 @@ async fn place_order(
             refuse(status, refusal)
         }
         None => stopping(),
+    }
+}
+
+/// Runs a read of committed orders on a blocking thread; a failed read is a 503.
+async fn read<T: Send + 'static>(
+    records: Arc<dyn Records>,
+    query: impl FnOnce(&dyn Records) -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, Response> {
+    let outcome = tokio::task::spawn_blocking(move || query(records.as_ref())).await;
+    match outcome {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(error)) => {
+            log::error!("cannot read the data dir: {error:#}");
+            Err(failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Busy,
+                "the hub cannot read its records; try again",
+            ))
+        }
+        Err(_) => Err(stopping()),
+    }
+}
+
+/// One recorded order by id; an id that several stores use needs its store.
+fn recorded_view(
+    records: &dyn Records,
+    order_id: OrderId,
+    store: Option<StoreId>,
+) -> anyhow::Result<Result<OrderView, Refusal>> {
+    let stores: Vec<StoreId> = records
+        .stores_of(&order_id)?
+        .into_iter()
+        .filter(|found| store.as_ref().is_none_or(|store| store == found))
+        .collect();
+    let store = match stores.as_slice() {
+        [store] => store.clone(),
+        [] => {
+            return Ok(Err(Refusal::new(
+                ErrorCode::UnknownOrder,
+                format!("no such order: {order_id}"),
+            )));
+        }
+        several => {
+            let names: Vec<&str> = several.iter().map(StoreId::as_str).collect();
+            return Ok(Err(Refusal::new(
+                ErrorCode::InvalidPayload,
+                format!(
+                    "order {order_id} exists in stores {}: add ?store=",
+                    names.join(", ")
+                ),
+            )));
+        }
+    };
+    let key = OrderKey { store, order_id };
+    Ok(records
+        .order(&key)?
+        .map(view_of)
+        .ok_or_else(|| Refusal::new(ErrorCode::UnknownOrder, format!("no such order: {key}"))))
+}
+
+/// A recorded order as `GET /api/orders/{id}` shows it.
+fn view_of(stored: StoredOrder) -> OrderView {
+    OrderView {
+        store: stored.order.store,
+        order_id: stored.order.order_id,
+        customer: stored.order.customer.to_string(),
+        address: stored.order.address.to_string(),
+        state: stored.state,
+        driver: stored.driver.as_ref().map(ToString::to_string),
+        history: stored
+            .history
+            .into_iter()
+            .map(|step| TransitionView {
+                state: step.state,
+                driver: step.driver.as_ref().map(ToString::to_string),
+                at: step.at,
+            })
+            .collect(),
+    }
+}
+
+/// A recorded order as one line of `GET /api/orders`.
+fn summary_of(stored: &StoredOrder) -> OrderSummary {
+    OrderSummary {
+        store: stored.order.store.clone(),
+        order_id: stored.order.order_id.clone(),
+        state: stored.state,
+        driver: stored.driver.as_ref().map(ToString::to_string),
+        since: stored.since,
     }
 }
 

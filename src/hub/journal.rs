@@ -12,17 +12,31 @@
 
 use tokio::sync::mpsc;
 
-use super::domain::{Change, Snapshot};
+use super::domain::{Change, OrderKey, OrderQuery, Snapshot, StoredOrder};
+use crate::protocol::{OrderId, StoreId};
 
 /// Most events' changes committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
 /// Where changes are kept: the storage seam.
 pub trait Backend: Send + 'static {
-    /// Reads the state back, with at most `keep_delivered` delivered orders.
-    fn load(&mut self, keep_delivered: usize) -> anyhow::Result<Snapshot>;
+    /// Reads back what the hub works on: open orders, queued notices, counts.
+    fn load(&mut self) -> anyhow::Result<Snapshot>;
+    /// A reader of committed orders, for use on any thread.
+    fn records(&self) -> anyhow::Result<Box<dyn Records>>;
     /// Commits `changes` atomically: all of them, or none.
     fn commit(&mut self, changes: &[Change]) -> anyhow::Result<()>;
+}
+
+/// Reads of committed orders: the authority for every order ever recorded,
+/// however old. Each call sees only what was committed.
+pub trait Records: Send + Sync + 'static {
+    /// One order with its whole history.
+    fn order(&self, key: &OrderKey) -> anyhow::Result<Option<StoredOrder>>;
+    /// The stores that have an order with this id.
+    fn stores_of(&self, order_id: &OrderId) -> anyhow::Result<Vec<StoreId>>;
+    /// A page of orders by arrival (without their histories).
+    fn page(&self, query: &OrderQuery) -> anyhow::Result<Vec<StoredOrder>>;
 }
 
 /// The sequencer's end of the journal.

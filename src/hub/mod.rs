@@ -71,7 +71,7 @@ pub use peer::{Admission, Peer};
 
 use self::domain::{OrderState, Snapshot};
 use self::guard::Guard;
-use self::journal::{Backend, Journal};
+use self::journal::{Backend, Journal, Records};
 use self::metrics::Metrics;
 use self::sequencer::{SequencerHandle, SequencerSetup};
 use self::sqlite::{SqliteBackend, SyncMode};
@@ -118,10 +118,12 @@ impl HubConfig {
 
     /// A durable hub keeping its state in `dir`.
     pub fn durable(dir: impl Into<PathBuf>) -> Self {
-        HubConfig {
+        let mut config = HubConfig {
             storage: Storage::DataDir(dir.into()),
             ..HubConfig::ephemeral()
-        }
+        };
+        config.dispatch.keep_delivered = DispatchConfig::DURABLE_CACHE;
+        config
     }
 }
 
@@ -146,6 +148,8 @@ pub struct Hub {
         Journal,
         tokio::sync::mpsc::UnboundedReceiver<journal::Committed>,
     )>,
+    /// Readers of committed orders: one for the sequencer, one for the API.
+    records: Option<(Box<dyn Records>, Arc<dyn Records>)>,
 }
 
 impl Hub {
@@ -157,6 +161,7 @@ impl Hub {
                 config,
                 snapshot: Snapshot::default(),
                 journal: None,
+                records: None,
             }),
             Storage::DataDir(dir) => {
                 let backend = SqliteBackend::open(dir, config.sync)?;
@@ -174,8 +179,9 @@ impl Hub {
         described: &str,
     ) -> anyhow::Result<Hub> {
         let snapshot = backend
-            .load(config.dispatch.keep_delivered)
+            .load()
             .with_context(|| format!("reading the {described}"))?;
+        let records = (backend.records()?, Arc::from(backend.records()?));
         log::info!(
             "{described}: {} open orders, {} delivered, {} queued notices",
             snapshot
@@ -190,6 +196,7 @@ impl Hub {
             config,
             snapshot,
             journal: Some(Journal::start(backend)),
+            records: Some(records),
         })
     }
 
@@ -200,7 +207,9 @@ impl Hub {
             config,
             snapshot,
             journal,
+            records,
         } = self;
+        let (sequencer_records, api_records) = records.unzip();
         let metrics = Arc::new(Metrics::new());
         let (sequencer, inbox) = self::sequencer::channel(Arc::clone(&metrics));
         let cors = cors_layer(&config.limits.cors_origins)?;
@@ -231,12 +240,14 @@ impl Hub {
             queue_limit: config.queue_limit,
             snapshot,
             journal,
+            records: sequencer_records,
             guard,
             metrics,
         };
         let task = tokio::spawn(self::sequencer::run(inbox, io.clone(), log, setup));
         let router = http::routes(http::HttpState {
             sequencer,
+            records: api_records,
             admission: config.admission,
         })
         .layer(axum::extract::DefaultBodyLimit::max(max_event))

@@ -5,19 +5,20 @@
 //! corrupt database, or one written by a newer caps (a schema this build
 //! does not know). Schema changes are numbered migrations, applied in order.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::domain::{
-    Change, DriverKey, OrderState, Snapshot, StoredNotice, StoredOrder, Transition,
+    Change, DriverKey, OrderKey, OrderQuery, OrderState, Snapshot, StoredNotice, StoredOrder,
+    Transition,
 };
-use super::journal::Backend;
+use super::journal::{Backend, Records};
 use crate::protocol::{Address, Customer, DriverName, MessageId, Order, OrderId, StoreId};
 
 /// The database file inside the data dir.
@@ -62,6 +63,16 @@ const MIGRATIONS: &[&str] = &[
     // hub reads these tables only at start, with full scans.
     "DROP INDEX orders_by_state;
     DROP INDEX transitions_by_order;",
+    // 3: the data dir is the authority for every order ever recorded, read
+    // while the hub runs: an order by its id, its history, the open orders
+    // at start (a partial index: only open orders are in it), and the count
+    // of deliveries kept as they happen rather than counted at start.
+    "CREATE INDEX orders_by_id ON orders (order_id);
+    CREATE INDEX open_orders ON orders (seq) WHERE state <> 'delivered';
+    CREATE INDEX transitions_by_order ON transitions (store, order_id);
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO counters (name, value)
+        SELECT 'delivered', count(*) FROM orders WHERE state = 'delivered';",
 ];
 
 /// The schema version this build writes.
@@ -90,6 +101,8 @@ impl SyncMode {
 /// The SQLite backend of one data dir.
 pub struct SqliteBackend {
     conn: Connection,
+    /// The database file, for readers.
+    path: PathBuf,
     /// Held for the backend's lifetime: the OS lock on the data dir.
     _lock: File,
 }
@@ -151,7 +164,11 @@ impl SqliteBackend {
 
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", sync.pragma())?;
-        let mut backend = SqliteBackend { conn, _lock: lock };
+        let mut backend = SqliteBackend {
+            conn,
+            path: path.clone(),
+            _lock: lock,
+        };
         backend.migrate(version)?;
         Ok(backend)
     }
@@ -194,60 +211,27 @@ fn check_header(path: &PathBuf) -> anyhow::Result<()> {
 }
 
 impl Backend for SqliteBackend {
-    fn load(&mut self, keep_delivered: usize) -> anyhow::Result<Snapshot> {
+    fn load(&mut self) -> anyhow::Result<Snapshot> {
         let mut orders = Vec::new();
-        let mut open = self.conn.prepare(
-            "SELECT store, order_id, seq, customer, address, state, driver, told_in_transit, updated_at
-             FROM orders WHERE state <> 'delivered' ORDER BY seq",
-        )?;
+        let mut open = self.conn.prepare(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE state <> 'delivered' ORDER BY seq"
+        ))?;
         for row in open.query_map([], read_order)? {
-            orders.push(row??);
+            let mut order = row??;
+            order.history = history(&self.conn, &OrderKey::of(&order.order))?;
+            orders.push(order);
         }
-        let mut recent = self.conn.prepare(
-            "SELECT store, order_id, seq, customer, address, state, driver, told_in_transit, updated_at
-             FROM orders WHERE state = 'delivered' ORDER BY seq DESC LIMIT ?1",
-        )?;
-        let mut delivered: Vec<StoredOrder> = Vec::new();
-        for row in recent.query_map([keep_delivered as i64], read_order)? {
-            delivered.push(row??);
-        }
-        delivered.reverse();
-        orders.extend(delivered);
-        orders.sort_by_key(|order| order.seq);
-
-        // Each loaded order's history, in one pass over the transitions.
-        let index: HashMap<(String, String), usize> = orders
-            .iter()
-            .enumerate()
-            .map(|(i, o)| ((o.order.store.to_string(), o.order.order_id.to_string()), i))
-            .collect();
-        let mut steps = self
-            .conn
-            .prepare("SELECT store, order_id, state, driver, at FROM transitions ORDER BY id")?;
-        let mut rows = steps.query([])?;
-        while let Some(row) = rows.next()? {
-            let key: (String, String) = (row.get(0)?, row.get(1)?);
-            let Some(&position) = index.get(&key) else {
-                continue;
-            };
-            let state: String = row.get(2)?;
-            let driver: Option<String> = row.get(3)?;
-            let at: String = row.get(4)?;
-            if let (Some(state), Ok(at)) = (parse_state(&state), DateTime::parse_from_rfc3339(&at))
-            {
-                orders[position].history.push(Transition {
-                    state,
-                    driver: driver.as_deref().and_then(driver_from_column),
-                    at: at.with_timezone(&Utc),
-                });
-            }
-        }
-
         let delivered_total: i64 = self.conn.query_row(
-            "SELECT count(*) FROM orders WHERE state = 'delivered'",
+            "SELECT value FROM counters WHERE name = 'delivered'",
             [],
             |row| row.get(0),
         )?;
+
+        let next_seq: i64 =
+            self.conn
+                .query_row("SELECT coalesce(max(seq), -1) + 1 FROM orders", [], |row| {
+                    row.get(0)
+                })?;
 
         let mut notices = Vec::new();
         let mut queued = self.conn.prepare(
@@ -274,8 +258,20 @@ impl Backend for SqliteBackend {
         Ok(Snapshot {
             orders,
             delivered_total: delivered_total as u64,
+            next_seq: next_seq as u64,
             notices,
         })
+    }
+
+    fn records(&self) -> anyhow::Result<Box<dyn Records>> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open {} to read", self.path.display()))?;
+        Ok(Box::new(SqliteRecords {
+            conn: Mutex::new(conn),
+        }))
     }
 
     fn commit(&mut self, changes: &[Change]) -> anyhow::Result<()> {
@@ -296,6 +292,8 @@ impl Backend for SqliteBackend {
                 "INSERT INTO notices (message_id, store, order_id, queued_at) VALUES (?1, ?2, ?3, ?4)",
             )?;
             let mut unqueue = tx.prepare_cached("DELETE FROM notices WHERE message_id = ?1")?;
+            let mut count_delivery = tx
+                .prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'delivered'")?;
             for change in changes {
                 match change {
                     Change::NewOrder { order, seq, at } => {
@@ -340,6 +338,9 @@ impl Backend for SqliteBackend {
                             driver,
                             at
                         ])?;
+                        if *state == OrderState::Delivered {
+                            count_delivery.execute([])?;
+                        }
                     }
                     Change::NoticeQueued {
                         message_id,
@@ -361,6 +362,106 @@ impl Backend for SqliteBackend {
         }
         tx.commit().context("committing to the data dir")?;
         Ok(())
+    }
+}
+
+/// The columns [`read_order`] reads, in its order.
+const ORDER_COLUMNS: &str =
+    "store, order_id, seq, customer, address, state, driver, told_in_transit, updated_at";
+
+/// Every state `key` entered, oldest first.
+fn history(conn: &Connection, key: &OrderKey) -> anyhow::Result<Vec<Transition>> {
+    let mut steps = conn.prepare_cached(
+        "SELECT state, driver, at FROM transitions WHERE store = ?1 AND order_id = ?2 ORDER BY id",
+    )?;
+    let rows = steps.query_map(params![key.store.as_str(), key.order_id.as_str()], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, Option<String>>(1)?,
+            row.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut history = Vec::new();
+    for row in rows {
+        let (state, driver, at) = row?;
+        if let (Some(state), Ok(at)) = (parse_state(&state), DateTime::parse_from_rfc3339(&at)) {
+            history.push(Transition {
+                state,
+                driver: driver.as_deref().and_then(driver_from_column),
+                at: at.with_timezone(&Utc),
+            });
+        }
+    }
+    Ok(history)
+}
+
+/// Committed orders, read on a connection of their own (WAL lets readers
+/// run beside the writer).
+struct SqliteRecords {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteRecords {
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Records for SqliteRecords {
+    fn order(&self, key: &OrderKey) -> anyhow::Result<Option<StoredOrder>> {
+        let conn = self.conn();
+        let mut select = conn.prepare_cached(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE store = ?1 AND order_id = ?2"
+        ))?;
+        let found = select
+            .query_row(
+                params![key.store.as_str(), key.order_id.as_str()],
+                read_order,
+            )
+            .optional()?;
+        let Some(order) = found else {
+            return Ok(None);
+        };
+        let mut order = order?;
+        order.history = history(&conn, key)?;
+        Ok(Some(order))
+    }
+
+    fn stores_of(&self, order_id: &OrderId) -> anyhow::Result<Vec<StoreId>> {
+        let conn = self.conn();
+        let mut select =
+            conn.prepare_cached("SELECT store FROM orders WHERE order_id = ?1 ORDER BY store")?;
+        let stores = select
+            .query_map([order_id.as_str()], |row| row.get::<_, String>(0))?
+            .map(|store| StoreId::new(store?).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<StoreId>>>()?;
+        Ok(stores)
+    }
+
+    fn page(&self, query: &OrderQuery) -> anyhow::Result<Vec<StoredOrder>> {
+        let conn = self.conn();
+        let mut select = conn.prepare_cached(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders
+             WHERE seq > ?1 AND (?2 IS NULL OR store = ?2) AND (?3 IS NULL OR state = ?3)
+             ORDER BY seq LIMIT ?4"
+        ))?;
+        let after = query.after.map_or(-1, |after| after as i64);
+        let rows = select.query_map(
+            params![
+                after,
+                query.store.as_ref().map(StoreId::as_str),
+                query.state.map(OrderState::name),
+                query.limit as i64
+            ],
+            read_order,
+        )?;
+        let mut orders = Vec::new();
+        for row in rows {
+            orders.push(row??);
+        }
+        Ok(orders)
     }
 }
 
@@ -432,7 +533,6 @@ fn read_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<anyhow::Result<Stored
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::domain::OrderKey;
 
     fn order(id: &str) -> Order {
         order_from(
@@ -479,7 +579,7 @@ mod tests {
                 .unwrap();
         }
         let mut backend = SqliteBackend::open(dir.path(), SyncMode::Full).unwrap();
-        let snapshot = backend.load(10).unwrap();
+        let snapshot = backend.load().unwrap();
         assert_eq!(snapshot.orders.len(), 2);
         assert_eq!(snapshot.orders[0].state, OrderState::InTransit);
         assert_eq!(snapshot.orders[0].driver, Some(driver));
@@ -491,6 +591,10 @@ mod tests {
             "the history comes back too"
         );
         assert_eq!(snapshot.orders[1].state, OrderState::Ready);
+        assert_eq!(
+            snapshot.next_seq, 2,
+            "new orders are numbered after every recorded one"
+        );
         assert_eq!(snapshot.notices.len(), 1);
         assert_eq!(snapshot.notices[0].order, order("o2"));
     }

@@ -30,7 +30,9 @@ pub struct DispatchConfig {
     /// Packages held by a named driver offline this long go back to `ready`;
     /// `None` keeps them with the driver however long it is away.
     pub reclaim_after: Option<Duration>,
-    /// How many delivered orders are remembered (for idempotent repeats).
+    /// How many delivered orders the desk keeps in memory. With a data dir
+    /// this is only a cache (older ones are read back from it); an ephemeral
+    /// hub recognises a repeated order only within it.
     pub keep_delivered: usize,
 }
 
@@ -39,9 +41,17 @@ impl Default for DispatchConfig {
         DispatchConfig {
             offer_timeout: Duration::from_secs(30),
             reclaim_after: None,
-            keep_delivered: 100_000,
+            keep_delivered: DispatchConfig::EPHEMERAL_MEMORY,
         }
     }
+}
+
+impl DispatchConfig {
+    /// Delivered orders an ephemeral hub remembers: its bound on memory,
+    /// and on how long a repeated order is recognised.
+    pub const EPHEMERAL_MEMORY: usize = 100_000;
+    /// Delivered orders a durable hub keeps in memory besides its data dir.
+    pub const DURABLE_CACHE: usize = 10_000;
 }
 
 /// Something the sequencer must do for the desk.
@@ -191,10 +201,12 @@ impl<S: Clone + PartialEq> Dispatch<S> {
         config: DispatchConfig,
         snapshot_orders: Vec<StoredOrder>,
         delivered_total: u64,
+        next_seq: u64,
         now: Instant,
     ) -> Self {
         let mut desk = Dispatch::new(config);
         desk.delivered_total = delivered_total;
+        desk.next_seq = next_seq;
         for stored in snapshot_orders {
             let key = OrderKey::of(&stored.order);
             desk.next_seq = desk.next_seq.max(stored.seq + 1);

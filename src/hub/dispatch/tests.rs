@@ -350,6 +350,7 @@ fn every_change_is_recorded_and_a_restored_desk_resumes() {
             stored("done", 2, OrderState::Delivered, Some(named("a"))),
         ],
         7,
+        3,
         now,
     );
     assert_eq!(

@@ -5,9 +5,10 @@ use tokio::time::Instant;
 
 use super::{ClientEvent, refused};
 use crate::hub::dispatch::PickupOutcome;
+use crate::hub::domain::OrderKey;
 use crate::hub::peer::Peer;
 use crate::hub::sequencer::{Message, Origin, Output, Reply, Sequencer};
-use crate::protocol::{DeliveryNotice, Event, Order, OrderState, Refusal};
+use crate::protocol::{DeliveryNotice, ErrorCode, Event, Order, OrderState, Refusal};
 
 /// `pickup`: a new order to dispatch, or the same order again.
 #[derive(Deserialize)]
@@ -35,7 +36,22 @@ impl ClientEvent for Pickup {
         out: &mut Vec<Output>,
     ) {
         let Pickup(order) = *self;
-        match hub.desk.pickup(order.clone(), Instant::now()) {
+        let key = OrderKey::of(&order);
+        // The desk holds open orders and recent deliveries; older ones are
+        // in the data dir, and a re-sent order is the same order however old.
+        let outcome = match hub.desk.state_of(&key) {
+            Some(_) => hub.desk.pickup(order.clone(), Instant::now()),
+            None => match hub.recorded(&key) {
+                Ok(Some(recorded)) if recorded.order != order => Err(Refusal::new(
+                    ErrorCode::OrderConflict,
+                    format!("{key} already exists with a different payload"),
+                )),
+                Ok(Some(recorded)) => Ok((PickupOutcome::Repeated(recorded.state), Vec::new())),
+                Ok(None) => hub.desk.pickup(order.clone(), Instant::now()),
+                Err(refusal) => Err(refusal),
+            },
+        };
+        match outcome {
             Ok((outcome, effects)) => {
                 hub.log.record(Event::Pickup, &order);
                 if outcome == PickupOutcome::Repeated(OrderState::Delivered)

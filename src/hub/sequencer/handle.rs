@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use socketioxide::extract::{AckSender, SocketRef};
 use tokio::sync::{mpsc, oneshot};
 
-use super::super::domain::{DriverKey, OrderState};
+use super::super::domain::{DriverKey, OrderQuery};
 use super::super::metrics::Metrics;
 use super::super::peer::Peer;
 use super::ClientEvent;
@@ -172,21 +172,8 @@ pub(in crate::hub) enum Command {
         Option<StoreId>,
         oneshot::Sender<Result<OrderView, Refusal>>,
     ),
-    Orders(PageQuery, oneshot::Sender<OrderPage>),
+    Orders(OrderQuery, oneshot::Sender<OrderPage>),
     Metrics(oneshot::Sender<String>),
-}
-
-/// What `GET /api/orders` asks for.
-#[derive(Debug, Clone, Default)]
-pub struct PageQuery {
-    /// Only this store's orders.
-    pub store: Option<StoreId>,
-    /// Only orders in this state.
-    pub state: Option<OrderState>,
-    /// Only orders after this cursor.
-    pub after: Option<u64>,
-    /// At most this many.
-    pub limit: usize,
 }
 
 /// The way in to the sequencer; clone it freely.
@@ -258,7 +245,7 @@ impl SequencerHandle {
     }
 
     /// A page of orders.
-    pub async fn orders(&self, query: PageQuery) -> Option<OrderPage> {
+    pub async fn orders(&self, query: OrderQuery) -> Option<OrderPage> {
         self.ask(|reply| Command::Orders(query, reply)).await
     }
 

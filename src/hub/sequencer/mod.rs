@@ -29,15 +29,15 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
 use handle::Command;
-pub use handle::{Origin, PageQuery, Reply, SequencerHandle, SequencerInbox, channel, peer_of};
+pub use handle::{Origin, Reply, SequencerHandle, SequencerInbox, channel, peer_of};
 use outbox::Outbox;
 pub use outbox::{Message, Output};
 
 use super::dispatch::{Dispatch, DispatchConfig, Effect};
-use super::domain::{Change, DriverKey, OrderKey, Snapshot};
+use super::domain::{Change, DriverKey, OrderKey, Snapshot, StoredOrder};
 use super::event_log::EventLog;
 use super::guard::Guard;
-use super::journal::{Committed, Journal};
+use super::journal::{Committed, Journal, Records};
 use super::mailbox::Mailbox;
 use super::metrics::Metrics;
 use super::peer::Peer;
@@ -61,6 +61,8 @@ pub struct SequencerSetup {
     pub snapshot: Snapshot,
     /// The journal and its commit reports; `None` keeps everything in memory.
     pub journal: Option<(Journal, mpsc::UnboundedReceiver<Committed>)>,
+    /// Committed orders, for those no longer in memory.
+    pub records: Option<Box<dyn Records>>,
     /// The connection accounting, recounted now and then.
     pub guard: Guard,
     /// Where counts and latencies go.
@@ -90,6 +92,7 @@ pub async fn run(
             setup.dispatch,
             setup.snapshot.orders,
             setup.snapshot.delivered_total,
+            setup.snapshot.next_seq,
             Instant::now(),
         ),
         mailbox,
@@ -98,6 +101,7 @@ pub async fn run(
         log,
         vendors: HashMap::new(),
         journal,
+        records: setup.records,
         outbox: Outbox::new(io),
         guard: setup.guard,
         metrics: setup.metrics,
@@ -191,6 +195,8 @@ pub struct Sequencer {
     /// The stores each vendor socket speaks for.
     vendors: HashMap<Sid, HashSet<StoreId>>,
     journal: Option<Journal>,
+    /// Committed orders: the authority for those the desk no longer holds.
+    records: Option<Box<dyn Records>>,
     outbox: Outbox,
     /// The connection count to correct.
     guard: Guard,
@@ -298,6 +304,21 @@ impl Sequencer {
             store: order.store.clone(),
             message: Message::Notice(DeliveryNotice::new(order, message_id)),
         }
+    }
+
+    /// The recorded order `key`, if the desk no longer holds it in memory
+    /// but the data dir has it (delivered, however long ago).
+    pub(in crate::hub) fn recorded(&self, key: &OrderKey) -> Result<Option<StoredOrder>, Refusal> {
+        let Some(records) = &self.records else {
+            return Ok(None);
+        };
+        records.order(key).map_err(|error| {
+            log::error!("cannot read {key} from the data dir: {error:#}");
+            Refusal::new(
+                ErrorCode::Busy,
+                "the hub cannot read its records; try again",
+            )
+        })
     }
 
     /// Records a mailbox change made by an event.
