@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use caps::hub::domain::{Change, OrderKey, OrderQuery, Snapshot, StoredOrder};
-use caps::hub::journal::{Backend, Records};
+use caps::hub::domain::{OrderKey, OrderQuery, Snapshot, StoredOrder};
+use caps::hub::journal::{Backend, Records, Step};
 use caps::hub::{self, EventLog, Hub, HubConfig};
 use caps::protocol::{DriverName, Event, Handshake, Order, OrderId, StoreId};
 use caps::roles::vendor::fake_order;
@@ -30,6 +30,9 @@ struct GateState {
     open: bool,
     /// Fail the next commit.
     fail: bool,
+    /// Refuse every step of the next commit, as a data dir whose records
+    /// moved on would (another hub changed the orders).
+    refuse: bool,
     /// Commits begun (held or not).
     begun: usize,
 }
@@ -85,7 +88,7 @@ impl Backend for Gate {
         Ok(Box::new(NoRecords))
     }
 
-    fn commit(&mut self, _changes: &[Change]) -> anyhow::Result<()> {
+    fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Vec<u64>> {
         let (lock, changed) = &*self.0;
         let mut state = lock.lock().unwrap();
         state.begun += 1;
@@ -93,10 +96,14 @@ impl Backend for Gate {
         let state = changed
             .wait_while(state, |state| !state.open && !state.fail)
             .unwrap();
+        let mut state = state;
         if state.fail {
             anyhow::bail!("the disk is on fire");
         }
-        Ok(())
+        if std::mem::take(&mut state.refuse) {
+            return Ok(steps.iter().map(|step| step.seq).collect());
+        }
+        Ok(Vec::new())
     }
 }
 
@@ -221,4 +228,46 @@ async fn a_commit_that_fails_stops_the_hub_and_confirms_nothing() {
         StatusCode::SERVICE_UNAVAILABLE,
         "the order was not confirmed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_the_data_dir_refuses_is_refused_to_its_sender_alone() {
+    let gate = Gate::default();
+    gate.set(|state| {
+        state.open = true;
+        state.refuse = true;
+    });
+    let hub = start(&gate).await;
+    let store = StoreId::new("acme").unwrap();
+    let (first, second) = (fake_order(&store), fake_order(&store));
+
+    let refused = timeout(WAIT, post_order(&hub.routes, &first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        refused,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "told to try again"
+    );
+    let placed = timeout(WAIT, post_order(&hub.routes, &second))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        placed,
+        StatusCode::CREATED,
+        "the hub goes on for everyone else"
+    );
+    let again = timeout(WAIT, post_order(&hub.routes, &first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        again,
+        StatusCode::CREATED,
+        "the retry is taken as the record says: new"
+    );
+    assert!(!hub.served.is_finished());
+    hub.served.abort();
 }

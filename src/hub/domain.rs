@@ -68,7 +68,9 @@ pub struct Transition {
     pub at: DateTime<Utc>,
 }
 
-/// One change of the hub's state, as the journal records it.
+/// One change of the hub's state, as the journal records it. Each is
+/// conditional: a new order only if its key is new, a transition only from the
+/// version it was decided on; the storage refuses one that does not hold.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// A new order, in `ready`.
@@ -80,10 +82,13 @@ pub enum Change {
         /// When it arrived.
         at: DateTime<Utc>,
     },
-    /// An order moved to another state.
+    /// An order moved to another state: recorded only if the order is still
+    /// at `version` in the data dir (nobody else changed it meanwhile).
     Transition {
         /// Which order.
         key: OrderKey,
+        /// How many changes of state were recorded for it before this one.
+        version: u64,
         /// Its new state.
         state: OrderState,
         /// Who holds it now.
@@ -109,6 +114,17 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The order this change is about, if it is an order's state.
+    pub fn order_key(&self) -> Option<OrderKey> {
+        match self {
+            Change::NewOrder { order, .. } => Some(OrderKey::of(order)),
+            Change::Transition { key, .. } => Some(key.clone()),
+            Change::NoticeQueued { .. } | Change::NoticeRemoved { .. } => None,
+        }
+    }
+}
+
 /// An order as recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredOrder {
@@ -122,6 +138,8 @@ pub struct StoredOrder {
     pub driver: Option<DriverKey>,
     /// Whether its store was told it is in transit.
     pub told_in_transit: bool,
+    /// How many changes of state are recorded for it (a new order has 1).
+    pub version: u64,
     /// When it entered its state.
     pub since: DateTime<Utc>,
     /// Every state it entered, oldest first.

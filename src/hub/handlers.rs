@@ -113,6 +113,7 @@ impl MessageHandler<LocalAdapter, InletCall> for Inlet {
         let socket = SocketRef::from(raw.clone());
         let reply = Reply::socket(
             socket.clone(),
+            self.event,
             ack,
             ack_id.is_some(),
             Arc::clone(&self.metrics),
@@ -125,7 +126,7 @@ impl MessageHandler<LocalAdapter, InletCall> for Inlet {
             Some(Spend::Allowed) | None => {}
             Some(Spend::Refused) => {
                 let refusal = Refusal::new(ErrorCode::RateLimited, "too many events; slow down");
-                return reply.refuse(self.event, None, refusal);
+                return reply.refuse(None, refusal);
             }
             Some(Spend::Flooding) => {
                 log::warn!(
@@ -139,7 +140,7 @@ impl MessageHandler<LocalAdapter, InletCall> for Inlet {
         }
         match (self.decoder)(&raw, &mut value, &ack_id, self.max_event_bytes) {
             Ok(event) => self.sequencer.submit(Origin::Socket(socket), event, reply),
-            Err(refusal) => reply.refuse(self.event, None, refusal),
+            Err(refusal) => reply.refuse(None, refusal),
         }
     }
 }

@@ -24,8 +24,10 @@ pub trait Backend: Send + 'static {
     fn load(&mut self) -> anyhow::Result<Snapshot>;
     /// A reader of committed orders, for use on any thread.
     fn records(&self) -> anyhow::Result<Box<dyn Records>>;
-    /// Commits `changes` atomically: all of them, or none.
-    fn commit(&mut self, changes: &[Change]) -> anyhow::Result<()>;
+    /// Commits `steps` in one transaction. Each step is all or nothing: one
+    /// whose conditions fail (see [`Change`]) is left out, and its number
+    /// returned; the others commit. An error means nothing was committed.
+    fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Vec<u64>>;
 }
 
 /// Reads of committed orders: the authority for every order ever recorded,
@@ -39,14 +41,32 @@ pub trait Records: Send + Sync + 'static {
     fn page(&self, query: &OrderQuery) -> anyhow::Result<Vec<StoredOrder>>;
 }
 
+/// The changes of one step of the sequencer (one event, or one tick).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Its journal number.
+    pub seq: u64,
+    /// Its changes, recorded together or not at all.
+    pub changes: Vec<Change>,
+}
+
+/// What one commit of the writer did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// Every step up to this number is settled.
+    pub up_to: u64,
+    /// The steps among them the data dir refused.
+    pub refused: Vec<u64>,
+}
+
 /// The sequencer's end of the journal.
 pub struct Journal {
-    requests: mpsc::UnboundedSender<(u64, Vec<Change>)>,
+    requests: mpsc::UnboundedSender<Step>,
     next_seq: u64,
 }
 
-/// What the writer reports.
-pub type Committed = Result<u64, String>;
+/// What the writer reports after each commit, or the error that stopped it.
+pub type Committed = Result<Commit, String>;
 
 impl Journal {
     /// Starts the writer thread on `backend`. The receiver yields the highest
@@ -72,7 +92,7 @@ impl Journal {
     pub fn append(&mut self, changes: Vec<Change>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if self.requests.send((seq, changes)).is_err() {
+        if self.requests.send(Step { seq, changes }).is_err() {
             log::error!("the journal writer has stopped");
         }
         seq
@@ -81,33 +101,27 @@ impl Journal {
 
 fn write_batches(
     mut backend: Box<dyn Backend>,
-    mut incoming: mpsc::UnboundedReceiver<(u64, Vec<Change>)>,
+    mut incoming: mpsc::UnboundedReceiver<Step>,
     committed: mpsc::UnboundedSender<Committed>,
 ) {
-    let mut batch: Vec<Change> = Vec::new();
-    while let Some((first_seq, changes)) = incoming.blocking_recv() {
-        let mut last_seq = first_seq;
+    let mut batch: Vec<Step> = Vec::new();
+    while let Some(first) = incoming.blocking_recv() {
         batch.clear();
-        batch.extend(changes);
-        let mut events = 1;
-        while events < MAX_BATCH {
-            let Ok((seq, changes)) = incoming.try_recv() else {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            let Ok(step) = incoming.try_recv() else {
                 break;
             };
-            batch.extend(changes);
-            last_seq = seq;
-            events += 1;
+            batch.push(step);
         }
-        match backend.commit(&batch) {
-            Ok(()) => {
-                if committed.send(Ok(last_seq)).is_err() {
-                    return;
-                }
-            }
-            Err(error) => {
-                let _ = committed.send(Err(format!("{error:#}")));
-                return;
-            }
+        let up_to = batch.last().map_or(0, |step| step.seq);
+        let report = match backend.commit(&batch) {
+            Ok(refused) => Ok(Commit { up_to, refused }),
+            Err(error) => Err(format!("{error:#}")),
+        };
+        let failed = report.is_err();
+        if committed.send(report).is_err() || failed {
+            return;
         }
     }
 }

@@ -12,13 +12,13 @@ use std::sync::Mutex;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, DropBehavior, OpenFlags, OptionalExtension, params};
 
 use super::domain::{
     Change, DriverKey, OrderKey, OrderQuery, OrderState, Snapshot, StoredNotice, StoredOrder,
     Transition,
 };
-use super::journal::{Backend, Records};
+use super::journal::{Backend, Records, Step};
 use crate::protocol::{Address, Customer, DriverName, MessageId, Order, OrderId, StoreId};
 
 /// The database file inside the data dir.
@@ -73,6 +73,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
     INSERT INTO counters (name, value)
         SELECT 'delivered', count(*) FROM orders WHERE state = 'delivered';",
+    // 4: every change is conditional on the version it was decided on.
+    "ALTER TABLE orders ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+    UPDATE orders SET version = (
+        SELECT count(*) FROM transitions t
+        WHERE t.store = orders.store AND t.order_id = orders.order_id
+    );",
 ];
 
 /// The schema version this build writes.
@@ -274,100 +280,132 @@ impl Backend for SqliteBackend {
         }))
     }
 
-    fn commit(&mut self, changes: &[Change]) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut new_order = tx.prepare_cached(
-                "INSERT INTO orders (store, order_id, seq, customer, address, state, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'ready', ?6)",
-            )?;
-            let mut update = tx.prepare_cached(
-                "UPDATE orders SET state = ?3, driver = ?4, told_in_transit = ?5, updated_at = ?6
-                 WHERE store = ?1 AND order_id = ?2",
-            )?;
-            let mut history = tx.prepare_cached(
-                "INSERT INTO transitions (store, order_id, state, driver, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            let mut queue = tx.prepare_cached(
-                "INSERT INTO notices (message_id, store, order_id, queued_at) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            let mut unqueue = tx.prepare_cached("DELETE FROM notices WHERE message_id = ?1")?;
-            let mut count_delivery = tx
-                .prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'delivered'")?;
-            for change in changes {
-                match change {
-                    Change::NewOrder { order, seq, at } => {
-                        let at = at.to_rfc3339();
-                        new_order.execute(params![
-                            order.store.as_str(),
-                            order.order_id.as_str(),
-                            *seq as i64,
-                            order.customer.as_str(),
-                            order.address.as_str(),
-                            at,
-                        ])?;
-                        history.execute(params![
-                            order.store.as_str(),
-                            order.order_id.as_str(),
-                            "ready",
-                            None::<String>,
-                            at
-                        ])?;
-                    }
-                    Change::Transition {
-                        key,
-                        state,
-                        driver,
-                        told_in_transit,
-                        at,
-                    } => {
-                        let at = at.to_rfc3339();
-                        let driver = driver.as_ref().map(driver_column);
-                        update.execute(params![
-                            key.store.as_str(),
-                            key.order_id.as_str(),
-                            state.name(),
-                            driver,
-                            told_in_transit,
-                            at,
-                        ])?;
-                        history.execute(params![
-                            key.store.as_str(),
-                            key.order_id.as_str(),
-                            state.name(),
-                            driver,
-                            at
-                        ])?;
-                        if *state == OrderState::Delivered {
-                            count_delivery.execute([])?;
-                        }
-                    }
-                    Change::NoticeQueued {
-                        message_id,
-                        order,
-                        at,
-                    } => {
-                        queue.execute(params![
-                            message_id.as_str(),
-                            order.store.as_str(),
-                            order.order_id.as_str(),
-                            at.to_rfc3339(),
-                        ])?;
-                    }
-                    Change::NoticeRemoved { message_id } => {
-                        unqueue.execute(params![message_id.as_str()])?;
-                    }
-                }
+    fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Vec<u64>> {
+        let mut tx = self.conn.transaction()?;
+        let mut refused = Vec::new();
+        for step in steps {
+            // Each step in a savepoint: one whose condition fails is undone
+            // whole, and the others commit.
+            let mut savepoint = tx.savepoint()?;
+            if apply_step(&savepoint, &step.changes)? {
+                savepoint.commit()?;
+            } else {
+                savepoint.set_drop_behavior(DropBehavior::Rollback);
+                savepoint.finish()?;
+                refused.push(step.seq);
             }
         }
         tx.commit().context("committing to the data dir")?;
-        Ok(())
+        Ok(refused)
     }
+}
+
+/// Applies one step's changes; `false` if a condition failed (the caller
+/// undoes the step). An error is a real failure of the data dir.
+fn apply_step(conn: &Connection, changes: &[Change]) -> rusqlite::Result<bool> {
+    let mut new_order = conn.prepare_cached(
+        "INSERT INTO orders (store, order_id, seq, customer, address, state, updated_at, version)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'ready', ?6, 1) ON CONFLICT DO NOTHING",
+    )?;
+    let mut update = conn.prepare_cached(
+        "UPDATE orders SET state = ?3, driver = ?4, told_in_transit = ?5, updated_at = ?6,
+                version = version + 1
+         WHERE store = ?1 AND order_id = ?2 AND version = ?7",
+    )?;
+    let mut history = conn.prepare_cached(
+        "INSERT INTO transitions (store, order_id, state, driver, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut queue = conn.prepare_cached(
+        "INSERT INTO notices (message_id, store, order_id, queued_at) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut unqueue = conn.prepare_cached("DELETE FROM notices WHERE message_id = ?1")?;
+    let mut count_delivery =
+        conn.prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'delivered'")?;
+    for change in changes {
+        match change {
+            Change::NewOrder { order, seq, at } => {
+                let at = at.to_rfc3339();
+                let inserted = new_order.execute(params![
+                    order.store.as_str(),
+                    order.order_id.as_str(),
+                    *seq as i64,
+                    order.customer.as_str(),
+                    order.address.as_str(),
+                    at,
+                ])?;
+                if inserted == 0 {
+                    log::warn!(
+                        "not recording store={} order={}: already recorded",
+                        order.store,
+                        order.order_id
+                    );
+                    return Ok(false);
+                }
+                history.execute(params![
+                    order.store.as_str(),
+                    order.order_id.as_str(),
+                    "ready",
+                    None::<String>,
+                    at
+                ])?;
+            }
+            Change::Transition {
+                key,
+                version,
+                state,
+                driver,
+                told_in_transit,
+                at,
+            } => {
+                let at = at.to_rfc3339();
+                let driver = driver.as_ref().map(driver_column);
+                let updated = update.execute(params![
+                    key.store.as_str(),
+                    key.order_id.as_str(),
+                    state.name(),
+                    driver,
+                    told_in_transit,
+                    at,
+                    *version as i64,
+                ])?;
+                if updated == 0 {
+                    log::warn!("not recording {key} {state}: it is no longer at version {version}");
+                    return Ok(false);
+                }
+                history.execute(params![
+                    key.store.as_str(),
+                    key.order_id.as_str(),
+                    state.name(),
+                    driver,
+                    at
+                ])?;
+                if *state == OrderState::Delivered {
+                    count_delivery.execute([])?;
+                }
+            }
+            Change::NoticeQueued {
+                message_id,
+                order,
+                at,
+            } => {
+                queue.execute(params![
+                    message_id.as_str(),
+                    order.store.as_str(),
+                    order.order_id.as_str(),
+                    at.to_rfc3339(),
+                ])?;
+            }
+            Change::NoticeRemoved { message_id } => {
+                unqueue.execute(params![message_id.as_str()])?;
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// The columns [`read_order`] reads, in its order.
 const ORDER_COLUMNS: &str =
-    "store, order_id, seq, customer, address, state, driver, told_in_transit, updated_at";
+    "store, order_id, seq, customer, address, state, driver, told_in_transit, updated_at, version";
 
 /// Every state `key` entered, oldest first.
 fn history(conn: &Connection, key: &OrderKey) -> anyhow::Result<Vec<Transition>> {
@@ -513,6 +551,7 @@ fn read_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<anyhow::Result<Stored
     let driver: Option<String> = row.get(6)?;
     let told_in_transit: bool = row.get(7)?;
     let since: String = row.get(8)?;
+    let version: i64 = row.get(9)?;
     Ok((|| {
         let state =
             parse_state(&state).with_context(|| format!("unknown order state {state:?}"))?;
@@ -522,6 +561,7 @@ fn read_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<anyhow::Result<Stored
             state,
             driver: driver.as_deref().and_then(driver_from_column),
             told_in_transit,
+            version: version as u64,
             since: DateTime::parse_from_rfc3339(&since)
                 .map(|at| at.with_timezone(&Utc))
                 .unwrap_or_else(|_| Utc::now()),
@@ -544,6 +584,69 @@ mod tests {
         .unwrap()
     }
 
+    fn step(seq: u64, changes: Vec<Change>) -> Step {
+        Step { seq, changes }
+    }
+
+    fn new_order(id: &str, seq: u64) -> Change {
+        Change::NewOrder {
+            order: order(id),
+            seq,
+            at: Utc::now(),
+        }
+    }
+
+    fn assign(id: &str, version: u64) -> Change {
+        Change::Transition {
+            key: OrderKey::of(&order(id)),
+            version,
+            state: OrderState::Assigned,
+            driver: Some(DriverKey::Named(DriverName::new("bob").unwrap())),
+            told_in_transit: false,
+            at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_step_whose_condition_fails_is_refused_whole_and_the_others_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = SqliteBackend::open(dir.path(), SyncMode::Full).unwrap();
+        assert!(
+            backend
+                .commit(&[step(1, vec![new_order("o1", 0)])])
+                .unwrap()
+                .is_empty()
+        );
+        let refused = backend
+            .commit(&[
+                // Its first change holds, its second was decided on a stale version.
+                step(2, vec![assign("o1", 1), assign("o1", 7)]),
+                step(3, vec![new_order("o2", 1)]),
+                // The same order again, and a new one under a used arrival number.
+                step(4, vec![new_order("o1", 2)]),
+                step(5, vec![new_order("o3", 1)]),
+                step(6, vec![assign("o2", 1)]),
+            ])
+            .unwrap();
+        assert_eq!(refused, [2, 4, 5]);
+        let records = backend.records().unwrap();
+        let o1 = records.order(&OrderKey::of(&order("o1"))).unwrap().unwrap();
+        assert_eq!(
+            (o1.state, o1.version),
+            (OrderState::Ready, 1),
+            "step 2 left no trace"
+        );
+        assert_eq!(o1.history.len(), 1);
+        let o2 = records.order(&OrderKey::of(&order("o2"))).unwrap().unwrap();
+        assert_eq!((o2.state, o2.version), (OrderState::Assigned, 2));
+        assert!(
+            records
+                .order(&OrderKey::of(&order("o3")))
+                .unwrap()
+                .is_none()
+        );
+    }
+
     #[test]
     fn changes_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -551,32 +654,29 @@ mod tests {
         let driver = DriverKey::Named(DriverName::new("bob").unwrap());
         {
             let mut backend = SqliteBackend::open(dir.path(), SyncMode::Full).unwrap();
-            backend
-                .commit(&[
-                    Change::NewOrder {
-                        order: order("o1"),
-                        seq: 0,
-                        at: now,
-                    },
-                    Change::NewOrder {
-                        order: order("o2"),
-                        seq: 1,
-                        at: now,
-                    },
-                    Change::Transition {
-                        key: OrderKey::of(&order("o1")),
-                        state: OrderState::InTransit,
-                        driver: Some(driver.clone()),
-                        told_in_transit: true,
-                        at: now,
-                    },
-                    Change::NoticeQueued {
-                        message_id: MessageId::new("m1").unwrap(),
-                        order: order("o2"),
-                        at: now,
-                    },
-                ])
+            let refused = backend
+                .commit(&[step(
+                    1,
+                    vec![
+                        new_order("o1", 0),
+                        new_order("o2", 1),
+                        Change::Transition {
+                            key: OrderKey::of(&order("o1")),
+                            version: 1,
+                            state: OrderState::InTransit,
+                            driver: Some(driver.clone()),
+                            told_in_transit: true,
+                            at: now,
+                        },
+                        Change::NoticeQueued {
+                            message_id: MessageId::new("m1").unwrap(),
+                            order: order("o2"),
+                            at: now,
+                        },
+                    ],
+                )])
                 .unwrap();
+            assert!(refused.is_empty());
         }
         let mut backend = SqliteBackend::open(dir.path(), SyncMode::Full).unwrap();
         let snapshot = backend.load().unwrap();

@@ -98,10 +98,36 @@ struct OrderEntry {
     /// Whether the store was told it is in transit: a store hears it once,
     /// even if the package is re-dispatched after its first driver vanished.
     store_told_in_transit: bool,
+    /// How many changes of state are recorded for it: the version the next
+    /// change expects to find in the data dir.
+    version: u64,
     history: Vec<Transition>,
 }
 
 impl OrderEntry {
+    /// The entry of a recorded order.
+    fn from_stored(stored: StoredOrder) -> Self {
+        OrderEntry {
+            history: if stored.history.is_empty() {
+                vec![Transition {
+                    state: stored.state,
+                    driver: stored.driver.clone(),
+                    at: stored.since,
+                }]
+            } else {
+                stored.history
+            },
+            order: stored.order,
+            seq: stored.seq,
+            state: stored.state,
+            driver: stored.driver,
+            offer: 0,
+            passed_over: None,
+            store_told_in_transit: stored.told_in_transit,
+            version: stored.version,
+        }
+    }
+
     /// Moves the order to `state`, held by `driver`; returns the change to record.
     fn enter(&mut self, key: &OrderKey, state: OrderState, driver: Option<DriverKey>) -> Change {
         let at = Utc::now();
@@ -112,8 +138,11 @@ impl OrderEntry {
             driver: driver.clone(),
             at,
         });
+        let version = self.version;
+        self.version += 1;
         Change::Transition {
             key: key.clone(),
+            version,
             state,
             driver,
             told_in_transit: self.store_told_in_transit,
@@ -210,43 +239,60 @@ impl<S: Clone + PartialEq> Dispatch<S> {
         for stored in snapshot_orders {
             let key = OrderKey::of(&stored.order);
             desk.next_seq = desk.next_seq.max(stored.seq + 1);
-            let mut entry = OrderEntry {
-                order: stored.order,
-                seq: stored.seq,
-                state: stored.state,
-                driver: stored.driver.clone(),
-                offer: 0,
-                passed_over: None,
-                store_told_in_transit: stored.told_in_transit,
-                history: if stored.history.is_empty() {
-                    vec![Transition {
-                        state: stored.state,
-                        driver: stored.driver.clone(),
-                        at: stored.since,
-                    }]
-                } else {
-                    stored.history
-                },
+            let mut entry = OrderEntry::from_stored(stored);
+            let returns = match (&entry.state, &entry.driver) {
+                (OrderState::InTransit, Some(DriverKey::Named(_))) => false,
+                (OrderState::Assigned | OrderState::InTransit, _) => true,
+                (OrderState::Ready | OrderState::Delivered, _) => false,
             };
-            match (stored.state, stored.driver) {
-                (OrderState::Delivered, _) => desk.delivered_order.push_back(key.clone()),
-                (OrderState::InTransit, Some(driver @ DriverKey::Named(_))) => {
-                    let holder = desk.drivers.entry(driver).or_insert_with(DriverEntry::new);
-                    holder.carrying.insert(key.clone());
-                    holder.offline_since = Some(now);
-                }
-                (OrderState::Ready, _) => {
-                    desk.ready.insert(entry.seq, key.clone());
-                }
-                (OrderState::Assigned | OrderState::InTransit, _) => {
-                    let change = entry.enter(&key, OrderState::Ready, None);
-                    desk.changes.push(change);
-                    desk.ready.insert(entry.seq, key.clone());
-                }
+            if returns {
+                let change = entry.enter(&key, OrderState::Ready, None);
+                desk.changes.push(change);
             }
-            desk.orders.insert(key, entry);
+            desk.place(key, entry, now);
         }
         desk
+    }
+
+    /// Replaces what the desk holds of `key` with its record (`None`: not
+    /// recorded at all), after the data dir refused a change the desk had
+    /// made: the record is the truth. No change is made for the journal.
+    pub fn reload(&mut self, key: &OrderKey, stored: Option<StoredOrder>, now: Instant) {
+        if let Some(entry) = self.orders.remove(key) {
+            self.ready.remove(&entry.seq);
+        }
+        for holder in self.drivers.values_mut() {
+            holder.offered.remove(key);
+            holder.carrying.remove(key);
+        }
+        self.delivered_order.retain(|delivered| delivered != key);
+        if let Some(stored) = stored {
+            self.place(key.clone(), OrderEntry::from_stored(stored), now);
+        }
+    }
+
+    /// Puts a recorded order where its state says: the ready queue, its
+    /// driver's hands (offline until it connects), or the delivered cache.
+    fn place(&mut self, key: OrderKey, entry: OrderEntry, now: Instant) {
+        match (entry.state, &entry.driver) {
+            (OrderState::Delivered, _) => self.delivered_order.push_back(key.clone()),
+            (OrderState::Ready, _) | (_, None) => {
+                self.ready.insert(entry.seq, key.clone());
+            }
+            (state, Some(driver)) => {
+                let holder = self.drivers.entry(driver.clone()).or_insert_with(|| {
+                    let mut holder = DriverEntry::new();
+                    holder.offline_since = Some(now);
+                    holder
+                });
+                if state == OrderState::Assigned {
+                    holder.offered.insert(key.clone());
+                } else {
+                    holder.carrying.insert(key.clone());
+                }
+            }
+        }
+        self.orders.insert(key, entry);
     }
 
     /// The changes made since the last call, for the journal.
@@ -347,6 +393,7 @@ impl<S: Clone + PartialEq> Dispatch<S> {
                 offer: 0,
                 passed_over: None,
                 store_told_in_transit: false,
+                version: 1,
                 history: vec![Transition {
                     state: OrderState::Ready,
                     driver: None,

@@ -338,6 +338,7 @@ fn every_change_is_recorded_and_a_restored_desk_resumes() {
         seq,
         state,
         driver,
+        version: 2,
         told_in_transit: state == OrderState::InTransit,
         since: Utc::now(),
         history: Vec::new(),

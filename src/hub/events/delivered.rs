@@ -57,7 +57,7 @@ impl ClientEvent for Delivered {
                     }
                 }
             }
-            Err(refusal) => out.push(refused(reply, Event::Delivered, Some(order), refusal)),
+            Err(refusal) => out.push(refused(reply, Some(order), refusal)),
         }
     }
 }

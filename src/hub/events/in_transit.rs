@@ -41,7 +41,7 @@ impl ClientEvent for InTransit {
                 out.push(Output::Accept(reply));
                 hub.add_effects(effects, out);
             }
-            Err(refusal) => out.push(refused(reply, Event::InTransit, Some(order), refusal)),
+            Err(refusal) => out.push(refused(reply, Some(order), refusal)),
         }
     }
 }

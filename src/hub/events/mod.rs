@@ -53,11 +53,10 @@ fn decoder<T: ClientEvent + DeserializeOwned>(
         .map(|event| Box::new(event) as Box<dyn ClientEvent>)
 }
 
-/// The refusal output for `event`.
-fn refused(reply: Reply, event: Event, order: Option<Order>, refusal: Refusal) -> Output {
+/// The refusal output for the event `reply` answers.
+fn refused(reply: Reply, order: Option<Order>, refusal: Refusal) -> Output {
     Output::Refuse {
         reply,
-        event,
         order,
         refusal,
     }

@@ -71,7 +71,7 @@ impl ClientEvent for Pickup {
                 out.push(Output::Accept(reply));
                 hub.add_effects(effects, out);
             }
-            Err(refusal) => out.push(refused(reply, Event::Pickup, Some(order), refusal)),
+            Err(refusal) => out.push(refused(reply, Some(order), refusal)),
         }
     }
 }

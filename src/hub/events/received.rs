@@ -41,12 +41,12 @@ impl ClientEvent for Received {
                         hub.record_mailbox_change(change);
                         out.push(Output::Accept(reply));
                     }
-                    Err(refusal) => out.push(refused(reply, Event::Received, None, refusal)),
+                    Err(refusal) => out.push(refused(reply, None, refusal)),
                 }
             }
             (Event::Delivered, None) => {
                 let refusal = Refusal::new(ErrorCode::InvalidPayload, "received needs a messageId");
-                out.push(refused(reply, Event::Received, None, refusal));
+                out.push(refused(reply, None, refusal));
             }
             // Pickups are acknowledged by taking them up (in-transit).
             _ => out.push(Output::Accept(reply)),

@@ -66,6 +66,8 @@ pub fn peer_of(socket: &SocketRef) -> Peer {
 /// How to answer the sender of one event.
 pub struct Reply {
     to: ReplyTo,
+    /// The event answered.
+    event: Event,
     metrics: Arc<Metrics>,
 }
 
@@ -88,6 +90,7 @@ impl Reply {
     /// client asked for one.
     pub fn socket(
         socket: SocketRef,
+        event: Event,
         ack: AckSender,
         wants_ack: bool,
         metrics: Arc<Metrics>,
@@ -98,6 +101,7 @@ impl Reply {
                 ack,
                 wants_ack,
             },
+            event,
             metrics,
         }
     }
@@ -105,11 +109,13 @@ impl Reply {
     /// A reply to an HTTP caller, through `answer`.
     pub fn http(
         peer: Peer,
+        event: Event,
         answer: oneshot::Sender<Result<(), Refusal>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Reply {
             to: ReplyTo::Http { peer, answer },
+            event,
             metrics,
         }
     }
@@ -129,8 +135,9 @@ impl Reply {
 
     /// Refuses: a warning, and an error ack, a `refused` event for a client
     /// that asked for no ack (rust_socketio cannot), or the HTTP error.
-    pub fn refuse(self, event: Event, order: Option<&Order>, refusal: Refusal) {
+    pub fn refuse(self, order: Option<&Order>, refusal: Refusal) {
         self.metrics.refusal(refusal.code.as_str());
+        let event = self.event;
         match self.to {
             ReplyTo::Socket {
                 socket,
@@ -213,7 +220,7 @@ impl SequencerHandle {
     pub fn submit(&self, origin: Origin, event: Box<dyn ClientEvent>, reply: Reply) {
         if self.queued_events.load(Ordering::Relaxed) >= MAX_QUEUED_EVENTS {
             let refusal = Refusal::new(ErrorCode::Busy, "the hub is overloaded; try again");
-            return reply.refuse(event.event(), event.order(), refusal);
+            return reply.refuse(event.order(), refusal);
         }
         self.queued_events.fetch_add(1, Ordering::Relaxed);
         self.send(Command::Event(origin, event, reply));
@@ -262,7 +269,12 @@ impl SequencerHandle {
         event: Box<dyn ClientEvent>,
     ) -> Option<Result<(), Refusal>> {
         let (answer, outcome) = oneshot::channel();
-        let reply = Reply::http(peer.clone(), answer, Arc::clone(&self.metrics));
+        let reply = Reply::http(
+            peer.clone(),
+            event.event(),
+            answer,
+            Arc::clone(&self.metrics),
+        );
         self.submit(Origin::Http(peer), event, reply);
         outcome.await.ok()
     }

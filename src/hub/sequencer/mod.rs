@@ -126,9 +126,10 @@ pub async fn run(
                 hub.carry_out(ready).await;
             }
             report = next_commit(&mut committed) => {
-                let committed_seq = report.map_err(|error| anyhow::anyhow!("the data dir cannot be written: {error}"))?;
-                let ready = hub.outbox.committed(committed_seq);
+                let commit = report.map_err(|error| anyhow::anyhow!("the data dir cannot be written: {error}"))?;
+                let (ready, stale) = hub.outbox.committed(&commit);
                 hub.carry_out(ready).await;
+                hub.reload(stale);
             }
             _ = ticker.tick() => {
                 ticks = ticks.wrapping_add(1);
@@ -234,7 +235,6 @@ impl Sequencer {
                     Ok(()) => event.apply(self, &origin, reply, &mut outputs),
                     Err(refusal) => outputs.push(Output::Refuse {
                         reply,
-                        event: event.event(),
                         order: event.order().cloned(),
                         refusal,
                     }),
@@ -321,6 +321,20 @@ impl Sequencer {
         })
     }
 
+    /// Reads back the orders of steps the data dir refused: its record is
+    /// the truth, and the desk takes it as it is.
+    fn reload(&mut self, stale: Vec<OrderKey>) {
+        for key in stale {
+            match self.recorded(&key) {
+                Ok(record) => {
+                    log::warn!("{key} changed elsewhere; taking the data dir's record");
+                    self.desk.reload(&key, record, Instant::now());
+                }
+                Err(_) => log::error!("{key} may differ from the data dir until a restart"),
+            }
+        }
+    }
+
     /// Records a mailbox change made by an event.
     pub(in crate::hub) fn record_mailbox_change(&mut self, change: Change) {
         self.mailbox_changes.push(change);
@@ -335,7 +349,10 @@ impl Sequencer {
             outputs.extend(changes.iter().filter_map(Output::activity));
         }
         let commit = match &mut self.journal {
-            Some(journal) if !changes.is_empty() => Some(journal.append(changes)),
+            Some(journal) if !changes.is_empty() => {
+                let orders = changes.iter().filter_map(Change::order_key).collect();
+                Some((journal.append(changes), orders))
+            }
             _ => None,
         };
         self.outbox.after(commit, outputs)

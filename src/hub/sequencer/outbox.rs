@@ -8,9 +8,10 @@ use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
 use super::handle::Reply;
-use crate::hub::domain::{Change, DriverKey, OrderState};
+use crate::hub::domain::{Change, DriverKey, OrderKey, OrderState};
+use crate::hub::journal::Commit;
 use crate::protocol::{
-    Activity, DeliveryNotice, Event, NAMESPACE, Order, Refusal, StoreId, VIEWERS_ROOM,
+    Activity, DeliveryNotice, ErrorCode, Event, NAMESPACE, Order, Refusal, StoreId, VIEWERS_ROOM,
 };
 
 /// A message to a store or a socket.
@@ -29,10 +30,8 @@ pub enum Output {
     Accept(Reply),
     /// Refuse the sender's event.
     Refuse {
-        /// Whom to answer.
+        /// Whom to answer (and which event).
         reply: Reply,
-        /// The event refused.
-        event: Event,
         /// The order it carried, if any.
         order: Option<Order>,
         /// Why.
@@ -95,11 +94,20 @@ impl Output {
     }
 }
 
+/// One step's outputs, waiting for its commit.
+struct Waiting {
+    seq: u64,
+    outputs: Vec<Output>,
+    /// The orders the step changed, to read back if the data dir refuses it.
+    orders: Vec<OrderKey>,
+}
+
 /// Outputs waiting for their commit, in order, and the sending of them.
 pub struct Outbox {
     io: SocketIo,
-    /// Outputs waiting for the journal entry of this number to commit.
-    waiting: VecDeque<(u64, Vec<Output>)>,
+    /// Outputs waiting for the journal entry of this number to commit, with
+    /// the orders that entry changes.
+    waiting: VecDeque<Waiting>,
     /// Drivers whose socket turned out dead when offered a package.
     gone: Vec<(DriverKey, SocketRef)>,
 }
@@ -114,35 +122,63 @@ impl Outbox {
         }
     }
 
-    /// Takes one step's outputs. With `commit`, they wait for that journal
-    /// entry; without, they wait only behind outputs already waiting (to keep
-    /// the order). Returns what may go out now.
-    pub fn after(&mut self, commit: Option<u64>, outputs: Vec<Output>) -> Vec<Output> {
+    /// Takes one step's outputs. With `commit` (its journal number and the
+    /// orders it changes), they wait for that entry; without, they wait only
+    /// behind outputs already waiting (to keep the order). Returns what may
+    /// go out now.
+    pub fn after(
+        &mut self,
+        commit: Option<(u64, Vec<OrderKey>)>,
+        outputs: Vec<Output>,
+    ) -> Vec<Output> {
         match (commit, self.waiting.back_mut()) {
-            (Some(seq), _) => {
-                self.waiting.push_back((seq, outputs));
+            (Some((seq, orders)), _) => {
+                self.waiting.push_back(Waiting {
+                    seq,
+                    outputs,
+                    orders,
+                });
                 Vec::new()
             }
-            (None, Some((_, behind))) => {
-                behind.extend(outputs);
+            (None, Some(behind)) => {
+                behind.outputs.extend(outputs);
                 Vec::new()
             }
             (None, None) => outputs,
         }
     }
 
-    /// Everything whose journal entry is now committed, in order.
-    pub fn committed(&mut self, committed_seq: u64) -> Vec<Output> {
+    /// Everything settled by `commit`, in order, and the orders of the steps
+    /// the data dir refused. A refused step's sender is told to try again
+    /// (what it asked for was not recorded); its other outputs are dropped.
+    pub fn committed(&mut self, commit: &Commit) -> (Vec<Output>, Vec<OrderKey>) {
         let mut ready = Vec::new();
+        let mut stale = Vec::new();
         while self
             .waiting
             .front()
-            .is_some_and(|(seq, _)| *seq <= committed_seq)
+            .is_some_and(|step| step.seq <= commit.up_to)
         {
-            let (_, outputs) = self.waiting.pop_front().expect("front exists");
-            ready.extend(outputs);
+            let step = self.waiting.pop_front().expect("front exists");
+            if !commit.refused.contains(&step.seq) {
+                ready.extend(step.outputs);
+                continue;
+            }
+            stale.extend(step.orders);
+            ready.extend(step.outputs.into_iter().filter_map(|output| match output {
+                Output::Accept(reply) => Some(Output::Refuse {
+                    reply,
+                    order: None,
+                    refusal: Refusal::new(
+                        ErrorCode::Busy,
+                        "the order changed while this was decided; try again",
+                    ),
+                }),
+                refused @ Output::Refuse { .. } => Some(refused),
+                _ => None,
+            }));
         }
-        ready
+        (ready, stale)
     }
 
     /// Drivers found dead while sending, since the last call.
@@ -157,10 +193,9 @@ impl Outbox {
                 Output::Accept(reply) => reply.accept(),
                 Output::Refuse {
                     reply,
-                    event,
                     order,
                     refusal,
-                } => reply.refuse(event, order.as_ref(), refusal),
+                } => reply.refuse(order.as_ref(), refusal),
                 Output::Offer {
                     driver,
                     socket,
