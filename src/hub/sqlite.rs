@@ -154,6 +154,14 @@ impl SqliteBackend {
         if version > 0 && application_id != APPLICATION_ID {
             return Err(refuse(format!("{} is not a caps database", path.display())));
         }
+        // Another program's database that never set a schema version: it has
+        // tables, and they are not ours.
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+            .map_err(|error| refuse(format!("{} is not readable ({error})", path.display())))?;
+        if version == 0 && tables > 0 {
+            return Err(refuse(format!("{} is not a caps database", path.display())));
+        }
         if version > SCHEMA_VERSION {
             return Err(refuse(format!(
                 "it was written by a newer caps (schema version {version}; this build knows up to {SCHEMA_VERSION})"
@@ -697,6 +705,24 @@ mod tests {
         );
         assert_eq!(snapshot.notices.len(), 1);
         assert_eq!(snapshot.notices[0].order, order("o2"));
+    }
+
+    #[test]
+    fn another_programs_sqlite_database_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DATABASE_FILE);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE notes (text TEXT); INSERT INTO notes VALUES ('mine');")
+            .unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let error = SqliteBackend::open(dir.path(), SyncMode::Full)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("not a caps database"), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "not a byte changed");
+        assert!(!dir.path().join("caps.db-wal").exists(), "not switched to WAL");
     }
 
     #[test]
