@@ -77,6 +77,9 @@ use self::sequencer::{SequencerHandle, SequencerSetup};
 use self::sqlite::{SqliteBackend, SyncMode};
 use crate::protocol::NAMESPACE;
 
+/// The longest a stopping hub waits for what it took to be committed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Tunables of a hub.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -246,20 +249,26 @@ impl Hub {
         };
         let task = tokio::spawn(self::sequencer::run(inbox, io.clone(), log, setup));
         let router = http::routes(http::HttpState {
-            sequencer,
+            sequencer: sequencer.clone(),
             records: api_records,
             admission: config.admission,
         })
         .layer(axum::extract::DefaultBodyLimit::max(max_event))
         .layer(layer)
         .layer(cors);
-        Ok(RunningHub { router, io, task })
+        Ok(RunningHub {
+            router,
+            io,
+            sequencer,
+            task,
+        })
     }
 
-    /// Serves on `listener` until `shutdown` completes, then closes every
-    /// Socket.IO connection (clients see a server disconnect) and returns.
-    /// Fails if the data dir cannot be written: the hub stops rather than
-    /// confirm what it cannot record.
+    /// Serves on `listener` until `shutdown` completes, then drains (events
+    /// taken are committed and answered; later ones are refused `busy`),
+    /// closes every Socket.IO connection (clients see a server disconnect)
+    /// and returns. Fails if the data dir cannot be written: the hub stops
+    /// rather than confirm what it cannot record.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -274,6 +283,7 @@ impl Hub {
 pub struct RunningHub {
     router: axum::Router,
     io: SocketIo,
+    sequencer: SequencerHandle,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -298,6 +308,7 @@ impl RunningHub {
         let RunningHub {
             router,
             io,
+            sequencer,
             mut task,
         } = self;
         // Small messages must not wait for Nagle's algorithm.
@@ -309,6 +320,14 @@ impl RunningHub {
         let closer = io.clone();
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
             shutdown.await;
+            // Everything taken is committed and answered before anyone is cut off.
+            log::info!("shutting down: draining");
+            if tokio::time::timeout(DRAIN_TIMEOUT, sequencer.drain())
+                .await
+                .is_err()
+            {
+                log::warn!("not drained within {DRAIN_TIMEOUT:?}; stopping anyway");
+            }
             log::info!("shutting down: closing all connections");
             closer.close().await;
         });

@@ -722,7 +722,10 @@ mod tests {
             .to_string();
         assert!(error.contains("not a caps database"), "{error}");
         assert_eq!(std::fs::read(&path).unwrap(), before, "not a byte changed");
-        assert!(!dir.path().join("caps.db-wal").exists(), "not switched to WAL");
+        assert!(
+            !dir.path().join("caps.db-wal").exists(),
+            "not switched to WAL"
+        );
     }
 
     #[test]

@@ -181,6 +181,8 @@ pub(in crate::hub) enum Command {
     ),
     Orders(OrderQuery, oneshot::Sender<OrderPage>),
     Metrics(oneshot::Sender<String>),
+    /// Stop taking events; answer once everything taken is committed and sent.
+    Drain(oneshot::Sender<()>),
 }
 
 /// The way in to the sequencer; clone it freely.
@@ -259,6 +261,13 @@ impl SequencerHandle {
     /// The metrics, in Prometheus text format.
     pub async fn metrics(&self) -> Option<String> {
         self.ask(Command::Metrics).await
+    }
+
+    /// Stops taking events (they are refused `busy`) and resolves once every
+    /// event taken before is committed and answered; at once if the
+    /// sequencer has stopped.
+    pub async fn drain(&self) {
+        self.ask(Command::Drain).await;
     }
 
     /// An event sent over HTTP by `peer`; answers once it is recorded, or

@@ -25,7 +25,7 @@ use chrono::Utc;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
 use handle::Command;
@@ -106,6 +106,7 @@ pub async fn run(
         guard: setup.guard,
         metrics: setup.metrics,
         viewers: HashSet::new(),
+        draining: None,
     };
     // The restore itself may have changed things (void offers).
     let restored = hub.settle(Vec::new());
@@ -115,6 +116,13 @@ pub async fn run(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ticks: u32 = 0;
     loop {
+        if hub.outbox.is_empty()
+            && let Some(waiting) = hub.draining.as_mut()
+        {
+            for drained in waiting.drain(..) {
+                let _ = drained.send(());
+            }
+        }
         tokio::select! {
             command = commands.recv() => {
                 let Some(command) = command else { return Ok(()) };
@@ -204,6 +212,8 @@ pub struct Sequencer {
     pub(in crate::hub) metrics: Arc<Metrics>,
     /// Viewer sockets, which hear every order's changes.
     viewers: HashSet<Sid>,
+    /// Set once the hub is stopping: who waits for the outbox to empty.
+    draining: Option<Vec<oneshot::Sender<()>>>,
 }
 
 impl Sequencer {
@@ -229,6 +239,14 @@ impl Sequencer {
                     self.add_effects(effects, &mut outputs);
                 }
             }
+            Command::Event(_, event, reply) if self.draining.is_some() => {
+                let refusal = Refusal::new(ErrorCode::Busy, "the hub is stopping; try again");
+                outputs.push(Output::Refuse {
+                    reply,
+                    order: event.order().cloned(),
+                    refusal,
+                });
+            }
             Command::Event(origin, event, reply) => {
                 self.metrics.event(event.event().name());
                 match event.permit(&origin.peer()) {
@@ -251,6 +269,10 @@ impl Sequencer {
                     self.desk
                         .page(query.store.as_ref(), query.state, query.after, query.limit);
                 let _ = reply.send(page);
+            }
+            Command::Drain(reply) => {
+                log::info!("draining: committing and answering what was taken");
+                self.draining.get_or_insert_with(Vec::new).push(reply);
             }
             Command::Metrics(reply) => {
                 let connections = [

@@ -181,6 +181,11 @@ impl Outbox {
         (ready, stale)
     }
 
+    /// Whether nothing waits for a commit.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
     /// Drivers found dead while sending, since the last call.
     pub fn take_gone(&mut self) -> Vec<(DriverKey, SocketRef)> {
         std::mem::take(&mut self.gone)
