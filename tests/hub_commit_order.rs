@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use caps::api::OrderCounts;
 use caps::hub::domain::{OrderKey, OrderQuery, Snapshot, StoredOrder};
 use caps::hub::journal::{Backend, Records, Step};
 use caps::hub::{self, EventLog, Hub, HubConfig};
@@ -75,6 +76,15 @@ impl Records for NoRecords {
         Ok(Vec::new())
     }
     fn page(&self, _query: &OrderQuery) -> anyhow::Result<Vec<StoredOrder>> {
+        Ok(Vec::new())
+    }
+    fn open_orders(&self, _limit: usize) -> anyhow::Result<Vec<StoredOrder>> {
+        Ok(Vec::new())
+    }
+    fn counts(&self) -> anyhow::Result<OrderCounts> {
+        Ok(OrderCounts::default())
+    }
+    fn queues(&self) -> anyhow::Result<Vec<(StoreId, u64)>> {
         Ok(Vec::new())
     }
 }

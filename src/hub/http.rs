@@ -23,10 +23,11 @@ use std::sync::Arc;
 
 use super::domain::{OrderKey, OrderQuery, StoredOrder};
 use super::journal::Records;
-use super::sequencer::SequencerHandle;
+use super::metrics::Metrics;
+use super::sequencer::{PresenceView, SequencerHandle};
 use crate::api::{
-    MAX_PAGE, NewOrder, ORDERS_PATH, OrderPage, OrderSummary, OrderView, STATUS_PATH,
-    TransitionView,
+    MAX_PAGE, NewOrder, ORDERS_PATH, OrderPage, OrderSummary, OrderView, QueueStatus, STATUS_PATH,
+    Status, TransitionView,
 };
 use crate::protocol::{Ack, ErrorCode, Handshake, Order, OrderId, OrderState, Refusal, StoreId};
 
@@ -38,6 +39,10 @@ pub struct HttpState {
     /// Committed orders, read beside the sequencer (never on its task) when
     /// the hub has a data dir.
     pub records: Option<Arc<dyn Records>>,
+    /// Who is online, as the sequencer last published it.
+    pub presence: PresenceView,
+    /// The hub's metrics.
+    pub metrics: Arc<Metrics>,
     /// How callers are identified.
     pub admission: Admission,
 }
@@ -150,17 +155,52 @@ async fn status(caller: Caller, State(state): State<HttpState>) -> Response {
     if let Err(refusal) = caller.may_read(None) {
         return refuse(StatusCode::FORBIDDEN, refusal);
     }
-    match state.sequencer.status().await {
-        Some(status) => Json(status).into_response(),
-        None => stopping(),
+    let Some(records) = state.records else {
+        return match state.sequencer.status().await {
+            Some(status) => Json(status).into_response(),
+            None => stopping(),
+        };
+    };
+    let presence = state.presence.borrow().clone();
+    let board = read(records, |records| {
+        Ok((
+            records.counts()?,
+            records.open_orders(Status::OPEN_ORDERS_SHOWN)?,
+            records.queues()?,
+        ))
+    })
+    .await;
+    match board {
+        Ok((orders, open_orders, queues)) => Json(Status {
+            orders,
+            open_orders: open_orders.iter().map(summary_of).collect(),
+            drivers: presence.drivers,
+            stores: presence.stores,
+            queues: queues
+                .into_iter()
+                .map(|(store, queued)| QueueStatus { store, queued })
+                .collect(),
+        })
+        .into_response(),
+        Err(response) => response,
     }
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    match state.sequencer.metrics().await {
-        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        None => stopping(),
-    }
+    let text = match state.records {
+        Some(records) => {
+            let connections = state.presence.borrow().connections;
+            match read(records, |records| records.counts()).await {
+                Ok(counts) => state.metrics.render(&counts, connections),
+                Err(response) => return response,
+            }
+        }
+        None => match state.sequencer.metrics().await {
+            Some(text) => text,
+            None => return stopping(),
+        },
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[derive(Deserialize)]

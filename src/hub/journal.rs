@@ -13,6 +13,7 @@
 use tokio::sync::mpsc;
 
 use super::domain::{Change, OrderKey, OrderQuery, Snapshot, StoredOrder};
+use crate::api::OrderCounts;
 use crate::protocol::{OrderId, StoreId};
 
 /// Most events' changes committed in one transaction.
@@ -39,6 +40,12 @@ pub trait Records: Send + Sync + 'static {
     fn stores_of(&self, order_id: &OrderId) -> anyhow::Result<Vec<StoreId>>;
     /// A page of orders by arrival (without their histories).
     fn page(&self, query: &OrderQuery) -> anyhow::Result<Vec<StoredOrder>>;
+    /// Orders not yet delivered, oldest first, at most `limit`.
+    fn open_orders(&self, limit: usize) -> anyhow::Result<Vec<StoredOrder>>;
+    /// How many orders are in each state.
+    fn counts(&self) -> anyhow::Result<OrderCounts>;
+    /// The stores with queued notices, and how many each.
+    fn queues(&self) -> anyhow::Result<Vec<(StoreId, u64)>>;
 }
 
 /// The changes of one step of the sequencer (one event, or one tick).

@@ -73,7 +73,7 @@ use self::domain::{OrderState, Snapshot};
 use self::guard::Guard;
 use self::journal::{Backend, Journal, Records};
 use self::metrics::Metrics;
-use self::sequencer::{SequencerHandle, SequencerSetup};
+use self::sequencer::{PresenceBoard, SequencerHandle, SequencerSetup};
 use self::sqlite::{SqliteBackend, SyncMode};
 use crate::protocol::NAMESPACE;
 
@@ -238,6 +238,7 @@ impl Hub {
             })
             .build_layer();
         io.ns(NAMESPACE, handlers::on_connect.with(handlers::admit));
+        let (presence, presence_view) = PresenceBoard::new();
         let setup = SequencerSetup {
             dispatch: config.dispatch,
             queue_limit: config.queue_limit,
@@ -245,12 +246,15 @@ impl Hub {
             journal,
             records: sequencer_records,
             guard,
-            metrics,
+            metrics: Arc::clone(&metrics),
+            presence,
         };
         let task = tokio::spawn(self::sequencer::run(inbox, io.clone(), log, setup));
         let router = http::routes(http::HttpState {
             sequencer: sequencer.clone(),
             records: api_records,
+            presence: presence_view,
+            metrics,
             admission: config.admission,
         })
         .layer(axum::extract::DefaultBodyLimit::max(max_event))

@@ -19,6 +19,7 @@ use super::domain::{
     Transition,
 };
 use super::journal::{Backend, Records, Step};
+use crate::api::OrderCounts;
 use crate::protocol::{Address, Customer, DriverName, MessageId, Order, OrderId, StoreId};
 
 /// The database file inside the data dir.
@@ -508,6 +509,64 @@ impl Records for SqliteRecords {
             orders.push(row??);
         }
         Ok(orders)
+    }
+
+    fn open_orders(&self, limit: usize) -> anyhow::Result<Vec<StoredOrder>> {
+        let conn = self.conn();
+        let mut select = conn.prepare_cached(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE state <> 'delivered' ORDER BY seq LIMIT ?1"
+        ))?;
+        let mut orders = Vec::new();
+        for row in select.query_map([limit as i64], read_order)? {
+            orders.push(row??);
+        }
+        Ok(orders)
+    }
+
+    fn counts(&self) -> anyhow::Result<OrderCounts> {
+        let conn = self.conn();
+        // Open orders through their partial index; deliveries from the counter.
+        let mut open = conn.prepare_cached(
+            "SELECT state, count(*) FROM orders WHERE state <> 'delivered' GROUP BY state",
+        )?;
+        let mut counts = OrderCounts::default();
+        let rows = open.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (state, count) = row?;
+            let count = count as u64;
+            match parse_state(&state) {
+                Some(OrderState::Ready) => counts.ready = count,
+                Some(OrderState::Assigned) => counts.assigned = count,
+                Some(OrderState::InTransit) => counts.in_transit = count,
+                Some(OrderState::Delivered) | None => {}
+            }
+        }
+        counts.delivered = conn.query_row(
+            "SELECT value FROM counters WHERE name = 'delivered'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )? as u64;
+        Ok(counts)
+    }
+
+    fn queues(&self) -> anyhow::Result<Vec<(StoreId, u64)>> {
+        let conn = self.conn();
+        let mut select = conn
+            .prepare_cached("SELECT store, count(*) FROM notices GROUP BY store ORDER BY store")?;
+        let rows = select.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        let mut queues = Vec::new();
+        for row in rows {
+            let (store, count) = row?;
+            queues.push((
+                StoreId::new(store).map_err(anyhow::Error::msg)?,
+                count as u64,
+            ));
+        }
+        Ok(queues)
     }
 }
 

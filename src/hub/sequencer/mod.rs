@@ -15,6 +15,7 @@
 
 mod handle;
 mod outbox;
+mod presence;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use handle::Command;
 pub use handle::{Origin, Reply, SequencerHandle, SequencerInbox, channel, peer_of};
 use outbox::Outbox;
 pub use outbox::{Message, Output};
+pub use presence::{Presence, PresenceBoard, PresenceView};
 
 use super::dispatch::{Dispatch, DispatchConfig, Effect};
 use super::domain::{Change, DriverKey, OrderKey, Snapshot, StoredOrder};
@@ -48,6 +50,9 @@ use crate::protocol::{
 
 /// How often offers are checked for expiry.
 const TICK: Duration = Duration::from_millis(100);
+/// How often, at most, who is online is published while events flow (and
+/// at every tick besides).
+const PRESENCE_EVERY: Duration = Duration::from_millis(20);
 /// How often (in ticks) drivers' sockets are checked for liveness.
 const LIVENESS_EVERY: u32 = 10;
 
@@ -67,6 +72,8 @@ pub struct SequencerSetup {
     pub guard: Guard,
     /// Where counts and latencies go.
     pub metrics: Arc<Metrics>,
+    /// Where who is online is published for readers.
+    pub presence: PresenceBoard,
 }
 
 /// Runs the sequencer until every handle is gone; fails if the journal fails
@@ -107,6 +114,8 @@ pub async fn run(
         metrics: setup.metrics,
         viewers: HashSet::new(),
         draining: None,
+        presence: setup.presence,
+        presence_published: Instant::now(),
     };
     // The restore itself may have changed things (void offers).
     let restored = hub.settle(Vec::new());
@@ -132,6 +141,9 @@ pub async fn run(
                 let outputs = hub.apply(command);
                 let ready = hub.settle(outputs);
                 hub.carry_out(ready).await;
+                if hub.presence_published.elapsed() >= PRESENCE_EVERY {
+                    hub.publish_presence();
+                }
             }
             report = next_commit(&mut committed) => {
                 let commit = report.map_err(|error| anyhow::anyhow!("the data dir cannot be written: {error}"))?;
@@ -149,6 +161,7 @@ pub async fn run(
                 hub.add_effects(effects, &mut outputs);
                 let ready = hub.settle(outputs);
                 hub.carry_out(ready).await;
+                hub.publish_presence();
             }
         }
     }
@@ -214,6 +227,9 @@ pub struct Sequencer {
     viewers: HashSet<Sid>,
     /// Set once the hub is stopping: who waits for the outbox to empty.
     draining: Option<Vec<oneshot::Sender<()>>>,
+    /// Where who is online is published, and when it last was.
+    presence: PresenceBoard,
+    presence_published: Instant,
 }
 
 impl Sequencer {
@@ -275,12 +291,7 @@ impl Sequencer {
                 self.draining.get_or_insert_with(Vec::new).push(reply);
             }
             Command::Metrics(reply) => {
-                let connections = [
-                    ("vendor", self.vendors.len()),
-                    ("driver", self.desk.online_drivers().len()),
-                    ("viewer", self.viewers.len()),
-                ];
-                let _ = reply.send(self.metrics.render(&self.desk.counts(), connections));
+                let _ = reply.send(self.metrics.render(&self.desk.counts(), self.connections()));
             }
         }
         outputs
@@ -504,7 +515,26 @@ impl Sequencer {
         }
     }
 
-    fn status(&self) -> Status {
+    fn publish_presence(&mut self) {
+        self.presence_published = Instant::now();
+        self.presence.publish(Presence {
+            drivers: self.desk.drivers(),
+            stores: self.stores_online(),
+            connections: self.connections(),
+        });
+    }
+
+    /// Connections by role.
+    fn connections(&self) -> [(&'static str, usize); 3] {
+        [
+            ("vendor", self.vendors.len()),
+            ("driver", self.desk.online_drivers().len()),
+            ("viewer", self.viewers.len()),
+        ]
+    }
+
+    /// Stores with vendors connected, and how many each.
+    fn stores_online(&self) -> Vec<StoreStatus> {
         let mut stores: HashMap<&StoreId, u32> = HashMap::new();
         for store in self.vendors.values().flatten() {
             *stores.entry(store).or_default() += 1;
@@ -517,11 +547,16 @@ impl Sequencer {
             })
             .collect();
         stores.sort_by(|a, b| a.store.cmp(&b.store));
+        stores
+    }
+
+    /// The board of an ephemeral hub, from memory.
+    fn status(&self) -> Status {
         Status {
             orders: self.desk.counts(),
             open_orders: self.desk.open_orders(Status::OPEN_ORDERS_SHOWN),
             drivers: self.desk.drivers(),
-            stores,
+            stores: self.stores_online(),
             queues: self
                 .mailbox
                 .queue_lengths()
