@@ -3,9 +3,12 @@
 //! Lines are appended to a shared buffer that a background thread writes out
 //! every few milliseconds, so a slow stdout (a full pipe, a terminal) never
 //! blocks the hub's async workers, and a busy hub pays one write and no
-//! thread wake-up per event.
+//! thread wake-up per event. The buffer is bounded: when stdout does not keep
+//! up (nobody reads it) or fails (closed), lines are dropped and counted
+//! (`caps_event_log_dropped_total`), with one warning, and dispatch goes on.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -16,6 +19,8 @@ use crate::protocol::Event;
 
 /// How long a line may wait in the buffer before it is written.
 const FLUSH_EVERY: Duration = Duration::from_millis(5);
+/// The most bytes waiting for stdout; lines beyond are dropped.
+const MAX_BUFFERED: usize = 1024 * 1024;
 
 /// A cheap handle for appending to the event log; clone it freely.
 pub struct EventLog {
@@ -29,6 +34,12 @@ pub struct EventLog {
 struct Shared {
     buffer: Mutex<Buffer>,
     wake: Condvar,
+    /// Lines dropped because stdout did not keep up or failed.
+    dropped: Arc<AtomicU64>,
+    /// Set once stdout failed: nothing more is buffered.
+    failed: AtomicBool,
+    /// Set once the drop was reported.
+    warned: AtomicBool,
 }
 
 #[derive(Default)]
@@ -72,6 +83,9 @@ impl EventLog {
                 handles: 1,
             }),
             wake: Condvar::new(),
+            dropped: Arc::new(AtomicU64::new(0)),
+            failed: AtomicBool::new(false),
+            warned: AtomicBool::new(false),
         });
         let writer = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -93,6 +107,10 @@ impl EventLog {
             payload,
         };
         let mut buffer = self.lock();
+        if buffer.bytes.len() >= MAX_BUFFERED || self.shared.failed.load(Ordering::Relaxed) {
+            drop(buffer);
+            return self.drop_line();
+        }
         let start = buffer.bytes.len();
         buffer.bytes.extend_from_slice(&self.prefix);
         buffer.bytes.extend_from_slice(b"EVENT ");
@@ -117,6 +135,21 @@ impl EventLog {
         buffer.bytes.push(b'\n');
         drop(buffer);
         self.shared.wake.notify_one();
+    }
+
+    /// How many lines were dropped so far, shared with whoever reports it.
+    pub fn dropped_lines(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.shared.dropped)
+    }
+
+    fn drop_line(&self) {
+        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        if !self.shared.warned.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "stdout is not keeping up (or failed): dropping event log lines; \
+                 caps_event_log_dropped_total counts them"
+            );
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
@@ -162,7 +195,13 @@ fn write_out(shared: &Shared, out: impl Write) {
             buffer.handles == 0
         };
         if !pending.is_empty() {
-            if out.write_all(&pending).and_then(|()| out.flush()).is_err() {
+            if let Err(error) = out.write_all(&pending).and_then(|()| out.flush()) {
+                log::warn!(
+                    "cannot write the event log: {error}; its lines are dropped from now on"
+                );
+                shared.failed.store(true, Ordering::Relaxed);
+                let lost = pending.iter().filter(|byte| **byte == b'\n').count() as u64;
+                shared.dropped.fetch_add(lost, Ordering::Relaxed);
                 return;
             }
             pending.clear();

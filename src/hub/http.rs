@@ -187,19 +187,22 @@ async fn status(caller: Caller, State(state): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    let text = match state.records {
+    let (counts, connections) = match state.records {
         Some(records) => {
             let connections = state.presence.borrow().connections;
             match read(records, |records| records.counts()).await {
-                Ok(counts) => state.metrics.render(&counts, connections),
+                Ok(counts) => (counts, connections),
                 Err(response) => return response,
             }
         }
-        None => match state.sequencer.metrics().await {
-            Some(text) => text,
+        None => match state.sequencer.gauges().await {
+            Some(gauges) => gauges,
             None => return stopping(),
         },
     };
+    let text = state
+        .metrics
+        .render(&counts, connections, state.sequencer.pending_events());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -4,8 +4,12 @@
 //! happen; gauges (connections, orders by state) are set from the sequencer's
 //! state when scraped.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::api::OrderCounts;
@@ -19,11 +23,16 @@ pub struct Metrics {
     connections: IntGaugeVec,
     orders: IntGaugeVec,
     delivery_seconds: Histogram,
+    pending_events: IntGauge,
+    log_dropped: IntCounter,
+    /// The event log's own count of dropped lines.
+    log_dropped_source: Arc<AtomicU64>,
 }
 
 impl Metrics {
-    /// A fresh set, registered.
-    pub fn new() -> Self {
+    /// A fresh set, registered; `log_dropped` is the event log's count of
+    /// dropped lines.
+    pub fn new(log_dropped: Arc<AtomicU64>) -> Self {
         let registry = Registry::new();
         let events = IntCounterVec::new(
             Opts::new(
@@ -64,12 +73,24 @@ impl Metrics {
             ]),
         )
         .expect("valid metric");
+        let pending_events = IntGauge::new(
+            "caps_pending_events",
+            "Events taken and not yet answered (the hub's memory budget; busy beyond it)",
+        )
+        .expect("valid metric");
+        let log_dropped_counter = IntCounter::new(
+            "caps_event_log_dropped_total",
+            "Event log lines dropped because stdout did not keep up or failed",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(refusals.clone()),
             Box::new(connections.clone()),
             Box::new(orders.clone()),
             Box::new(delivery_seconds.clone()),
+            Box::new(pending_events.clone()),
+            Box::new(log_dropped_counter.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -80,6 +101,9 @@ impl Metrics {
             connections,
             orders,
             delivery_seconds,
+            pending_events,
+            log_dropped: log_dropped_counter,
+            log_dropped_source: log_dropped,
         }
     }
 
@@ -98,9 +122,18 @@ impl Metrics {
         self.delivery_seconds.observe(seconds.max(0.0));
     }
 
-    /// The text exposition, with gauges set from `counts` and `connections`
-    /// (vendors, drivers, viewers).
-    pub fn render(&self, counts: &OrderCounts, connections: [(&str, usize); 3]) -> String {
+    /// The text exposition, with gauges set from `counts`, `connections`
+    /// (vendors, drivers, viewers) and the events `pending`.
+    pub fn render(
+        &self,
+        counts: &OrderCounts,
+        connections: [(&str, usize); 3],
+        pending: usize,
+    ) -> String {
+        self.pending_events.set(pending as i64);
+        let dropped = self.log_dropped_source.load(Ordering::Relaxed);
+        self.log_dropped
+            .inc_by(dropped.saturating_sub(self.log_dropped.get()));
         for (state, count) in [
             ("ready", counts.ready),
             ("assigned", counts.assigned),
@@ -119,11 +152,5 @@ impl Metrics {
             log::error!("cannot encode metrics: {error}");
         }
         String::from_utf8(out).unwrap_or_default()
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
     }
 }

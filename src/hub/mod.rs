@@ -213,7 +213,7 @@ impl Hub {
             records,
         } = self;
         let (sequencer_records, api_records) = records.unzip();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(log.dropped_lines()));
         let (sequencer, inbox) = self::sequencer::channel(Arc::clone(&metrics));
         let cors = cors_layer(&config.limits.cors_origins)?;
         let max_message = config.limits.max_message_bytes;

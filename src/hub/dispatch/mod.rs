@@ -543,6 +543,11 @@ impl<S: Clone + PartialEq> Dispatch<S> {
         held.into_iter().map(|order| order.order.clone()).collect()
     }
 
+    /// How many drivers the desk knows (online, or offline holding packages).
+    pub fn driver_count(&self) -> usize {
+        self.drivers.len()
+    }
+
     /// Drivers believed online, with their sockets (for liveness checks).
     pub fn online_drivers(&self) -> Vec<(DriverKey, S)> {
         self.drivers

@@ -11,11 +11,15 @@ use super::super::domain::{DriverKey, OrderQuery};
 use super::super::metrics::Metrics;
 use super::super::peer::Peer;
 use super::ClientEvent;
-use crate::api::{OrderPage, OrderView, Status};
+use super::presence::Connections;
+use crate::api::{OrderCounts, OrderPage, OrderView, Status};
 use crate::protocol::{Ack, ErrorCode, Event, Order, OrderId, Refusal, RefusalNotice, StoreId};
 
-/// Events waiting for the sequencer beyond this many are refused as `busy`.
-const MAX_QUEUED_EVENTS: usize = 65_536;
+/// The hub's one memory budget: events taken and not yet answered. Each is
+/// in the sequencer's inbox, or applied with its outputs waiting in the
+/// outbox and its changes in the journal. Beyond this many, events are
+/// refused `busy` at once (clients send them again).
+pub const MAX_PENDING_EVENTS: usize = 20_000;
 
 /// Where an event came from.
 #[derive(Clone)]
@@ -69,6 +73,18 @@ pub struct Reply {
     /// The event answered.
     event: Event,
     metrics: Arc<Metrics>,
+    /// The event's place in the memory budget, given back when the reply
+    /// is sent or dropped.
+    pending: Option<Pending>,
+}
+
+/// One event's share of [`MAX_PENDING_EVENTS`].
+struct Pending(Arc<AtomicUsize>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 enum ReplyTo {
@@ -103,6 +119,7 @@ impl Reply {
             },
             event,
             metrics,
+            pending: None,
         }
     }
 
@@ -117,6 +134,7 @@ impl Reply {
             to: ReplyTo::Http { peer, answer },
             event,
             metrics,
+            pending: None,
         }
     }
 
@@ -180,7 +198,7 @@ pub(in crate::hub) enum Command {
         oneshot::Sender<Result<OrderView, Refusal>>,
     ),
     Orders(OrderQuery, oneshot::Sender<OrderPage>),
-    Metrics(oneshot::Sender<String>),
+    Metrics(oneshot::Sender<(OrderCounts, Connections)>),
     /// Stop taking events; answer once everything taken is committed and sent.
     Drain(oneshot::Sender<()>),
 }
@@ -189,43 +207,44 @@ pub(in crate::hub) enum Command {
 #[derive(Clone)]
 pub struct SequencerHandle {
     commands: mpsc::UnboundedSender<Command>,
-    queued_events: Arc<AtomicUsize>,
+    pending_events: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
 /// The sequencer's receiving end, until [`super::run`] takes it.
 pub struct SequencerInbox {
     pub(super) commands: mpsc::UnboundedReceiver<Command>,
-    pub(super) queued_events: Arc<AtomicUsize>,
 }
 
 /// A connected pair: handles for the edges, and the inbox for [`super::run`].
 pub fn channel(metrics: Arc<Metrics>) -> (SequencerHandle, SequencerInbox) {
     let (commands, inbox) = mpsc::unbounded_channel();
-    let queued_events = Arc::new(AtomicUsize::new(0));
     (
         SequencerHandle {
             commands,
-            queued_events: Arc::clone(&queued_events),
+            pending_events: Arc::new(AtomicUsize::new(0)),
             metrics,
         },
-        SequencerInbox {
-            commands: inbox,
-            queued_events,
-        },
+        SequencerInbox { commands: inbox },
     )
 }
 
 impl SequencerHandle {
     /// Queues a client's event; when the sequencer is overloaded the event
     /// is refused at once as `busy`.
-    pub fn submit(&self, origin: Origin, event: Box<dyn ClientEvent>, reply: Reply) {
-        if self.queued_events.load(Ordering::Relaxed) >= MAX_QUEUED_EVENTS {
+    pub fn submit(&self, origin: Origin, event: Box<dyn ClientEvent>, mut reply: Reply) {
+        if self.pending_events.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_EVENTS {
+            self.pending_events.fetch_sub(1, Ordering::Relaxed);
             let refusal = Refusal::new(ErrorCode::Busy, "the hub is overloaded; try again");
             return reply.refuse(event.order(), refusal);
         }
-        self.queued_events.fetch_add(1, Ordering::Relaxed);
+        reply.pending = Some(Pending(Arc::clone(&self.pending_events)));
         self.send(Command::Event(origin, event, reply));
+    }
+
+    /// Events taken and not yet answered.
+    pub fn pending_events(&self) -> usize {
+        self.pending_events.load(Ordering::Relaxed)
     }
 
     /// A socket has joined the namespace.
@@ -258,8 +277,8 @@ impl SequencerHandle {
         self.ask(|reply| Command::Orders(query, reply)).await
     }
 
-    /// The metrics, in Prometheus text format.
-    pub async fn metrics(&self) -> Option<String> {
+    /// Orders per state and connections by role, from memory.
+    pub async fn gauges(&self) -> Option<(OrderCounts, Connections)> {
         self.ask(Command::Metrics).await
     }
 

@@ -19,7 +19,6 @@ mod presence;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -33,7 +32,7 @@ use handle::Command;
 pub use handle::{Origin, Reply, SequencerHandle, SequencerInbox, channel, peer_of};
 use outbox::Outbox;
 pub use outbox::{Message, Output};
-pub use presence::{Presence, PresenceBoard, PresenceView};
+pub use presence::{Connections, Presence, PresenceBoard, PresenceView};
 
 use super::dispatch::{Dispatch, DispatchConfig, Effect};
 use super::domain::{Change, DriverKey, OrderKey, Snapshot, StoredOrder};
@@ -50,8 +49,10 @@ use crate::protocol::{
 
 /// How often offers are checked for expiry.
 const TICK: Duration = Duration::from_millis(100);
-/// How often, at most, who is online is published while events flow (and
-/// at every tick besides).
+/// Publishing who is online costs a pass over the drivers: with up to this
+/// many it is published after every step, so readers see it exact...
+const PRESENCE_EAGER_DRIVERS: usize = 256;
+/// ...with more, at most this often while events flow, and at every tick.
 const PRESENCE_EVERY: Duration = Duration::from_millis(20);
 /// How often (in ticks) drivers' sockets are checked for liveness.
 const LIVENESS_EVERY: u32 = 10;
@@ -84,10 +85,7 @@ pub async fn run(
     log: EventLog,
     setup: SequencerSetup,
 ) -> anyhow::Result<()> {
-    let SequencerInbox {
-        mut commands,
-        queued_events,
-    } = inbox;
+    let SequencerInbox { mut commands } = inbox;
     let (journal, mut committed) = match setup.journal {
         Some((journal, committed)) => (Some(journal), Some(committed)),
         None => (None, None),
@@ -135,21 +133,17 @@ pub async fn run(
         tokio::select! {
             command = commands.recv() => {
                 let Some(command) = command else { return Ok(()) };
-                if matches!(command, Command::Event(..)) {
-                    queued_events.fetch_sub(1, Ordering::Relaxed);
-                }
                 let outputs = hub.apply(command);
                 let ready = hub.settle(outputs);
                 hub.carry_out(ready).await;
-                if hub.presence_published.elapsed() >= PRESENCE_EVERY {
-                    hub.publish_presence();
-                }
+                hub.maybe_publish_presence();
             }
             report = next_commit(&mut committed) => {
                 let commit = report.map_err(|error| anyhow::anyhow!("the data dir cannot be written: {error}"))?;
                 let (ready, stale) = hub.outbox.committed(&commit);
                 hub.carry_out(ready).await;
                 hub.reload(stale);
+                hub.maybe_publish_presence();
             }
             _ = ticker.tick() => {
                 ticks = ticks.wrapping_add(1);
@@ -291,7 +285,7 @@ impl Sequencer {
                 self.draining.get_or_insert_with(Vec::new).push(reply);
             }
             Command::Metrics(reply) => {
-                let _ = reply.send(self.metrics.render(&self.desk.counts(), self.connections()));
+                let _ = reply.send((self.desk.counts(), self.connections()));
             }
         }
         outputs
@@ -515,6 +509,14 @@ impl Sequencer {
         }
     }
 
+    fn maybe_publish_presence(&mut self) {
+        if self.desk.driver_count() <= PRESENCE_EAGER_DRIVERS
+            || self.presence_published.elapsed() >= PRESENCE_EVERY
+        {
+            self.publish_presence();
+        }
+    }
+
     fn publish_presence(&mut self) {
         self.presence_published = Instant::now();
         self.presence.publish(Presence {
@@ -525,7 +527,7 @@ impl Sequencer {
     }
 
     /// Connections by role.
-    fn connections(&self) -> [(&'static str, usize); 3] {
+    fn connections(&self) -> Connections {
         [
             ("vendor", self.vendors.len()),
             ("driver", self.desk.online_drivers().len()),

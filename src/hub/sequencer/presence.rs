@@ -13,9 +13,12 @@ pub struct Presence {
     pub drivers: Vec<DriverStatus>,
     /// Stores with vendors connected.
     pub stores: Vec<StoreStatus>,
-    /// Connections by role: vendors, drivers, viewers.
-    pub connections: [(&'static str, usize); 3],
+    /// Connections by role.
+    pub connections: Connections,
 }
+
+/// Connections by role: vendors, drivers, viewers.
+pub type Connections = [(&'static str, usize); 3];
 
 /// A reader's view of [`Presence`]; clone it freely.
 pub type PresenceView = watch::Receiver<Presence>;
