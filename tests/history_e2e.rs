@@ -98,3 +98,48 @@ fn an_old_order_is_recognised_past_the_memory_window_and_after_a_restart() {
     let (_, status) = http("GET", &format!("{url}/api/status"), None);
     assert_eq!(status["orders"]["delivered"], 11, "{status}");
 }
+
+#[test]
+fn an_order_compacted_by_retention_is_still_recognised() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let (mut hub, url) = start_hub_with(&[
+        "--port",
+        "0",
+        "--data-dir",
+        data_dir,
+        "--retain",
+        "1s",
+        "--compact-every",
+        "100ms",
+    ]);
+    let _bob = driver(&url, "bob", "1ms", "1ms", &[]);
+    hub.wait_for_log("driver name=bob");
+    assert_eq!(place(&url, first_order()).0, 201);
+
+    // A second after its delivery it is compacted: no history, no customer.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let view = loop {
+        let view = state_of(&url, "c1-order-1");
+        if view["customer"] == "(removed)" {
+            break view;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never compacted: {view}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(view["state"], "delivered");
+    assert_eq!(view["address"], "(removed)");
+    assert_eq!(view["history"], json!([]), "{view}");
+    hub.wait_for_log("compacted 1 orders");
+
+    // Idempotence does not expire with the data.
+    let (status, body) = place(&url, first_order());
+    assert_eq!(status, 201, "{body}");
+    let mut changed = first_order();
+    changed["address"] = json!("Elsewhere, NY");
+    assert_eq!(place(&url, changed).0, 409);
+    assert!(hub.is_running(), "{}", hub.describe());
+}

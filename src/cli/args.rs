@@ -130,6 +130,13 @@ pub(super) struct HubArgs {
     /// `normal` (handed to the OS: survives the hub being killed).
     #[arg(long, env = "CAPS_SYNC", value_enum, default_value = "full")]
     pub(super) sync: SyncArg,
+    /// Compact orders delivered longer ago than this (e.g. 90d): their history and customer
+    /// data are removed, and a re-sent order is still recognised [default: keep everything].
+    #[arg(long, env = "CAPS_RETAIN", value_parser = parse_positive_duration)]
+    pub(super) retain: Option<Duration>,
+    /// How often compaction looks for orders past --retain.
+    #[arg(long, env = "CAPS_COMPACT_EVERY", default_value = "1m", value_parser = parse_positive_duration)]
+    pub(super) compact_every: Duration,
     #[command(flatten)]
     pub(super) dispatch: DispatchArgs,
     #[command(flatten)]

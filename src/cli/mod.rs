@@ -203,6 +203,8 @@ impl HubArgs {
         config.dispatch = self.dispatch.config(config.dispatch.keep_delivered);
         config.queue_limit = self.queue_limit;
         config.sync = self.sync.into();
+        config.retain = self.retain;
+        config.compact_every = self.compact_every;
         config.admission = self.security.admission()?;
         config.limits = self.security.limits();
         Ok(config)

@@ -140,10 +140,40 @@ pub struct StoredOrder {
     pub told_in_transit: bool,
     /// How many changes of state are recorded for it (a new order has 1).
     pub version: u64,
+    /// Set once the order was compacted: its customer and address are gone
+    /// (the order shows placeholders) and this digest of them stays.
+    pub digest: Option<String>,
     /// When it entered its state.
     pub since: DateTime<Utc>,
     /// Every state it entered, oldest first.
     pub history: Vec<Transition>,
+}
+
+impl StoredOrder {
+    /// Whether `order` is this same order again (same payload), even after
+    /// it was compacted.
+    pub fn is_same(&self, order: &Order) -> bool {
+        match &self.digest {
+            Some(digest) => {
+                OrderKey::of(&self.order) == OrderKey::of(order)
+                    && *digest == payload_digest(order.customer.as_str(), order.address.as_str())
+            }
+            None => self.order == *order,
+        }
+    }
+}
+
+/// The digest a compacted order keeps of its customer and address.
+pub fn payload_digest(customer: &str, address: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(customer.as_bytes());
+    hash.update([0]);
+    hash.update(address.as_bytes());
+    hash.finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// A queued delivery notice as recorded.

@@ -10,6 +10,7 @@
 //! [`Backend`] is the seam for where changes go: SQLite today
 //! ([`super::sqlite::SqliteBackend`]).
 
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use super::domain::{Change, OrderKey, OrderQuery, Snapshot, StoredOrder};
@@ -29,6 +30,10 @@ pub trait Backend: Send + 'static {
     /// whose conditions fail (see [`Change`]) is left out, and its number
     /// returned; the others commit. An error means nothing was committed.
     fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Vec<u64>>;
+    /// Compacts up to `limit` orders delivered before `delivered_before`:
+    /// their history and personal data go, a digest of their payload stays
+    /// (so a re-sent order is still recognised). Returns how many it did.
+    fn compact(&mut self, delivered_before: DateTime<Utc>, limit: usize) -> anyhow::Result<usize>;
 }
 
 /// Reads of committed orders: the authority for every order ever recorded,
@@ -66,9 +71,21 @@ pub struct Commit {
     pub refused: Vec<u64>,
 }
 
+/// What the writer is asked to do.
+enum Request {
+    /// Commit a step (with whatever else is queued).
+    Step(Step),
+    /// Compact orders delivered before this, while nothing else waits.
+    Compact(DateTime<Utc>),
+}
+
+/// Orders compacted in one transaction, so compaction never holds a commit
+/// up for long.
+const COMPACT_CHUNK: usize = 1_000;
+
 /// The sequencer's end of the journal.
 pub struct Journal {
-    requests: mpsc::UnboundedSender<Step>,
+    requests: mpsc::UnboundedSender<Request>,
     next_seq: u64,
 }
 
@@ -99,27 +116,61 @@ impl Journal {
     pub fn append(&mut self, changes: Vec<Change>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if self.requests.send(Step { seq, changes }).is_err() {
+        if self
+            .requests
+            .send(Request::Step(Step { seq, changes }))
+            .is_err()
+        {
             log::error!("the journal writer has stopped");
         }
         seq
+    }
+
+    /// Asks the writer to compact orders delivered before `delivered_before`,
+    /// in chunks between commits.
+    pub fn compact(&self, delivered_before: DateTime<Utc>) {
+        if self
+            .requests
+            .send(Request::Compact(delivered_before))
+            .is_err()
+        {
+            log::error!("the journal writer has stopped");
+        }
     }
 }
 
 fn write_batches(
     mut backend: Box<dyn Backend>,
-    mut incoming: mpsc::UnboundedReceiver<Step>,
+    mut incoming: mpsc::UnboundedReceiver<Request>,
     committed: mpsc::UnboundedSender<Committed>,
 ) {
     let mut batch: Vec<Step> = Vec::new();
-    while let Some(first) = incoming.blocking_recv() {
+    let mut compact_before: Option<DateTime<Utc>> = None;
+    loop {
+        // Wait for work, unless compaction is left to do.
+        let first = match compact_before {
+            Some(_) => incoming.try_recv().ok(),
+            None => match incoming.blocking_recv() {
+                Some(request) => Some(request),
+                None => return,
+            },
+        };
         batch.clear();
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            let Ok(step) = incoming.try_recv() else {
-                break;
-            };
-            batch.push(step);
+        let mut next = first;
+        while let Some(request) = next {
+            match request {
+                Request::Step(step) => batch.push(step),
+                Request::Compact(before) => compact_before = Some(before),
+            }
+            next = (batch.len() < MAX_BATCH)
+                .then(|| incoming.try_recv().ok())
+                .flatten();
+        }
+        if batch.is_empty() {
+            if let Some(before) = compact_before {
+                compact_before = compact_chunk(backend.as_mut(), before).then_some(before);
+            }
+            continue;
         }
         let up_to = batch.last().map_or(0, |step| step.seq);
         let report = match backend.commit(&batch) {
@@ -129,6 +180,22 @@ fn write_batches(
         let failed = report.is_err();
         if committed.send(report).is_err() || failed {
             return;
+        }
+    }
+}
+
+/// Compacts one chunk; `true` if more may be left.
+fn compact_chunk(backend: &mut dyn Backend, before: DateTime<Utc>) -> bool {
+    match backend.compact(before, COMPACT_CHUNK) {
+        Ok(done) => {
+            if done > 0 {
+                log::info!("compacted {done} orders delivered before {before}");
+            }
+            done == COMPACT_CHUNK
+        }
+        Err(error) => {
+            log::error!("cannot compact the data dir: {error:#}");
+            false
         }
     }
 }

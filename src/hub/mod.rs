@@ -73,7 +73,7 @@ use self::domain::{OrderState, Snapshot};
 use self::guard::Guard;
 use self::journal::{Backend, Journal, Records};
 use self::metrics::Metrics;
-use self::sequencer::{PresenceBoard, SequencerHandle, SequencerSetup};
+use self::sequencer::{PresenceBoard, Retention, SequencerHandle, SequencerSetup};
 use self::sqlite::{SqliteBackend, SyncMode};
 use crate::protocol::NAMESPACE;
 
@@ -95,6 +95,11 @@ pub struct HubConfig {
     pub queue_limit: usize,
     /// When a commit to the data dir counts as done.
     pub sync: SyncMode,
+    /// Delivered orders older than this are compacted (history and personal
+    /// data removed, a digest kept); `None` keeps everything.
+    pub retain: Option<Duration>,
+    /// How often compaction looks for orders past `retain`.
+    pub compact_every: Duration,
 }
 
 /// Where a hub keeps its state.
@@ -116,6 +121,8 @@ impl HubConfig {
             storage: Storage::Ephemeral,
             queue_limit: 10_000,
             sync: SyncMode::Full,
+            retain: None,
+            compact_every: Duration::from_secs(60),
         }
     }
 
@@ -245,6 +252,10 @@ impl Hub {
             snapshot,
             journal,
             records: sequencer_records,
+            retention: config.retain.map(|keep| Retention {
+                keep,
+                every: config.compact_every,
+            }),
             guard,
             metrics: Arc::clone(&metrics),
             presence,

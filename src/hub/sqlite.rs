@@ -16,7 +16,7 @@ use rusqlite::{Connection, DropBehavior, OpenFlags, OptionalExtension, params};
 
 use super::domain::{
     Change, DriverKey, OrderKey, OrderQuery, OrderState, Snapshot, StoredNotice, StoredOrder,
-    Transition,
+    Transition, payload_digest,
 };
 use super::journal::{Backend, Records, Step};
 use crate::api::OrderCounts;
@@ -80,6 +80,10 @@ const MIGRATIONS: &[&str] = &[
         SELECT count(*) FROM transitions t
         WHERE t.store = orders.store AND t.order_id = orders.order_id
     );",
+    // 5: compaction (--retain): an old delivered order keeps only a digest of
+    // its payload; the index finds the orders still to compact.
+    "ALTER TABLE orders ADD COLUMN digest TEXT;
+    CREATE INDEX compactable ON orders (updated_at) WHERE state = 'delivered' AND digest IS NULL;",
 ];
 
 /// The schema version this build writes.
@@ -278,6 +282,38 @@ impl Backend for SqliteBackend {
         })
     }
 
+    fn compact(&mut self, delivered_before: DateTime<Utc>, limit: usize) -> anyhow::Result<usize> {
+        let tx = self.conn.transaction()?;
+        let old: Vec<(String, String, String, String)> = {
+            let mut select = tx.prepare_cached(
+                "SELECT o.store, o.order_id, o.customer, o.address FROM orders o
+                 WHERE o.state = 'delivered' AND o.digest IS NULL AND o.updated_at < ?1
+                 ORDER BY o.updated_at LIMIT ?2",
+            )?;
+            select
+                .query_map(
+                    params![delivered_before.to_rfc3339(), limit as i64],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                )?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        {
+            let mut redact = tx.prepare_cached(
+                "UPDATE orders SET customer = '', address = '', digest = ?3
+                 WHERE store = ?1 AND order_id = ?2",
+            )?;
+            let mut forget =
+                tx.prepare_cached("DELETE FROM transitions WHERE store = ?1 AND order_id = ?2")?;
+            for (store, order_id, customer, address) in &old {
+                let digest = payload_digest(customer, address);
+                redact.execute(params![store, order_id, digest])?;
+                forget.execute(params![store, order_id])?;
+            }
+        }
+        tx.commit().context("compacting the data dir")?;
+        Ok(old.len())
+    }
+
     fn records(&self) -> anyhow::Result<Box<dyn Records>> {
         let conn = Connection::open_with_flags(
             &self.path,
@@ -412,9 +448,12 @@ fn apply_step(conn: &Connection, changes: &[Change]) -> rusqlite::Result<bool> {
     Ok(true)
 }
 
+/// What a compacted order shows for its customer and address.
+const REMOVED: &str = "(removed)";
+
 /// The columns [`read_order`] reads, in its order.
-const ORDER_COLUMNS: &str =
-    "store, order_id, seq, customer, address, state, driver, told_in_transit, updated_at, version";
+const ORDER_COLUMNS: &str = "store, order_id, seq, customer, address, state, driver, \
+     told_in_transit, updated_at, version, digest";
 
 /// Every state `key` entered, oldest first.
 fn history(conn: &Connection, key: &OrderKey) -> anyhow::Result<Vec<Transition>> {
@@ -619,11 +658,18 @@ fn read_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<anyhow::Result<Stored
     let told_in_transit: bool = row.get(7)?;
     let since: String = row.get(8)?;
     let version: i64 = row.get(9)?;
+    let digest: Option<String> = row.get(10)?;
     Ok((|| {
         let state =
             parse_state(&state).with_context(|| format!("unknown order state {state:?}"))?;
+        let order = match &digest {
+            // A compacted order: its customer and address are gone.
+            Some(_) => order_from(store, order_id, REMOVED.into(), REMOVED.into())?,
+            None => order_from(store, order_id, customer, address)?,
+        };
         Ok(StoredOrder {
-            order: order_from(store, order_id, customer, address)?,
+            order,
+            digest,
             seq: seq as u64,
             state,
             driver: driver.as_deref().and_then(driver_from_column),

@@ -339,6 +339,7 @@ fn every_change_is_recorded_and_a_restored_desk_resumes() {
         state,
         driver,
         version: 2,
+        digest: None,
         told_in_transit: state == OrderState::InTransit,
         since: Utc::now(),
         history: Vec::new(),

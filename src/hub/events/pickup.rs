@@ -42,7 +42,7 @@ impl ClientEvent for Pickup {
         let outcome = match hub.desk.state_of(&key) {
             Some(_) => hub.desk.pickup(order.clone(), Instant::now()),
             None => match hub.recorded(&key) {
-                Ok(Some(recorded)) if recorded.order != order => Err(Refusal::new(
+                Ok(Some(recorded)) if !recorded.is_same(&order) => Err(Refusal::new(
                     ErrorCode::OrderConflict,
                     format!("{key} already exists with a different payload"),
                 )),

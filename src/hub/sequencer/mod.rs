@@ -69,12 +69,23 @@ pub struct SequencerSetup {
     pub journal: Option<(Journal, mpsc::UnboundedReceiver<Committed>)>,
     /// Committed orders, for those no longer in memory.
     pub records: Option<Box<dyn Records>>,
+    /// How long delivered orders are kept whole, if not forever.
+    pub retention: Option<Retention>,
     /// The connection accounting, recounted now and then.
     pub guard: Guard,
     /// Where counts and latencies go.
     pub metrics: Arc<Metrics>,
     /// Where who is online is published for readers.
     pub presence: PresenceBoard,
+}
+
+/// Compaction of old delivered orders.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Orders delivered longer ago than this are compacted.
+    pub keep: Duration,
+    /// How often to look for them.
+    pub every: Duration,
 }
 
 /// Runs the sequencer until every handle is gone; fails if the journal fails
@@ -119,6 +130,7 @@ pub async fn run(
     let restored = hub.settle(Vec::new());
     hub.carry_out(restored).await;
 
+    let mut compacted_at: Option<Instant> = None;
     let mut ticker = interval(TICK);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ticks: u32 = 0;
@@ -150,6 +162,13 @@ pub async fn run(
                 let mut outputs = Vec::new();
                 if ticks.is_multiple_of(LIVENESS_EVERY) {
                     hub.drop_dead_drivers(&mut outputs);
+                }
+                if let (Some(retention), Some(journal)) = (setup.retention, &hub.journal)
+                    && compacted_at.is_none_or(|at| at.elapsed() >= retention.every)
+                {
+                    compacted_at = Some(Instant::now());
+                    let keep = chrono::Duration::from_std(retention.keep).unwrap_or(chrono::Duration::MAX);
+                    journal.compact(Utc::now() - keep);
                 }
                 let effects = hub.desk.tick(Instant::now());
                 hub.add_effects(effects, &mut outputs);
