@@ -98,6 +98,9 @@ pub(super) struct BenchArgs {
     /// Give up on orders not delivered this long after the last progress.
     #[arg(long, env = "CAPS_BENCH_PATIENCE", default_value = "10s", value_parser = parse_positive_duration)]
     pub(super) patience: Duration,
+    /// Clients reading the HTTP API in a loop meanwhile (/api/status, then 500 orders).
+    #[arg(long, env = "CAPS_BENCH_POLLERS", default_value_t = 0)]
+    pub(super) pollers: usize,
     /// Extra flags for the caps hubs started, e.g. --hub-arg=--rate-limit=100000.
     #[arg(
         long = "hub-arg",

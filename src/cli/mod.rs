@@ -96,6 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 conns: args.conns,
                 rounds: args.rounds,
                 patience: args.patience,
+                pollers: args.pollers,
             })
             .await
         }

@@ -15,7 +15,7 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::events::Pickup;
 use super::peer::{Admission, Peer};
@@ -24,6 +24,7 @@ use std::sync::Arc;
 use super::domain::{OrderKey, OrderQuery, StoredOrder};
 use super::journal::Records;
 use super::metrics::Metrics;
+use super::readers::{ReadError, Readers};
 use super::sequencer::{PresenceView, SequencerHandle};
 use crate::api::{
     MAX_PAGE, NewOrder, ORDERS_PATH, OrderPage, OrderSummary, OrderView, QueueStatus, STATUS_PATH,
@@ -36,9 +37,9 @@ use crate::protocol::{Ack, ErrorCode, Handshake, Order, OrderId, OrderState, Ref
 pub struct HttpState {
     /// The sequencer: it takes orders, and answers reads of an ephemeral hub.
     pub sequencer: SequencerHandle,
-    /// Committed orders, read beside the sequencer (never on its task) when
-    /// the hub has a data dir.
-    pub records: Option<Arc<dyn Records>>,
+    /// Reads of committed orders, beside the sequencer (never on its task)
+    /// and below it in priority, when the hub has a data dir.
+    pub readers: Option<Readers>,
     /// Who is online, as the sequencer last published it.
     pub presence: PresenceView,
     /// The hub's metrics.
@@ -155,44 +156,40 @@ async fn status(caller: Caller, State(state): State<HttpState>) -> Response {
     if let Err(refusal) = caller.may_read(None) {
         return refuse(StatusCode::FORBIDDEN, refusal);
     }
-    let Some(records) = state.records else {
+    let Some(readers) = state.readers else {
         return match state.sequencer.status().await {
             Some(status) => Json(status).into_response(),
             None => stopping(),
         };
     };
     let presence = state.presence.borrow().clone();
-    let board = read(records, |records| {
-        Ok((
-            records.counts()?,
-            records.open_orders(Status::OPEN_ORDERS_SHOWN)?,
-            records.queues()?,
-        ))
-    })
-    .await;
-    match board {
-        Ok((orders, open_orders, queues)) => Json(Status {
-            orders,
-            open_orders: open_orders.iter().map(summary_of).collect(),
+    read_json(&readers, move |records| {
+        Ok(Status {
+            orders: records.counts()?,
+            open_orders: records
+                .open_orders(Status::OPEN_ORDERS_SHOWN)?
+                .iter()
+                .map(summary_of)
+                .collect(),
             drivers: presence.drivers,
             stores: presence.stores,
-            queues: queues
+            queues: records
+                .queues()?
                 .into_iter()
                 .map(|(store, queued)| QueueStatus { store, queued })
                 .collect(),
         })
-        .into_response(),
-        Err(response) => response,
-    }
+    })
+    .await
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    let (counts, connections) = match state.records {
-        Some(records) => {
+    let (counts, connections) = match state.readers {
+        Some(readers) => {
             let connections = state.presence.borrow().connections;
-            match read(records, |records| records.counts()).await {
+            match readers.read(|records| records.counts()).await {
                 Ok(counts) => (counts, connections),
-                Err(response) => return response,
+                Err(error) => return read_failure(error),
             }
         }
         None => match state.sequencer.gauges().await {
@@ -257,13 +254,13 @@ async fn list_orders(
         after: params.after,
         limit: params.limit.unwrap_or(100).clamp(1, MAX_PAGE),
     };
-    let Some(records) = state.records else {
+    let Some(readers) = state.readers else {
         return match state.sequencer.orders(query).await {
             Some(page) => Json(page).into_response(),
             None => stopping(),
         };
     };
-    let page = read(records, move |records| {
+    read_json(&readers, move |records| {
         let mut orders = records.page(&OrderQuery {
             limit: query.limit + 1,
             ..query.clone()
@@ -275,11 +272,7 @@ async fn list_orders(
             next,
         })
     })
-    .await;
-    match page {
-        Ok(page) => Json(page).into_response(),
-        Err(response) => response,
-    }
+    .await
 }
 
 #[derive(Deserialize)]
@@ -320,15 +313,12 @@ async fn track_order(
     if let Err(refusal) = caller.may_read(store.as_ref()) {
         return refuse(StatusCode::FORBIDDEN, refusal);
     }
-    let found = match state.records {
-        Some(records) => {
-            match read(records, move |records| {
-                recorded_view(records, order_id, store)
-            })
-            .await
-            {
+    let found = match state.readers {
+        Some(readers) => {
+            let read = readers.read(move |records| recorded_view(records, order_id, store));
+            match read.await {
                 Ok(found) => Some(found),
-                Err(response) => return response,
+                Err(error) => return read_failure(error),
             }
         }
         None => state.sequencer.order(order_id, store).await,
@@ -388,23 +378,37 @@ async fn place_order(
     }
 }
 
-/// Runs a read of committed orders on a blocking thread; a failed read is a 503.
-async fn read<T: Send + 'static>(
-    records: Arc<dyn Records>,
+/// Runs `query` in the reading room and answers with its JSON, made there too.
+async fn read_json<T: Serialize>(
+    readers: &Readers,
     query: impl FnOnce(&dyn Records) -> anyhow::Result<T> + Send + 'static,
-) -> Result<T, Response> {
-    let outcome = tokio::task::spawn_blocking(move || query(records.as_ref())).await;
-    match outcome {
-        Ok(Ok(found)) => Ok(found),
-        Ok(Err(error)) => {
-            log::error!("cannot read the data dir: {error:#}");
-            Err(failure(
+) -> Response {
+    let json = readers
+        .read(move |records| Ok(serde_json::to_vec(&query(records)?)?))
+        .await;
+    match json {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(error) => read_failure(error),
+    }
+}
+
+/// A read that was not answered: 503, with the usual error shape.
+fn read_failure(error: ReadError) -> Response {
+    match error {
+        ReadError::Stopping => stopping(),
+        ReadError::Busy => failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Busy,
+            &error.to_string(),
+        ),
+        ReadError::Failed(cause) => {
+            log::error!("cannot read the data dir: {cause:#}");
+            failure(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Busy,
                 "the hub cannot read its records; try again",
-            ))
+            )
         }
-        Err(_) => Err(stopping()),
     }
 }
 

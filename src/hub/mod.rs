@@ -47,6 +47,7 @@ pub mod journal;
 mod mailbox;
 mod metrics;
 mod peer;
+mod readers;
 mod sequencer;
 pub mod sqlite;
 
@@ -73,6 +74,7 @@ use self::domain::{OrderState, Snapshot};
 use self::guard::Guard;
 use self::journal::{Backend, Journal, Records};
 use self::metrics::Metrics;
+use self::readers::Readers;
 use self::sequencer::{PresenceBoard, Retention, SequencerHandle, SequencerSetup};
 use self::sqlite::{SqliteBackend, SyncMode};
 use crate::protocol::NAMESPACE;
@@ -158,8 +160,15 @@ pub struct Hub {
         Journal,
         tokio::sync::mpsc::UnboundedReceiver<journal::Committed>,
     )>,
-    /// Readers of committed orders: one for the sequencer, one for the API.
-    records: Option<(Box<dyn Records>, Arc<dyn Records>)>,
+    /// Readers of committed orders, when the hub has a data dir.
+    records: Option<RecordReaders>,
+}
+
+/// Readers of committed orders: one for the sequencer, and one for each
+/// thread that answers the API's reads.
+struct RecordReaders {
+    sequencer: Box<dyn Records>,
+    api: Vec<Box<dyn Records>>,
 }
 
 impl Hub {
@@ -191,7 +200,13 @@ impl Hub {
         let snapshot = backend
             .load()
             .with_context(|| format!("reading the {described}"))?;
-        let records = (backend.records()?, Arc::from(backend.records()?));
+        let api_records = (0..readers::THREADS)
+            .map(|_| backend.records())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let records = RecordReaders {
+            sequencer: backend.records()?,
+            api: api_records,
+        };
         log::info!(
             "{described}: {} open orders, {} delivered, {} queued notices",
             snapshot
@@ -219,7 +234,9 @@ impl Hub {
             journal,
             records,
         } = self;
-        let (sequencer_records, api_records) = records.unzip();
+        let (sequencer_records, api_records) = records
+            .map(|records| (records.sequencer, records.api))
+            .unzip();
         let metrics = Arc::new(Metrics::new(log.dropped_lines()));
         let (sequencer, inbox) = self::sequencer::channel(Arc::clone(&metrics));
         let cors = cors_layer(&config.limits.cors_origins)?;
@@ -263,7 +280,7 @@ impl Hub {
         let task = tokio::spawn(self::sequencer::run(inbox, io.clone(), log, setup));
         let router = http::routes(http::HttpState {
             sequencer: sequencer.clone(),
-            records: api_records,
+            readers: api_records.map(Readers::start),
             presence: presence_view,
             metrics,
             admission: config.admission,

@@ -15,6 +15,7 @@ mod target;
 mod wire;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,9 @@ pub struct BenchConfig {
     pub rounds: usize,
     /// Give up on orders not delivered this long after the last was sent.
     pub patience: Duration,
+    /// Clients reading the HTTP API in a loop while orders flow (as open
+    /// dashboards and scripts do): `/api/status`, then a page of 500 orders.
+    pub pollers: usize,
 }
 
 /// The figures of one measurement.
@@ -90,6 +94,8 @@ pub struct Figures {
     pub connects_per_second: Option<f64>,
     /// Server memory per idle connection, in KiB (with `--conns`).
     pub kib_per_connection: Option<f64>,
+    /// API reads answered per second (with `--pollers`).
+    pub polls_per_second: Option<f64>,
 }
 
 /// Runs every round against every target, prints a table and JSON lines,
@@ -212,6 +218,17 @@ async fn measure(
         ));
     }
 
+    let polls = Arc::new(AtomicU64::new(0));
+    let stop_polling = Arc::new(AtomicBool::new(false));
+    let pollers = (config.pollers > 0).then(|| {
+        poll_beside(
+            target.url.clone(),
+            config.pollers,
+            Arc::clone(&polls),
+            Arc::clone(&stop_polling),
+        )
+    });
+
     // Wait for every delivery, or until nothing has come for `patience`.
     let mut last_progress = (0usize, Instant::now());
     loop {
@@ -229,6 +246,11 @@ async fn measure(
     let cpu_after = target.cpu();
     vendors.abort_all();
     drivers.abort_all();
+    stop_polling.store(true, Ordering::Relaxed);
+    if let Some(pollers) = pollers {
+        let _ = pollers.join();
+    }
+    let polled = polls.load(Ordering::Relaxed);
 
     let tally = tally.lock().expect("tally lock");
     let delivered = tally.done.len() as u64;
@@ -268,7 +290,56 @@ async fn measure(
             .map(|bytes| bytes as f64 / (1024.0 * 1024.0)),
         connects_per_second,
         kib_per_connection,
+        polls_per_second: (config.pollers > 0)
+            .then(|| polled as f64 / started.elapsed().as_secs_f64().max(1e-9)),
     })
+}
+
+/// Runs `clients` API readers on a thread of their own (with its own
+/// runtime, so they do not delay the vendors' and drivers' tasks) until
+/// `stop` is set.
+fn poll_beside(
+    url: String,
+    clients: usize,
+    polls: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the pollers");
+        runtime.block_on(async move {
+            let mut readers = JoinSet::new();
+            for _ in 0..clients {
+                readers.spawn(poll_api(url.clone(), Arc::clone(&polls)));
+            }
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            readers.abort_all();
+        });
+    })
+}
+
+/// One API reader: the board, then a page of orders, again and again.
+async fn poll_api(url: String, polls: Arc<AtomicU64>) {
+    let client = reqwest::Client::new();
+    let paths = [
+        crate::api::STATUS_PATH.to_owned(),
+        format!("{}?limit=500", crate::api::ORDERS_PATH),
+    ];
+    for path in paths.iter().cycle() {
+        let answered = match client.get(format!("{url}{path}")).send().await {
+            Ok(response) => response.bytes().await.is_ok(),
+            Err(_) => false,
+        };
+        if answered {
+            polls.fetch_add(1, Ordering::Relaxed);
+        } else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// One vendor's sending side.
