@@ -143,3 +143,29 @@ fn an_order_compacted_by_retention_is_still_recognised() {
     assert_eq!(place(&url, changed).0, 409);
     assert!(hub.is_running(), "{}", hub.describe());
 }
+
+#[test]
+fn the_integrity_check_runs_after_a_crash_and_not_after_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let flags = ["--port", "0", "--data-dir", data_dir];
+    let (mut hub, url) = start_hub_with(&flags);
+    assert_eq!(place(&url, first_order()).0, 201);
+    hub.signal("TERM");
+    assert!(hub.wait_exit().success(), "{}", hub.describe());
+
+    let (mut hub, url) = start_hub_with(&flags);
+    hub.wait_for_log("namespace /caps ready");
+    assert!(
+        !hub.stderr().iter().any(|line| line.contains("not closed cleanly")),
+        "a clean stop needs no check:\n{}",
+        hub.describe()
+    );
+    assert_eq!(place(&url, first_order()).0, 201, "the order is still there");
+    hub.signal("KILL");
+    hub.wait_exit();
+
+    let (hub, url) = start_hub_with(&flags);
+    hub.wait_for_log("was not closed cleanly: integrity checked");
+    assert_eq!(state_of(&url, "c1-order-1")["state"], "ready");
+}

@@ -90,6 +90,10 @@ impl Records for NoRecords {
 }
 
 impl Backend for Gate {
+    fn close(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     fn compact(
         &mut self,
         _delivered_before: chrono::DateTime<chrono::Utc>,

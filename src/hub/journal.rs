@@ -30,6 +30,9 @@ pub trait Backend: Send + 'static {
     /// whose conditions fail (see [`Change`]) is left out, and its number
     /// returned; the others commit. An error means nothing was committed.
     fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Vec<u64>>;
+    /// Records that everything was committed and the hub stops cleanly (the
+    /// writer calls it last, once its queue is closed and empty).
+    fn close(&mut self) -> anyhow::Result<()>;
     /// Compacts up to `limit` orders delivered before `delivered_before`:
     /// their history and personal data go, a digest of their payload stays
     /// (so a re-sent order is still recognised). Returns how many it did.
@@ -87,6 +90,21 @@ const COMPACT_CHUNK: usize = 1_000;
 pub struct Journal {
     requests: mpsc::UnboundedSender<Request>,
     next_seq: u64,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Journal {
+    /// Closes the queue and waits for the writer to commit what is in it
+    /// and close the backend: a hub that stops returns only after that.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.requests, closed));
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            log::error!("the journal writer failed while closing");
+        }
+    }
 }
 
 /// What the writer reports after each commit, or the error that stopped it.
@@ -99,7 +117,7 @@ impl Journal {
     pub fn start(backend: Box<dyn Backend>) -> (Journal, mpsc::UnboundedReceiver<Committed>) {
         let (requests, incoming) = mpsc::unbounded_channel();
         let (committed, reports) = mpsc::unbounded_channel();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("caps-journal".into())
             .spawn(move || write_batches(backend, incoming, committed))
             .expect("spawning the journal writer");
@@ -107,6 +125,7 @@ impl Journal {
             Journal {
                 requests,
                 next_seq: 1,
+                writer: Some(writer),
             },
             reports,
         )
@@ -152,7 +171,13 @@ fn write_batches(
             Some(_) => incoming.try_recv().ok(),
             None => match incoming.blocking_recv() {
                 Some(request) => Some(request),
-                None => return,
+                None => {
+                    // Every step is committed and nothing more can come.
+                    if let Err(error) = backend.close() {
+                        log::warn!("cannot mark the data dir closed: {error:#}");
+                    }
+                    return;
+                }
             },
         };
         batch.clear();

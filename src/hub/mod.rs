@@ -365,7 +365,10 @@ impl RunningHub {
         });
         tokio::select! {
             served = server => {
+                // Stopping the sequencer drops its journal, which waits for
+                // the writer to commit what it holds and close the data dir.
                 task.abort();
+                let _ = task.await;
                 served.context("serving")
             }
             stopped = &mut task => {
