@@ -157,11 +157,17 @@ fn the_integrity_check_runs_after_a_crash_and_not_after_a_clean_stop() {
     let (mut hub, url) = start_hub_with(&flags);
     hub.wait_for_log("namespace /caps ready");
     assert!(
-        !hub.stderr().iter().any(|line| line.contains("not closed cleanly")),
+        !hub.stderr()
+            .iter()
+            .any(|line| line.contains("not closed cleanly")),
         "a clean stop needs no check:\n{}",
         hub.describe()
     );
-    assert_eq!(place(&url, first_order()).0, 201, "the order is still there");
+    assert_eq!(
+        place(&url, first_order()).0,
+        201,
+        "the order is still there"
+    );
     hub.signal("KILL");
     hub.wait_exit();
 

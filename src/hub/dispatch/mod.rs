@@ -93,6 +93,8 @@ struct OrderEntry {
     driver: Option<DriverKey>,
     /// Which offer is current, so a stale offer deadline is recognised.
     offer: u64,
+    /// The current offer's place among the deadlines, while it is offered.
+    offer_deadline: Option<(Instant, u64)>,
     /// A driver that let its offer expire; others are preferred next time.
     passed_over: Option<DriverKey>,
     /// Whether the store was told it is in transit: a store hears it once,
@@ -122,6 +124,7 @@ impl OrderEntry {
             state: stored.state,
             driver: stored.driver,
             offer: 0,
+            offer_deadline: None,
             passed_over: None,
             store_told_in_transit: stored.told_in_transit,
             version: stored.version,
@@ -193,7 +196,9 @@ pub struct Dispatch<S> {
     ready: BTreeMap<u64, OrderKey>,
     drivers: HashMap<DriverKey, DriverEntry<S>>,
     /// Offer deadlines in the order they were made (all share one timeout).
-    offer_deadlines: VecDeque<(Instant, OrderKey, u64)>,
+    /// Only offers still standing are here: one taken up or withdrawn
+    /// leaves at once, so this holds open offers, not all recent ones.
+    offer_deadlines: BTreeMap<(Instant, u64), OrderKey>,
     /// Delivered orders, oldest first, to forget beyond `keep_delivered`.
     delivered_order: VecDeque<OrderKey>,
     delivered_total: u64,
@@ -212,7 +217,7 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             orders: HashMap::new(),
             ready: BTreeMap::new(),
             drivers: HashMap::new(),
-            offer_deadlines: VecDeque::new(),
+            offer_deadlines: BTreeMap::new(),
             delivered_order: VecDeque::new(),
             delivered_total: 0,
             next_seq: 0,
@@ -260,6 +265,9 @@ impl<S: Clone + PartialEq> Dispatch<S> {
     pub fn reload(&mut self, key: &OrderKey, stored: Option<StoredOrder>, now: Instant) {
         if let Some(entry) = self.orders.remove(key) {
             self.ready.remove(&entry.seq);
+            if let Some(deadline) = entry.offer_deadline {
+                self.offer_deadlines.remove(&deadline);
+            }
         }
         for holder in self.drivers.values_mut() {
             holder.offered.remove(key);
@@ -391,6 +399,7 @@ impl<S: Clone + PartialEq> Dispatch<S> {
                 state: OrderState::Ready,
                 driver: None,
                 offer: 0,
+                offer_deadline: None,
                 passed_over: None,
                 store_told_in_transit: false,
                 version: 1,
@@ -422,6 +431,9 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             OrderState::Ready => return Err(not_yours(key, entry)),
         }
         let first_time = !std::mem::replace(&mut entry.store_told_in_transit, true);
+        if let Some(deadline) = entry.offer_deadline.take() {
+            self.offer_deadlines.remove(&deadline);
+        }
         let change = entry.enter(key, OrderState::InTransit, Some(driver.clone()));
         self.changes.push(change);
         let order = entry.order.clone();
@@ -487,14 +499,15 @@ impl<S: Clone + PartialEq> Dispatch<S> {
     /// preferred), packages of drivers away too long are reclaimed, and
     /// waiting orders are offered.
     pub fn tick(&mut self, now: Instant) -> Vec<Effect<S>> {
-        while let Some((deadline, _, _)) = self.offer_deadlines.front() {
-            if *deadline > now {
+        while let Some(first) = self.offer_deadlines.first_entry() {
+            if first.key().0 > now {
                 break;
             }
-            let (_, key, offer) = self.offer_deadlines.pop_front().expect("front exists");
-            let Some(entry) = self.orders.get(&key) else {
+            let ((_, offer), key) = first.remove_entry();
+            let Some(entry) = self.orders.get_mut(&key) else {
                 continue;
             };
+            entry.offer_deadline = None;
             if entry.state != OrderState::Assigned || entry.offer != offer {
                 continue;
             }
@@ -608,10 +621,11 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             let socket = holder.socket.clone().expect("chosen driver is online");
             let entry = self.orders.get_mut(&key).expect("ready order exists");
             entry.offer = offer;
+            let deadline = (now + self.config.offer_timeout, offer);
+            entry.offer_deadline = Some(deadline);
             let change = entry.enter(&key, OrderState::Assigned, Some(driver.clone()));
             self.changes.push(change);
-            self.offer_deadlines
-                .push_back((now + self.config.offer_timeout, key, offer));
+            self.offer_deadlines.insert(deadline, key);
             effects.push(Effect::Offer {
                 driver,
                 socket,
@@ -635,6 +649,9 @@ impl<S: Clone + PartialEq> Dispatch<S> {
 
     fn make_ready(&mut self, key: &OrderKey, passed_over: Option<DriverKey>) {
         if let Some(entry) = self.orders.get_mut(key) {
+            if let Some(deadline) = entry.offer_deadline.take() {
+                self.offer_deadlines.remove(&deadline);
+            }
             entry.passed_over = passed_over;
             let change = entry.enter(key, OrderState::Ready, None);
             self.changes.push(change);

@@ -408,3 +408,22 @@ fn delivered_orders_beyond_the_memory_limit_are_forgotten() {
     );
     assert_eq!(desk.counts().delivered, 3);
 }
+
+#[test]
+fn offers_taken_up_leave_the_deadline_list_at_once() {
+    let mut desk = desk();
+    let now = Instant::now();
+    desk.driver_online(named("a"), 1, None, now);
+    for n in 0..1_000 {
+        let placed = order(&format!("o{n}"));
+        desk.pickup(placed.clone(), now).unwrap();
+        desk.in_transit(&named("a"), &OrderKey::of(&placed))
+            .unwrap();
+    }
+    desk.pickup(order("still-offered"), now).unwrap();
+    assert_eq!(
+        desk.offer_deadlines.len(),
+        1,
+        "memory holds the open offers, not every offer of the last offer timeout"
+    );
+}
