@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test setup build lint bench
+.PHONY: demo test setup build lint bench soak
 
 ## Build, then run a hub with two shops and two couriers in this terminal.
 demo: setup
@@ -21,6 +21,12 @@ test: setup
 bench: setup
 	$(CARGO) build --locked --release
 	scripts/bench.sh
+
+## The soak of docs/BENCHMARKS.md: 1,000,000 orders through one durable hub.
+soak: setup
+	$(CARGO) build --locked --release
+	scripts/soak.sh
+	python3 scripts/soak_chart.py docs/bench/soak.jsonl docs/bench/soak.svg
 
 ## Install system packages (if missing) and the npm packages from the lockfile.
 setup:
