@@ -11,10 +11,10 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use caps::api::OrderCounts;
-use caps::hub::domain::{OrderKey, OrderQuery, Snapshot, StoredOrder};
+use caps::hub::domain::{OrderKey, OrderQuery, Snapshot, StoredNotice, StoredOrder};
 use caps::hub::journal::{Backend, Records, Step};
 use caps::hub::{self, EventLog, Hub, HubConfig};
-use caps::protocol::{DriverName, Event, Handshake, Order, OrderId, StoreId};
+use caps::protocol::{DriverName, Event, Handshake, MessageId, Order, OrderId, StoreId};
 use caps::roles::vendor::fake_order;
 use tokio::net::TcpListener;
 use tokio::time::timeout;
@@ -77,6 +77,12 @@ impl Records for NoRecords {
     }
     fn page(&self, _query: &OrderQuery) -> anyhow::Result<Vec<StoredOrder>> {
         Ok(Vec::new())
+    }
+    fn notices(&self, _store: &StoreId) -> anyhow::Result<Vec<StoredNotice>> {
+        Ok(Vec::new())
+    }
+    fn notice_id(&self, _store: &StoreId, _id: &str) -> anyhow::Result<Option<MessageId>> {
+        Ok(None)
     }
     fn open_orders(&self, _limit: usize) -> anyhow::Result<Vec<StoredOrder>> {
         Ok(Vec::new())

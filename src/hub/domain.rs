@@ -112,6 +112,14 @@ pub enum Change {
         /// Its id.
         message_id: MessageId,
     },
+    /// A store's queue was over its limit: all but its newest `keep`
+    /// notices are dropped.
+    NoticesTrimmed {
+        /// The store.
+        store: StoreId,
+        /// How many of its newest notices stay.
+        keep: u64,
+    },
 }
 
 impl Change {
@@ -120,7 +128,9 @@ impl Change {
         match self {
             Change::NewOrder { order, .. } => Some(OrderKey::of(order)),
             Change::Transition { key, .. } => Some(key.clone()),
-            Change::NoticeQueued { .. } | Change::NoticeRemoved { .. } => None,
+            Change::NoticeQueued { .. }
+            | Change::NoticeRemoved { .. }
+            | Change::NoticesTrimmed { .. } => None,
         }
     }
 }
@@ -194,8 +204,8 @@ pub struct Snapshot {
     pub delivered_total: u64,
     /// The arrival number the next new order gets (one past every recorded one).
     pub next_seq: u64,
-    /// Queued notices, oldest first.
-    pub notices: Vec<StoredNotice>,
+    /// How many notices each store has queued (they stay in the data dir).
+    pub queue_counts: Vec<(StoreId, u64)>,
 }
 
 /// Which orders a listing wants, oldest first.

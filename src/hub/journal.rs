@@ -13,9 +13,9 @@
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use super::domain::{Change, OrderKey, OrderQuery, Snapshot, StoredOrder};
+use super::domain::{Change, OrderKey, OrderQuery, Snapshot, StoredNotice, StoredOrder};
 use crate::api::OrderCounts;
-use crate::protocol::{OrderId, StoreId};
+use crate::protocol::{MessageId, OrderId, StoreId};
 
 /// Most events' changes committed in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -48,6 +48,11 @@ pub trait Records: Send + Sync + 'static {
     fn stores_of(&self, order_id: &OrderId) -> anyhow::Result<Vec<StoreId>>;
     /// A page of orders by arrival (without their histories).
     fn page(&self, query: &OrderQuery) -> anyhow::Result<Vec<StoredOrder>>;
+    /// The delivery notices queued for `store`, oldest first.
+    fn notices(&self, store: &StoreId) -> anyhow::Result<Vec<StoredNotice>>;
+    /// The notice in `store`'s queue whose message id, or whose order's id
+    /// (as older course code acknowledges), is `id`.
+    fn notice_id(&self, store: &StoreId, id: &str) -> anyhow::Result<Option<MessageId>>;
     /// Orders not yet delivered, oldest first, at most `limit`.
     fn open_orders(&self, limit: usize) -> anyhow::Result<Vec<StoredOrder>>;
     /// How many orders are in each state.

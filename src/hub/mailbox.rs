@@ -4,16 +4,176 @@
 //! replays what is still there. Vendors that never acknowledge (the lab's
 //! Phase 2 clients) would make a queue grow without end, so each store keeps
 //! at most `limit` notices and drops the oldest beyond that.
+//!
+//! With a data dir the notices live there, not in memory: the mailbox keeps
+//! only how many each store has (to know when to trim) and reads the rest
+//! from the committed records. An ephemeral hub keeps them in memory.
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
 
-use super::domain::{Change, StoredNotice};
+use super::domain::Change;
+use super::journal::Records;
 use crate::protocol::{ErrorCode, MessageId, Order, Refusal, StoreId};
 
 /// The notices of every store.
 pub struct Mailbox {
+    limit: usize,
+    kept: Kept,
+}
+
+enum Kept {
+    Memory(MemoryQueues),
+    DataDir {
+        records: Box<dyn Records>,
+        /// Notices queued per store, committed or on their way.
+        counts: HashMap<StoreId, u64>,
+    },
+}
+
+impl Mailbox {
+    /// An empty mailbox in memory keeping at most `limit` notices per store.
+    pub fn new(limit: usize) -> Self {
+        let limit = limit.max(1);
+        Mailbox {
+            limit,
+            kept: Kept::Memory(MemoryQueues::new(limit)),
+        }
+    }
+
+    /// A mailbox whose notices are in the data dir `records` reads, with
+    /// `counts` queued per store.
+    pub fn in_data_dir(
+        limit: usize,
+        records: Box<dyn Records>,
+        counts: Vec<(StoreId, u64)>,
+    ) -> Self {
+        Mailbox {
+            limit: limit.max(1),
+            kept: Kept::DataDir {
+                records,
+                counts: counts.into_iter().collect(),
+            },
+        }
+    }
+
+    /// Queues the notice of `order`'s delivery; returns its id and the changes
+    /// to record (its queuing, and any notices dropped over the limit).
+    pub fn enqueue(&mut self, order: Order) -> (MessageId, Vec<Change>) {
+        match &mut self.kept {
+            Kept::Memory(queues) => queues.enqueue(order),
+            Kept::DataDir { counts, .. } => {
+                let message_id = new_message_id();
+                let store = order.store.clone();
+                let mut changes = vec![Change::NoticeQueued {
+                    message_id: message_id.clone(),
+                    order,
+                    at: Utc::now(),
+                }];
+                let queued = counts.entry(store.clone()).or_default();
+                *queued += 1;
+                if *queued > self.limit as u64 {
+                    log::warn!(
+                        "store={store} queue over {} notices: dropped the oldest",
+                        self.limit
+                    );
+                    *queued = self.limit as u64;
+                    changes.push(Change::NoticesTrimmed {
+                        store,
+                        keep: self.limit as u64,
+                    });
+                }
+                (message_id, changes)
+            }
+        }
+    }
+
+    /// Removes the notice `message_id` (or, as older course code sends, the
+    /// notice of the order with that id) from `store`'s queue.
+    pub fn acknowledge(
+        &mut self,
+        store: &StoreId,
+        message_id: &MessageId,
+    ) -> Result<Change, Refusal> {
+        match &mut self.kept {
+            Kept::Memory(queues) => queues.acknowledge(store, message_id),
+            Kept::DataDir { records, counts } => {
+                let found = records
+                    .notice_id(store, message_id.as_str())
+                    .map_err(unreadable)?
+                    .ok_or_else(|| not_queued(store, message_id))?;
+                if let Some(queued) = counts.get_mut(store) {
+                    *queued = queued.saturating_sub(1);
+                }
+                Ok(Change::NoticeRemoved { message_id: found })
+            }
+        }
+    }
+
+    /// The queued notice of `order`'s delivery, if it is still queued.
+    pub fn find(&self, order: &Order) -> Option<MessageId> {
+        match &self.kept {
+            Kept::Memory(queues) => queues.find(order),
+            Kept::DataDir { records, .. } => records
+                .notice_id(&order.store, order.order_id.as_str())
+                .inspect_err(|error| log::error!("cannot read a queued notice: {error:#}"))
+                .ok()
+                .flatten(),
+        }
+    }
+
+    /// Every notice queued for `store`, oldest first.
+    pub fn pending(&self, store: &StoreId) -> Result<Vec<(MessageId, Order)>, Refusal> {
+        match &self.kept {
+            Kept::Memory(queues) => Ok(queues.pending(store)),
+            Kept::DataDir { records, .. } => Ok(records
+                .notices(store)
+                .map_err(unreadable)?
+                .into_iter()
+                .map(|notice| (notice.message_id, notice.order))
+                .collect()),
+        }
+    }
+
+    /// Every store with notices waiting, and how many, by store.
+    pub fn queue_lengths(&self) -> Vec<(StoreId, u64)> {
+        match &self.kept {
+            Kept::Memory(queues) => queues.queue_lengths(),
+            Kept::DataDir { counts, .. } => {
+                let mut lengths: Vec<(StoreId, u64)> = counts
+                    .iter()
+                    .filter(|(_, queued)| **queued > 0)
+                    .map(|(store, queued)| (store.clone(), *queued))
+                    .collect();
+                lengths.sort();
+                lengths
+            }
+        }
+    }
+}
+
+fn new_message_id() -> MessageId {
+    MessageId::new(uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid message id")
+}
+
+fn not_queued(store: &StoreId, message_id: &MessageId) -> Refusal {
+    Refusal::new(
+        ErrorCode::UnknownMessage,
+        format!("no message {message_id} in the queue of store {store}"),
+    )
+}
+
+fn unreadable(error: anyhow::Error) -> Refusal {
+    log::error!("cannot read the queued notices: {error:#}");
+    Refusal::new(
+        ErrorCode::Busy,
+        "the hub cannot read its records; try again",
+    )
+}
+
+/// Every store's notices, in memory (an ephemeral hub).
+struct MemoryQueues {
     limit: usize,
     queues: HashMap<StoreId, BTreeMap<u64, (MessageId, Order)>>,
     /// Where each message sits: its store and its place in that queue.
@@ -21,10 +181,9 @@ pub struct Mailbox {
     next: u64,
 }
 
-impl Mailbox {
-    /// An empty mailbox keeping at most `limit` notices per store.
-    pub fn new(limit: usize) -> Self {
-        Mailbox {
+impl MemoryQueues {
+    fn new(limit: usize) -> Self {
+        MemoryQueues {
             limit: limit.max(1),
             queues: HashMap::new(),
             index: HashMap::new(),
@@ -32,18 +191,10 @@ impl Mailbox {
         }
     }
 
-    /// Puts back notices read from the store, oldest first.
-    pub fn restore(&mut self, notices: Vec<StoredNotice>) {
-        for notice in notices {
-            self.insert(notice.message_id, notice.order);
-        }
-    }
-
     /// Queues the notice of `order`'s delivery; returns its id and the changes
     /// to record (its queuing, and any notice dropped over the limit).
-    pub fn enqueue(&mut self, order: Order) -> (MessageId, Vec<Change>) {
-        let message_id =
-            MessageId::new(uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid message id");
+    fn enqueue(&mut self, order: Order) -> (MessageId, Vec<Change>) {
+        let message_id = new_message_id();
         let store = order.store.clone();
         let mut changes = vec![Change::NoticeQueued {
             message_id: message_id.clone(),
@@ -69,11 +220,7 @@ impl Mailbox {
 
     /// Removes the notice `message_id` (or, as older course code sends, the
     /// notice of the order with that id) from `store`'s queue.
-    pub fn acknowledge(
-        &mut self,
-        store: &StoreId,
-        message_id: &MessageId,
-    ) -> Result<Change, Refusal> {
+    fn acknowledge(&mut self, store: &StoreId, message_id: &MessageId) -> Result<Change, Refusal> {
         let place = match self.index.get(message_id) {
             Some((owner, place)) if owner == store => Some(*place),
             _ => self.queues.get(store).and_then(|queue| {
@@ -89,12 +236,7 @@ impl Mailbox {
                     .get_mut(store)
                     .and_then(|queue| queue.remove(&place))
             })
-            .ok_or_else(|| {
-                Refusal::new(
-                    ErrorCode::UnknownMessage,
-                    format!("no message {message_id} in the queue of store {store}"),
-                )
-            })?;
+            .ok_or_else(|| not_queued(store, message_id))?;
         self.index.remove(&removed.0);
         Ok(Change::NoticeRemoved {
             message_id: removed.0,
@@ -102,7 +244,7 @@ impl Mailbox {
     }
 
     /// The queued notice of `order`'s delivery, if it is still queued.
-    pub fn find(&self, order: &Order) -> Option<MessageId> {
+    fn find(&self, order: &Order) -> Option<MessageId> {
         self.queues.get(&order.store).and_then(|queue| {
             queue
                 .values()
@@ -112,7 +254,7 @@ impl Mailbox {
     }
 
     /// Every notice queued for `store`, oldest first.
-    pub fn pending(&self, store: &StoreId) -> Vec<(MessageId, Order)> {
+    fn pending(&self, store: &StoreId) -> Vec<(MessageId, Order)> {
         self.queues
             .get(store)
             .map(|queue| queue.values().cloned().collect())
@@ -120,7 +262,7 @@ impl Mailbox {
     }
 
     /// Every store with notices waiting, and how many, by store.
-    pub fn queue_lengths(&self) -> Vec<(StoreId, u64)> {
+    fn queue_lengths(&self) -> Vec<(StoreId, u64)> {
         let mut lengths: Vec<(StoreId, u64)> = self
             .queues
             .iter()
@@ -171,7 +313,7 @@ mod tests {
                 .map(|(_, o)| o.order_id.to_string())
                 .collect()
         };
-        assert_eq!(ids(mailbox.pending(&acme)), ["o1", "o2"]);
+        assert_eq!(ids(mailbox.pending(&acme).unwrap()), ["o1", "o2"]);
 
         let refused = mailbox.acknowledge(&globex, &first).unwrap_err();
         assert_eq!(
@@ -180,17 +322,17 @@ mod tests {
             "not globex's message"
         );
         mailbox.acknowledge(&acme, &first).unwrap();
-        assert_eq!(ids(mailbox.pending(&acme)), ["o2"]);
+        assert_eq!(ids(mailbox.pending(&acme).unwrap()), ["o2"]);
         // The course's older clients acknowledge with the orderId.
         mailbox
             .acknowledge(&acme, &MessageId::new("o2").unwrap())
             .unwrap();
-        assert!(mailbox.pending(&acme).is_empty());
+        assert!(mailbox.pending(&acme).unwrap().is_empty());
         assert_eq!(
             mailbox.acknowledge(&acme, &first).unwrap_err().code,
             ErrorCode::UnknownMessage
         );
-        assert_eq!(ids(mailbox.pending(&globex)), ["g1"]);
+        assert_eq!(ids(mailbox.pending(&globex).unwrap()), ["g1"]);
     }
 
     #[test]
@@ -203,9 +345,64 @@ mod tests {
         assert_eq!(changes.len(), 2, "queued one, dropped one");
         let left: Vec<String> = mailbox
             .pending(&acme)
+            .unwrap()
             .into_iter()
             .map(|(_, o)| o.order_id.to_string())
             .collect();
         assert_eq!(left, ["o2", "o3"]);
+    }
+
+    #[test]
+    fn with_a_data_dir_notices_are_read_from_it_and_trimmed_there() {
+        use crate::hub::journal::{Backend, Step};
+        use crate::hub::sqlite::{SqliteBackend, SyncMode};
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = SqliteBackend::open(dir.path(), SyncMode::Normal).unwrap();
+        let mut mailbox = Mailbox::in_data_dir(2, backend.records().unwrap(), Vec::new());
+        let acme = StoreId::new("acme").unwrap();
+        let mut seq = 0;
+        let mut deliver = |mailbox: &mut Mailbox, id: &str| {
+            let placed = order("acme", id);
+            let (message_id, mut changes) = mailbox.enqueue(placed.clone());
+            changes.insert(
+                0,
+                Change::NewOrder {
+                    order: placed,
+                    seq,
+                    at: Utc::now(),
+                },
+            );
+            seq += 1;
+            let step = Step { seq, changes };
+            assert!(backend.commit(&[step]).unwrap().is_empty());
+            message_id
+        };
+        let first = deliver(&mut mailbox, "o1");
+        deliver(&mut mailbox, "o2");
+        deliver(&mut mailbox, "o3");
+        let ids = |pending: Vec<(MessageId, Order)>| -> Vec<String> {
+            pending
+                .into_iter()
+                .map(|(_, o)| o.order_id.to_string())
+                .collect()
+        };
+        assert_eq!(
+            ids(mailbox.pending(&acme).unwrap()),
+            ["o2", "o3"],
+            "the oldest was dropped"
+        );
+        assert_eq!(mailbox.queue_lengths(), [(acme.clone(), 2)]);
+        assert_eq!(
+            mailbox.acknowledge(&acme, &first).unwrap_err().code,
+            ErrorCode::UnknownMessage
+        );
+        // Acknowledged by the order's id, as older course code does.
+        let change = mailbox
+            .acknowledge(&acme, &MessageId::new("o2").unwrap())
+            .unwrap();
+        assert!(matches!(change, Change::NoticeRemoved { .. }));
+        assert!(mailbox.find(&order("acme", "o3")).is_some());
+        assert!(mailbox.find(&order("acme", "o1")).is_none());
     }
 }

@@ -168,6 +168,7 @@ pub struct Hub {
 /// thread that answers the API's reads.
 struct RecordReaders {
     sequencer: Box<dyn Records>,
+    mailbox: Box<dyn Records>,
     api: Vec<Box<dyn Records>>,
 }
 
@@ -205,6 +206,7 @@ impl Hub {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let records = RecordReaders {
             sequencer: backend.records()?,
+            mailbox: backend.records()?,
             api: api_records,
         };
         log::info!(
@@ -215,7 +217,11 @@ impl Hub {
                 .filter(|o| o.state != OrderState::Delivered)
                 .count(),
             snapshot.delivered_total,
-            snapshot.notices.len()
+            snapshot
+                .queue_counts
+                .iter()
+                .map(|(_, queued)| queued)
+                .sum::<u64>()
         );
         Ok(Hub {
             config,
@@ -234,9 +240,14 @@ impl Hub {
             journal,
             records,
         } = self;
-        let (sequencer_records, api_records) = records
-            .map(|records| (records.sequencer, records.api))
-            .unzip();
+        let (sequencer_records, mailbox_records, api_records) = match records {
+            Some(records) => (
+                Some(records.sequencer),
+                Some(records.mailbox),
+                Some(records.api),
+            ),
+            None => (None, None, None),
+        };
         let metrics = Arc::new(Metrics::new(log.dropped_lines()));
         let (sequencer, inbox) = self::sequencer::channel(Arc::clone(&metrics));
         let cors = cors_layer(&config.limits.cors_origins)?;
@@ -269,6 +280,7 @@ impl Hub {
             snapshot,
             journal,
             records: sequencer_records,
+            mailbox_records,
             retention: config.retain.map(|keep| Retention {
                 keep,
                 every: config.compact_every,

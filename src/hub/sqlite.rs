@@ -86,6 +86,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX compactable ON orders (updated_at) WHERE state = 'delivered' AND digest IS NULL;",
     // 6: whether the last hub on this data dir stopped cleanly.
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;",
+    // 7: queued notices are read from here, not held in memory: a store's
+    // queue, or one notice by its order.
+    "CREATE INDEX notices_by_order ON notices (store, order_id);",
 ];
 
 /// The schema version this build writes.
@@ -267,33 +270,24 @@ impl Backend for SqliteBackend {
                     row.get(0)
                 })?;
 
-        let mut notices = Vec::new();
-        let mut queued = self.conn.prepare(
-            "SELECT n.message_id, o.store, o.order_id, o.customer, o.address
-             FROM notices n JOIN orders o ON o.store = n.store AND o.order_id = n.order_id
-             ORDER BY n.queued_at, n.rowid",
-        )?;
-        let rows = queued.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, String>(4)?,
-            ))
-        })?;
-        for row in rows {
-            let (message_id, store, order_id, customer, address) = row?;
-            notices.push(StoredNotice {
-                message_id: MessageId::new(message_id).map_err(anyhow::Error::msg)?,
-                order: order_from(store, order_id, customer, address)?,
-            });
+        let mut queue_counts = Vec::new();
+        let mut counted = self
+            .conn
+            .prepare("SELECT store, count(*) FROM notices GROUP BY store ORDER BY store")?;
+        for row in counted.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })? {
+            let (store, count) = row?;
+            queue_counts.push((
+                StoreId::new(store).map_err(anyhow::Error::msg)?,
+                count as u64,
+            ));
         }
         Ok(Snapshot {
             orders,
             delivered_total: delivered_total as u64,
             next_seq: next_seq as u64,
-            notices,
+            queue_counts,
         })
     }
 
@@ -402,6 +396,10 @@ fn apply_step(conn: &Connection, changes: &[Change]) -> rusqlite::Result<bool> {
         "INSERT INTO notices (message_id, store, order_id, queued_at) VALUES (?1, ?2, ?3, ?4)",
     )?;
     let mut unqueue = conn.prepare_cached("DELETE FROM notices WHERE message_id = ?1")?;
+    let mut trim = conn.prepare_cached(
+        "DELETE FROM notices WHERE store = ?1 AND rowid NOT IN (
+             SELECT rowid FROM notices WHERE store = ?1 ORDER BY rowid DESC LIMIT ?2)",
+    )?;
     let mut count_delivery =
         conn.prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'delivered'")?;
     for change in changes {
@@ -480,6 +478,9 @@ fn apply_step(conn: &Connection, changes: &[Change]) -> rusqlite::Result<bool> {
             }
             Change::NoticeRemoved { message_id } => {
                 unqueue.execute(params![message_id.as_str()])?;
+            }
+            Change::NoticesTrimmed { store, keep } => {
+                trim.execute(params![store.as_str(), *keep as i64])?;
             }
         }
     }
@@ -609,6 +610,49 @@ impl Records for SqliteRecords {
             orders.push(row??);
         }
         Ok(orders)
+    }
+
+    fn notices(&self, store: &StoreId) -> anyhow::Result<Vec<StoredNotice>> {
+        let conn = self.conn();
+        let mut select = conn.prepare_cached(
+            "SELECT n.message_id, o.store, o.order_id, o.customer, o.address
+             FROM notices n JOIN orders o ON o.store = n.store AND o.order_id = n.order_id
+             WHERE n.store = ?1 ORDER BY n.rowid",
+        )?;
+        let rows = select.query_map([store.as_str()], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut notices = Vec::new();
+        for row in rows {
+            let (message_id, store, order_id, customer, address) = row?;
+            notices.push(StoredNotice {
+                message_id: MessageId::new(message_id).map_err(anyhow::Error::msg)?,
+                order: order_from(store, order_id, customer, address)?,
+            });
+        }
+        Ok(notices)
+    }
+
+    fn notice_id(&self, store: &StoreId, id: &str) -> anyhow::Result<Option<MessageId>> {
+        let conn = self.conn();
+        let mut select = conn.prepare_cached(
+            "SELECT message_id FROM notices WHERE message_id = ?2 AND store = ?1
+             UNION ALL
+             SELECT message_id FROM notices WHERE store = ?1 AND order_id = ?2
+             LIMIT 1",
+        )?;
+        let found: Option<String> = select
+            .query_row(params![store.as_str(), id], |row| row.get(0))
+            .optional()?;
+        found
+            .map(|id| MessageId::new(id).map_err(anyhow::Error::msg))
+            .transpose()
     }
 
     fn open_orders(&self, limit: usize) -> anyhow::Result<Vec<StoredOrder>> {
@@ -869,8 +913,14 @@ mod tests {
             snapshot.next_seq, 2,
             "new orders are numbered after every recorded one"
         );
-        assert_eq!(snapshot.notices.len(), 1);
-        assert_eq!(snapshot.notices[0].order, order("o2"));
+        assert_eq!(snapshot.queue_counts, [(StoreId::new("acme").unwrap(), 1)]);
+        let notices = backend
+            .records()
+            .unwrap()
+            .notices(&StoreId::new("acme").unwrap())
+            .unwrap();
+        assert_eq!(notices.len(), 1);
+        assert_eq!(notices[0].order, order("o2"));
     }
 
     #[test]

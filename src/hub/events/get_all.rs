@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{ClientEvent, may_use_queue};
+use super::{ClientEvent, may_use_queue, refused};
 use crate::hub::peer::Peer;
 use crate::hub::sequencer::{Message, Origin, Output, Reply, Sequencer};
 use crate::protocol::{DeliveryNotice, Event, QueueRequest, Refusal};
@@ -33,15 +33,18 @@ impl ClientEvent for GetAll {
         hub.log.record(Event::GetAll, &request);
         if let Some(socket) = from.socket() {
             match request.event.unwrap_or(Event::Delivered) {
-                Event::Delivered => {
-                    for (message_id, order) in hub.mailbox.pending(&request.queue_id) {
-                        out.push(Output::ToSocket {
-                            socket: socket.clone(),
-                            event: Event::Delivered,
-                            message: Message::Notice(DeliveryNotice::new(order, message_id)),
-                        });
+                Event::Delivered => match hub.mailbox.pending(&request.queue_id) {
+                    Ok(pending) => {
+                        for (message_id, order) in pending {
+                            out.push(Output::ToSocket {
+                                socket: socket.clone(),
+                                event: Event::Delivered,
+                                message: Message::Notice(DeliveryNotice::new(order, message_id)),
+                            });
+                        }
                     }
-                }
+                    Err(refusal) => return out.push(refused(reply, None, refusal)),
+                },
                 Event::Pickup => {
                     // A driver catching up: everything it holds, again.
                     if let Some(driver) = from.peer().driver_key(&socket.id.to_string()) {

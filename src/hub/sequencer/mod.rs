@@ -69,6 +69,9 @@ pub struct SequencerSetup {
     pub journal: Option<(Journal, mpsc::UnboundedReceiver<Committed>)>,
     /// Committed orders, for those no longer in memory.
     pub records: Option<Box<dyn Records>>,
+    /// Where the mailbox reads the stores' queued notices; `None` keeps them
+    /// in memory.
+    pub mailbox_records: Option<Box<dyn Records>>,
     /// How long delivered orders are kept whole, if not forever.
     pub retention: Option<Retention>,
     /// The connection accounting, recounted now and then.
@@ -101,8 +104,12 @@ pub async fn run(
         Some((journal, committed)) => (Some(journal), Some(committed)),
         None => (None, None),
     };
-    let mut mailbox = Mailbox::new(setup.queue_limit);
-    mailbox.restore(setup.snapshot.notices);
+    let mailbox = match setup.mailbox_records {
+        Some(records) => {
+            Mailbox::in_data_dir(setup.queue_limit, records, setup.snapshot.queue_counts)
+        }
+        None => Mailbox::new(setup.queue_limit),
+    };
     let mut hub = Sequencer {
         desk: Dispatch::restore(
             setup.dispatch,

@@ -82,7 +82,9 @@ impl Output {
                 at,
                 ..
             } => (&key.store, &key.order_id, *state, driver.as_ref(), at),
-            Change::NoticeQueued { .. } | Change::NoticeRemoved { .. } => return None,
+            Change::NoticeQueued { .. }
+            | Change::NoticeRemoved { .. }
+            | Change::NoticesTrimmed { .. } => return None,
         };
         Some(Output::ToViewers(Activity {
             store: store.clone(),
