@@ -3,12 +3,14 @@
 //!
 //! Every other part of the hub (the dispatch desk, the mailboxes, the journal,
 //! the storage backends, the peers) speaks in these types and depends on this
-//! module rather than on each other. It depends on nothing in the hub.
+//! module rather than on each other. It depends on nothing in the hub (only
+//! on the contracts: the protocol's types, and the API's views of an order).
 
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 
+use crate::api::{OrderSummary, OrderView, TransitionView};
 pub use crate::protocol::OrderState;
 use crate::protocol::{DriverName, MessageId, Order, OrderId, StoreId};
 
@@ -160,6 +162,38 @@ pub struct StoredOrder {
 }
 
 impl StoredOrder {
+    /// The order as `GET /api/orders/{id}` shows it.
+    pub fn view(self) -> OrderView {
+        OrderView {
+            store: self.order.store,
+            order_id: self.order.order_id,
+            customer: self.order.customer.to_string(),
+            address: self.order.address.to_string(),
+            state: self.state,
+            driver: self.driver.as_ref().map(ToString::to_string),
+            history: self
+                .history
+                .into_iter()
+                .map(|step| TransitionView {
+                    state: step.state,
+                    driver: step.driver.as_ref().map(ToString::to_string),
+                    at: step.at,
+                })
+                .collect(),
+        }
+    }
+
+    /// The order as one line of `GET /api/orders`.
+    pub fn summary(&self) -> OrderSummary {
+        OrderSummary {
+            store: self.order.store.clone(),
+            order_id: self.order.order_id.clone(),
+            state: self.state,
+            driver: self.driver.as_ref().map(ToString::to_string),
+            since: self.since,
+        }
+    }
+
     /// Whether `order` is this same order again (same payload), even after
     /// it was compacted.
     pub fn is_same(&self, order: &Order) -> bool {

@@ -27,8 +27,7 @@ use super::metrics::Metrics;
 use super::readers::{ReadError, Readers};
 use super::sequencer::{PresenceView, SequencerHandle};
 use crate::api::{
-    MAX_PAGE, NewOrder, ORDERS_PATH, OrderPage, OrderSummary, OrderView, QueueStatus, STATUS_PATH,
-    Status, TransitionView,
+    MAX_PAGE, NewOrder, ORDERS_PATH, OrderPage, OrderView, QueueStatus, STATUS_PATH, Status,
 };
 use crate::protocol::{Ack, ErrorCode, Handshake, Order, OrderId, OrderState, Refusal, StoreId};
 
@@ -169,7 +168,7 @@ async fn status(caller: Caller, State(state): State<HttpState>) -> Response {
             open_orders: records
                 .open_orders(Status::OPEN_ORDERS_SHOWN)?
                 .iter()
-                .map(summary_of)
+                .map(StoredOrder::summary)
                 .collect(),
             drivers: presence.drivers,
             stores: presence.stores,
@@ -268,7 +267,7 @@ async fn list_orders(
         let next = (orders.len() > query.limit).then(|| orders[query.limit - 1].seq);
         orders.truncate(query.limit);
         Ok(OrderPage {
-            orders: orders.iter().map(summary_of).collect(),
+            orders: orders.iter().map(StoredOrder::summary).collect(),
             next,
         })
     })
@@ -445,40 +444,8 @@ fn recorded_view(
     let key = OrderKey { store, order_id };
     Ok(records
         .order(&key)?
-        .map(view_of)
+        .map(StoredOrder::view)
         .ok_or_else(|| Refusal::new(ErrorCode::UnknownOrder, format!("no such order: {key}"))))
-}
-
-/// A recorded order as `GET /api/orders/{id}` shows it.
-fn view_of(stored: StoredOrder) -> OrderView {
-    OrderView {
-        store: stored.order.store,
-        order_id: stored.order.order_id,
-        customer: stored.order.customer.to_string(),
-        address: stored.order.address.to_string(),
-        state: stored.state,
-        driver: stored.driver.as_ref().map(ToString::to_string),
-        history: stored
-            .history
-            .into_iter()
-            .map(|step| TransitionView {
-                state: step.state,
-                driver: step.driver.as_ref().map(ToString::to_string),
-                at: step.at,
-            })
-            .collect(),
-    }
-}
-
-/// A recorded order as one line of `GET /api/orders`.
-fn summary_of(stored: &StoredOrder) -> OrderSummary {
-    OrderSummary {
-        store: stored.order.store.clone(),
-        order_id: stored.order.order_id.clone(),
-        state: stored.state,
-        driver: stored.driver.as_ref().map(ToString::to_string),
-        since: stored.since,
-    }
 }
 
 fn refuse(status: StatusCode, refusal: Refusal) -> Response {

@@ -4,31 +4,14 @@
 use chrono::Utc;
 
 use super::{Dispatch, OrderEntry};
-use crate::api::{DriverStatus, OrderCounts, OrderPage, OrderSummary, OrderView, TransitionView};
-use crate::hub::domain::{OrderKey, OrderState};
+use crate::api::{DriverStatus, OrderCounts, OrderPage, OrderSummary, OrderView};
+use crate::hub::domain::{OrderKey, OrderState, StoredOrder};
 use crate::protocol::StoreId;
 
 impl<S: Clone + PartialEq> Dispatch<S> {
     /// One order, its state and its history.
     pub fn view(&self, key: &OrderKey) -> Option<OrderView> {
-        let entry = self.orders.get(key)?;
-        Some(OrderView {
-            store: entry.order.store.clone(),
-            order_id: entry.order.order_id.clone(),
-            customer: entry.order.customer.to_string(),
-            address: entry.order.address.to_string(),
-            state: entry.state,
-            driver: entry.driver.as_ref().map(ToString::to_string),
-            history: entry
-                .history
-                .iter()
-                .map(|step| TransitionView {
-                    state: step.state,
-                    driver: step.driver.as_ref().map(ToString::to_string),
-                    at: step.at,
-                })
-                .collect(),
-        })
+        self.orders.get(key).map(|entry| record_of(entry).view())
     }
 
     /// A page of orders, oldest first, after arrival number `after`.
@@ -49,7 +32,11 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             .collect();
         matching.sort_by_key(|entry| entry.seq);
         let next = (matching.len() > limit).then(|| matching[limit - 1].seq);
-        let orders = matching.into_iter().take(limit).map(summary).collect();
+        let orders = matching
+            .into_iter()
+            .take(limit)
+            .map(|entry| record_of(entry).summary())
+            .collect();
         OrderPage { orders, next }
     }
 
@@ -78,7 +65,10 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             .filter(|entry| entry.state != OrderState::Delivered)
             .collect();
         open.sort_by_key(|entry| entry.seq);
-        open.into_iter().take(limit).map(summary).collect()
+        open.into_iter()
+            .take(limit)
+            .map(|entry| record_of(entry).summary())
+            .collect()
     }
 
     /// Every driver online, and every driver offline that still holds packages.
@@ -101,13 +91,17 @@ impl<S: Clone + PartialEq> Dispatch<S> {
     }
 }
 
-/// One line of a listing.
-fn summary(entry: &OrderEntry) -> OrderSummary {
-    OrderSummary {
-        store: entry.order.store.clone(),
-        order_id: entry.order.order_id.clone(),
+/// The entry as it would be recorded.
+fn record_of(entry: &OrderEntry) -> StoredOrder {
+    StoredOrder {
+        order: entry.order.clone(),
+        seq: entry.seq,
         state: entry.state,
-        driver: entry.driver.as_ref().map(ToString::to_string),
-        since: entry.history.last().map(|t| t.at).unwrap_or_else(Utc::now),
+        driver: entry.driver.clone(),
+        told_in_transit: entry.store_told_in_transit,
+        version: entry.version,
+        digest: None,
+        since: entry.history.last().map_or_else(Utc::now, |step| step.at),
+        history: entry.history.clone(),
     }
 }
