@@ -11,7 +11,10 @@
 //! - [`dispatch`] (the pure desk) and [`mailbox`] (the Phase 3 queues), which
 //!   describe every change as a [`domain::Change`];
 //! - [`journal`]: the group-commit writer, and the storage seam
-//!   [`journal::Backend`], with [`sqlite`] behind it.
+//!   [`journal::Backend`] with its read side [`journal::Records`], with
+//!   [`sqlite`] behind it;
+//! - [`readers`]: the HTTP API's reads of committed state, on low-priority
+//!   threads beside the sequencer.
 //!
 //! All of them speak the vocabulary of [`domain`], which depends on none of them.
 //!
