@@ -446,21 +446,80 @@ pub struct RefusalNotice {
 }
 
 /// The payload of `getAll` and `received`, in the course's Phase 3 shape:
-/// `{"queueId": "acme", "event": "delivered", "messageId": "…"}`, where
-/// `clientId` may stand for `queueId` and `messageID` for `messageId`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `{"queueId": "acme", "event": "delivered", "messageId": "…"}`.
+///
+/// Course solutions name the store with any of `store`, `queueId` and
+/// `clientId`, often several at once: all are accepted, and refused only when
+/// they name different stores. `messageID` may stand for `messageId`, and a
+/// `received` that names only an `orderId` acknowledges that order's notice.
+/// It is always sent as `queueId`, `event` and `messageId`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueRequest {
     /// The queue: a store id for a vendor's notices.
-    #[serde(alias = "clientId")]
     pub queue_id: StoreId,
     /// Which messages; `delivered` if absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<Event>,
     /// With `received`: the message acknowledged (a notice's `messageId`,
     /// or, as older course code sends, its `orderId`).
-    #[serde(default, alias = "messageID", skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub message_id: Option<MessageId>,
+}
+
+impl<'de> Deserialize<'de> for QueueRequest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Every name the course's clients use, each on its own.
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Wire {
+            store: Option<StoreId>,
+            queue_id: Option<StoreId>,
+            client_id: Option<StoreId>,
+            event: Option<Event>,
+            message_id: Option<MessageId>,
+            #[serde(rename = "messageID")]
+            message_id_upper: Option<MessageId>,
+            #[serde(alias = "orderID")]
+            order_id: Option<MessageId>,
+        }
+        let wire = Wire::deserialize(deserializer)?;
+        let named = [
+            ("store", wire.store),
+            ("queueId", wire.queue_id),
+            ("clientId", wire.client_id),
+        ];
+        let mut queue: Option<(&str, StoreId)> = None;
+        for (key, store) in named {
+            let Some(store) = store else { continue };
+            match &queue {
+                Some((first, seen)) if *seen != store => {
+                    return Err(serde::de::Error::custom(format!(
+                        "{first} and {key} name different stores ({seen} and {store})"
+                    )));
+                }
+                Some(_) => {}
+                None => queue = Some((key, store)),
+            }
+        }
+        let (_, queue_id) = queue.ok_or_else(|| {
+            serde::de::Error::custom("name the queue's store with store, queueId or clientId")
+        })?;
+        let message_id = match (wire.message_id, wire.message_id_upper) {
+            (Some(lower), Some(upper)) if lower != upper => {
+                return Err(serde::de::Error::custom(
+                    "messageId and messageID name different messages",
+                ));
+            }
+            (Some(id), _) | (None, Some(id)) => Some(id),
+            (None, None) => wire.order_id,
+        };
+        Ok(QueueRequest {
+            queue_id,
+            event: wire.event,
+            message_id,
+        })
+    }
 }
 
 text_type!(
@@ -805,6 +864,10 @@ mod tests {
         for wire in [
             json!({"queueId": "acme", "event": "delivered", "messageId": "m-1"}),
             json!({"clientId": "acme", "event": "delivered", "messageID": "m-1"}),
+            // Course solutions send several names of the store at once.
+            json!({"store": "acme", "queueId": "acme", "clientId": "acme",
+                   "event": "delivered", "messageId": "m-1", "orderId": "o-9"}),
+            json!({"store": "acme", "event": "delivered", "messageId": "m-1", "messageID": "m-1"}),
         ] {
             assert_eq!(
                 serde_json::from_value::<QueueRequest>(wire).unwrap(),
@@ -813,7 +876,32 @@ mod tests {
         }
         let get_all: QueueRequest = serde_json::from_value(json!({"clientId": "acme"})).unwrap();
         assert_eq!((get_all.event, get_all.message_id), (None, None));
-        assert!(serde_json::from_value::<QueueRequest>(json!({"event": "delivered"})).is_err());
+        let all_names: QueueRequest =
+            serde_json::from_value(json!({"store": "s", "queueId": "s", "clientId": "s"})).unwrap();
+        assert_eq!(all_names.queue_id.as_str(), "s");
+        let by_order: QueueRequest =
+            serde_json::from_value(json!({"queueId": "acme", "orderId": "o-9"})).unwrap();
+        assert_eq!(
+            by_order.message_id.unwrap().as_str(),
+            "o-9",
+            "received by order id"
+        );
+
+        let refused = |wire| {
+            serde_json::from_value::<QueueRequest>(wire)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused(json!({"event": "delivered"})).contains("store, queueId or clientId"));
+        let disagree = refused(json!({"store": "acme", "queueId": "globex"}));
+        assert!(
+            disagree.contains("different stores (acme and globex)"),
+            "{disagree}"
+        );
+        assert!(
+            refused(json!({"queueId": "acme", "messageId": "a", "messageID": "b"}))
+                .contains("different messages")
+        );
     }
 
     #[test]

@@ -68,3 +68,45 @@ test('received and getAll refuse what they cannot act on', async (t) => {
   const malformed = await emitWithAck(vendor, 'getAll', { event: 'delivered' });
   assert.equal(malformed.error.code, 'invalid_payload');
 });
+
+test('getAll and received accept the store under every name the course uses', async (t) => {
+  const { hub, url } = await startHub();
+  t.after(() => hub.kill());
+  const driver = new Proc(capsBin, ['driver', '--hub', url, '--name', 'bob', '--pickup-delay', '5ms', '--deliver-delay', '5ms']);
+  t.after(() => driver.kill());
+  const placer = await connectClient(url, { auth: { role: 'vendor', store: 's' } });
+  t.after(() => placer.close());
+  for (const orderId of ['v-1', 'v-2', 'v-3']) {
+    const order = { store: 's', orderId, customer: 'Jamal Braun', address: 'Schmittfurt, LA' };
+    assert.deepEqual(await emitWithAck(placer, 'pickup', order), { ok: true });
+  }
+  await waitForBoard(url, (s) => s.queues[0]?.queued === 3, 'three queued notices');
+
+  // A course vendor (no handshake) that names its store three ways at once.
+  const vendor = await connectClient(url);
+  t.after(() => vendor.close());
+  const replayed = [];
+  vendor.on('delivered', (notice) => replayed.push(notice));
+  assert.deepEqual(await emitWithAck(vendor, 'getAll', { store: 's', queueId: 's', clientId: 's' }), { ok: true });
+  await waitFor(() => replayed.length === 3, 'three notices replayed');
+  const [first, second, third] = replayed;
+  assert.deepEqual(await emitWithAck(vendor, 'received', {
+    store: 's', queueId: 's', clientId: 's', event: 'delivered', messageId: first.messageId, orderId: first.orderId,
+  }), { ok: true });
+  // By the order's id alone, as older course code does.
+  assert.deepEqual(await emitWithAck(vendor, 'received', { clientId: 's', event: 'delivered', orderId: second.orderId }), { ok: true });
+  assert.deepEqual(await emitWithAck(vendor, 'received', { store: 's', messageID: third.messageId }), { ok: true });
+  await waitForBoard(url, (s) => s.queues.length === 0, 'every notice acknowledged');
+
+  const disagree = await emitWithAck(vendor, 'getAll', { store: 's', queueId: 'other' });
+  assert.equal(disagree.error.code, 'invalid_payload');
+  assert.match(disagree.error.message, /different stores/);
+});
+
+async function waitFor(ready, what, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!ready()) {
+    if (Date.now() > deadline) throw new Error(`never happened: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
