@@ -324,3 +324,60 @@ fn caps_track_prints_an_orders_history() {
             .contains("404 Not Found: unknown_order: no such order: no-such-order")
     );
 }
+
+/// A `caps driver` given no name, keeping its state in `state_dir`.
+fn nameless_driver(url: &str, state_dir: &std::path::Path, deliver: &str) -> Proc {
+    let mut command = common::caps_command(&[
+        "driver",
+        "--hub",
+        url,
+        "--pickup-delay",
+        "10ms",
+        "--deliver-delay",
+        deliver,
+    ]);
+    command.env("XDG_STATE_HOME", state_dir);
+    Proc::spawn("nameless", command)
+}
+
+#[test]
+fn a_driver_given_no_name_is_the_same_courier_after_a_crash() {
+    let (_hub, url) = start_hub(0);
+    let state = tempfile::tempdir().unwrap();
+    // It picks up every package, then takes an hour to deliver.
+    let mut first = nameless_driver(&url, state.path(), "1h");
+    let name_line = first.wait_for_log("driver name=");
+    let name = name_line
+        .split("driver name=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let watcher = StoreWatcher::start(&url, STORE);
+    let mut shop = vendor(&url, 5, "10ms");
+    wait_for_status(&url, "five packages in transit", |status| {
+        status["orders"]["in-transit"] == 5
+    });
+    first.signal("KILL");
+    first.wait_exit();
+
+    let again = nameless_driver(&url, state.path(), "10ms");
+    again.wait_for_log(&format!("driver name={name} "));
+    assert!(
+        shop.wait_exit().success(),
+        "{}\n{}",
+        shop.describe(),
+        again.describe()
+    );
+    let status = wait_until_all_delivered(&url, 5);
+    let drivers: Vec<&str> = status["drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(drivers, [name.as_str()], "one courier, under one name");
+    assert_exactly_once(&shop, &watcher, 5);
+}

@@ -208,9 +208,9 @@ pub(super) struct DispatchArgs {
     /// How long a driver has to report a package in transit before it is offered to another.
     #[arg(long, env = "CAPS_OFFER_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub(super) offer_timeout: Duration,
-    /// Re-dispatch the packages of a named driver offline this long [default: never].
-    #[arg(long, env = "CAPS_RECLAIM_AFTER", value_parser = parse_positive_duration)]
-    pub(super) reclaim_after: Option<Duration>,
+    /// Re-dispatch the packages of a named driver offline this long, or `never`.
+    #[arg(long, env = "CAPS_RECLAIM_AFTER", default_value = "15m", value_parser = parse_reclaim_after)]
+    pub(super) reclaim_after: Reclaim,
     /// Delivered orders kept in memory: with a data dir a cache (older ones are read from
     /// disk); with --ephemeral the window in which a repeated order is recognised
     /// [default: 10000 with a data dir, 100000 ephemeral].
@@ -284,7 +284,8 @@ pub(super) struct VendorArgs {
 
 #[derive(Debug, Args)]
 pub(super) struct DriverArgs {
-    /// The driver's name, its identity at the hub across reconnections [default: driver-<random>].
+    /// The driver's name, its identity at the hub across reconnections [default: a name made
+    /// up once and kept in $XDG_STATE_HOME/caps (~/.local/state/caps), the same at every start].
     #[arg(long, env = "CAPS_NAME")]
     pub(super) name: Option<DriverName>,
     /// The most packages this driver carries at once.
@@ -339,6 +340,22 @@ impl Cli {
             Command::Hub(_) | Command::Vendor(_) | Command::Driver(_) => "warn,caps=info",
         }
     }
+}
+
+/// When a driver's packages go back to `ready` (`--reclaim-after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reclaim {
+    /// After the driver has been offline this long.
+    After(Duration),
+    /// Never: they wait for their driver.
+    Never,
+}
+
+fn parse_reclaim_after(raw: &str) -> Result<Reclaim, String> {
+    if raw.trim().eq_ignore_ascii_case("never") {
+        return Ok(Reclaim::Never);
+    }
+    parse_positive_duration(raw).map(Reclaim::After)
 }
 
 /// When a hub's commit counts as done (`--sync`).

@@ -7,11 +7,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 pub use args::Cli;
-use args::{Command, DispatchArgs, HubArgs, SecurityArgs, SyncArg, TokenArgs, TokenRole};
+use args::{Command, DispatchArgs, HubArgs, Reclaim, SecurityArgs, SyncArg, TokenArgs, TokenRole};
 
 use crate::hub::sqlite::SyncMode;
 use crate::hub::{self, Admission, DispatchConfig, EventLog, Hub, HubConfig, Limits, Storage};
-use crate::protocol::{DriverName, RoleName};
+use crate::protocol::RoleName;
 use crate::roles::console::Console;
 use crate::roles::demo::{self, DemoConfig};
 use crate::roles::driver::{self, DriverConfig};
@@ -39,7 +39,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Driver(args) => {
-            let name = args.name.unwrap_or_else(random_driver_name);
+            // Without --name, the name this user's driver had last time,
+            // held (locked) for as long as this driver runs.
+            let (name, _kept) = match args.name {
+                Some(name) => (name, None),
+                None => {
+                    let kept = driver::identity::kept_name(&driver::identity::default_state_dir())?;
+                    log::info!(
+                        "driver name={} (kept in {}; --name to choose one)",
+                        kept.name,
+                        kept.path.display()
+                    );
+                    (kept.name.clone(), Some(kept))
+                }
+            };
             let config = DriverConfig {
                 hub_url: args.link.hub,
                 connect_timeout: args.link.connect_timeout,
@@ -170,11 +183,6 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn random_driver_name() -> DriverName {
-    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
-    DriverName::new(format!("driver-{suffix}")).expect("a generated name is valid")
-}
-
 impl SecurityArgs {
     fn admission(&self) -> anyhow::Result<Admission> {
         match &self.secret_file {
@@ -217,7 +225,10 @@ impl DispatchArgs {
     fn config(&self, keep_delivered: usize) -> DispatchConfig {
         DispatchConfig {
             offer_timeout: self.offer_timeout,
-            reclaim_after: self.reclaim_after,
+            reclaim_after: match self.reclaim_after {
+                Reclaim::After(after) => Some(after),
+                Reclaim::Never => None,
+            },
             keep_delivered: self
                 .keep_delivered
                 .map_or(keep_delivered, |kept| kept as usize),

@@ -40,7 +40,7 @@ impl Default for DispatchConfig {
     fn default() -> Self {
         DispatchConfig {
             offer_timeout: Duration::from_secs(30),
-            reclaim_after: None,
+            reclaim_after: Some(DispatchConfig::RECLAIM_AFTER),
             keep_delivered: DispatchConfig::EPHEMERAL_MEMORY,
         }
     }
@@ -52,6 +52,10 @@ impl DispatchConfig {
     pub const EPHEMERAL_MEMORY: usize = 100_000;
     /// Delivered orders a durable hub keeps in memory besides its data dir.
     pub const DURABLE_CACHE: usize = 10_000;
+    /// How long a named driver may be away before its packages go to others:
+    /// long enough to ride out a restart, a battery swap or a dead zone; short
+    /// enough that a shop's package is not stranded for the day.
+    pub const RECLAIM_AFTER: Duration = Duration::from_secs(15 * 60);
 }
 
 /// Something the sequencer must do for the desk.

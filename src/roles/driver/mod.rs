@@ -10,6 +10,7 @@
 //! - drops a package when the hub refuses its report (the offer expired or
 //!   went to another driver while this one was away).
 
+pub mod identity;
 mod recent;
 
 use std::collections::HashMap;
