@@ -13,7 +13,7 @@ use super::events::{Decoder, LISTENED};
 use super::guard::{Budget, Spend};
 use super::metrics::Metrics;
 use super::peer::Peer;
-use super::sequencer::{Origin, Reply, SequencerHandle, peer_of};
+use super::sequencer::{Origin, RefusalWarnings, Reply, SequencerHandle, peer_of};
 use crate::protocol::{ErrorCode, Event, Handshake, Refusal, VIEWERS_ROOM};
 
 /// Connect middleware: checks who the client is and whether there is room
@@ -68,6 +68,7 @@ pub async fn admit(
     }
     socket.extensions.insert(peer);
     socket.extensions.insert(budget);
+    socket.extensions.insert(RefusalWarnings::default());
     Ok(())
 }
 

@@ -110,7 +110,12 @@ test('malformed payloads are refused with a clear error and the hub keeps servin
   const heard = nextEvent(driver, 'pickup');
   assert.deepEqual(await emitWithAck(vendor, 'pickup', good), { ok: true });
   assert.deepEqual(await heard, good);
-  await hub.waitForLog(/refused pickup sid=\S+ vendor store=acme: payload_too_large/);
+  // A refusal is logged (one line a second per connection, with a count of
+  // the others), and every refusal is counted by its code.
+  await hub.waitForLog(/refused pickup sid=\S+ vendor store=acme: invalid_payload/);
+  const metrics = await (await fetch(`${url}/metrics`)).text();
+  assert.match(metrics, /caps_refusals_total\{code="payload_too_large"\} 1/);
+  assert.match(metrics, /caps_refusals_total\{code="invalid_payload"\} 8\n/);
   // The log is written in order: once the good pickup's line is there, any
   // refused event that had been logged would be there too.
   await hub.waitForLine(new RegExp(`^EVENT .*${good.orderId}`));

@@ -161,7 +161,7 @@ test("a vendor may not join, order for or read another store's queue, nor report
     assert.deepEqual(replayed, [], "globex's notices were not replayed to acme");
     intruder.close();
   });
-  await hub.waitForLog(/refused pickup sid=\S+ vendor store=acme: forbidden/);
+  await hub.waitForLog(/refused \w+ sid=\S+ vendor store=acme: forbidden/);
 });
 
 test("a driver may not move another driver's package; a viewer may only read", async () => {
@@ -214,6 +214,12 @@ test('10,000 events in a burst are cut off, and the flooder is disconnected', as
   });
   await hub.waitForLog(/refused getAll sid=\S+ vendor store=acme: rate_limited/);
   await hub.waitForLog(/disconnecting sid=\S+ vendor store=acme: it keeps sending over its rate limit/);
+  // Every refusal is counted; the log has a line a second for the flooder, not one each.
+  const metrics = await (await fetch(`${url}/metrics`)).text();
+  const refused = Number(metrics.match(/caps_refusals_total\{code="rate_limited"\} (\d+)/)[1]);
+  const lines = hub.err.matching(/refused getAll sid=\S+ vendor store=acme: rate_limited/).length;
+  assert.ok(refused >= 50, `${refused} refusals counted`);
+  assert.ok(lines <= 5, `${lines} log lines for ${refused} refusals`);
 });
 
 test('thousands of connections opened and dropped leave the hub serving', async () => {

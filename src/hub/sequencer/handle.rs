@@ -162,11 +162,21 @@ impl Reply {
                 ack,
                 wants_ack,
             } => {
-                log::warn!(
-                    "refused {event} sid={} {}: {refusal}",
-                    socket.id,
-                    peer_of(&socket)
-                );
+                // One line a second per connection: a client that keeps
+                // being refused must not flood the log (the counts are all
+                // in /metrics).
+                let warnings = socket.extensions.get::<RefusalWarnings>();
+                if let Some(unshown) = warnings.map_or(Some(0), |warnings| warnings.due()) {
+                    let more = match unshown {
+                        0 => String::new(),
+                        n => format!(" ({n} more refused since the last line)"),
+                    };
+                    log::warn!(
+                        "refused {event} sid={} {}: {refusal}{more}",
+                        socket.id,
+                        peer_of(&socket)
+                    );
+                }
                 if wants_ack {
                     let _ = ack.send(&Ack::refused(refusal));
                 } else {
@@ -182,6 +192,33 @@ impl Reply {
             ReplyTo::Http { peer, answer } => {
                 log::warn!("refused {event} over HTTP {peer}: {refusal}");
                 let _ = answer.send(Err(refusal));
+            }
+        }
+    }
+}
+
+/// The warnings about one connection's refused events: at most one line a
+/// second, the others counted into the next line.
+#[derive(Clone, Default)]
+pub struct RefusalWarnings(Arc<std::sync::Mutex<(Option<std::time::Instant>, u64)>>);
+
+impl RefusalWarnings {
+    /// How many refusals since the last line went unshown, if a line is
+    /// due now; `None` to stay quiet.
+    fn due(&self) -> Option<u64> {
+        let mut state = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (last, unshown) = &mut *state;
+        match last {
+            Some(at) if at.elapsed() < std::time::Duration::from_secs(1) => {
+                *unshown += 1;
+                None
+            }
+            _ => {
+                *last = Some(std::time::Instant::now());
+                Some(std::mem::take(unshown))
             }
         }
     }

@@ -29,7 +29,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
 use handle::Command;
-pub use handle::{Origin, Reply, SequencerHandle, SequencerInbox, channel, peer_of};
+pub use handle::{
+    Origin, RefusalWarnings, Reply, SequencerHandle, SequencerInbox, channel, peer_of,
+};
 use outbox::Outbox;
 pub use outbox::{Message, Output};
 pub use presence::{Connections, Presence, PresenceBoard, PresenceView};
