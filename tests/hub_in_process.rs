@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use caps::hub::{self, EventLog, Hub, HubConfig};
 use caps::protocol::{DriverName, Event, Handshake, JoinRequest, StoreId};
+use caps::roles::hub_link::Inbound;
 use caps::roles::vendor::fake_order;
 use tokio::net::TcpListener;
 use tokio::time::timeout;
@@ -62,11 +63,15 @@ impl RunningHub {
 }
 
 async fn start_hub() -> RunningHub {
+    start_hub_with(HubConfig::ephemeral()).await
+}
+
+async fn start_hub_with(config: HubConfig) -> RunningHub {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = hub::url_for(listener.local_addr().unwrap());
     let log = Captured::default();
     let stop = CancellationToken::new();
-    let hub = Hub::open(HubConfig::ephemeral()).unwrap();
+    let hub = Hub::open(config).unwrap();
     tokio::spawn(hub.serve(
         listener,
         EventLog::to_writer(log.clone()),
@@ -164,6 +169,65 @@ async fn a_lab_style_client_is_a_driver_until_it_joins_a_store() {
     assert_eq!(
         next_order(&mut lab_inbound).await,
         (Event::Delivered, order)
+    );
+    hub.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_the_hub_drops_comes_back_and_is_served() {
+    let mut config = HubConfig::ephemeral();
+    config.limits.events_per_second = 10;
+    let hub = start_hub_with(config).await;
+    let acme = StoreId::new("acme").unwrap();
+    let (mut vendor, mut vendor_inbound) = connect(
+        &hub.url,
+        Handshake::vendor(acme.clone()),
+        vec![Event::Delivered],
+    )
+    .await;
+
+    // Far over its rate: the hub drops it from the namespace (twice, to be
+    // sure a second drop is survived as well as the first).
+    for round in 1..=2 {
+        // The burst (20) and the strikes that make a flood (100): the last
+        // one is dropped, and nothing more is sent after it.
+        for _ in 0..120 {
+            vendor
+                .try_send(
+                    Event::Join,
+                    &JoinRequest {
+                        store: acme.clone(),
+                    },
+                )
+                .await;
+        }
+        let mut lost = false;
+        let back = timeout(Duration::from_secs(10), async {
+            loop {
+                match vendor_inbound.recv().await {
+                    Some(Inbound::ConnectionLost(_)) => lost = true,
+                    Some(Inbound::Connected) if lost => return,
+                    Some(_) => {}
+                    None => panic!("the link ended"),
+                }
+            }
+        })
+        .await;
+        assert!(
+            back.is_ok(),
+            "round {round}: dropped={lost}, and never back"
+        );
+        vendor.observe(&Inbound::Connected);
+    }
+
+    // Back, it is served: its order reaches a driver.
+    let bob = Handshake::driver(DriverName::new("bob").unwrap(), None);
+    let (_driver, mut driver_inbound) = connect(&hub.url, bob, vec![Event::Pickup]).await;
+    let order = fake_order(&acme);
+    vendor.send(Event::Pickup, &order).await;
+    assert_eq!(
+        next_order(&mut driver_inbound).await,
+        (Event::Pickup, order)
     );
     hub.stop.cancel();
 }

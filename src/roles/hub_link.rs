@@ -10,11 +10,22 @@
 //! - callbacks run one after another in its poll task, so they only decode and
 //!   forward into a channel that the role's own loop reads.
 //!
+//! - it never comes back on its own after the hub drops it from the
+//!   namespace (a DISCONNECT packet: the hub shed a flooder, a token expired,
+//!   an operator): only the end of the transport starts its reconnect loop,
+//!   and the transport stays up. So on such a drop (`close`, the one case in
+//!   which rust_socketio fires it) the link builds a new client, with backoff,
+//!   and takes no notice of the old one any more.
+//!
 //! Every (re)connection is reported as [`Inbound::Connected`]; the role then
 //! re-announces its state (re-join, re-send) and calls [`HubLink::flush`] to
-//! send what could not be sent while the hub was away.
+//! send what could not be sent while the hub was away. A hub that refuses us
+//! at a reconnect (a token no longer valid) is reported as
+//! [`Inbound::ConnectRefused`], and the roles stop with the reason.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -62,9 +73,72 @@ pub enum Inbound {
 
 /// A connection to a hub's `/caps` namespace that survives hub restarts.
 pub struct HubLink {
-    client: Client,
+    shared: Arc<Shared>,
     up: bool,
     outbox: VecDeque<(Event, serde_json::Value)>,
+}
+
+/// What the link and its clients' callbacks share.
+struct Shared {
+    config: LinkConfig,
+    /// Where everything the hub says goes, whichever client heard it.
+    events: mpsc::UnboundedSender<Inbound>,
+    /// The client in use; replaced when the hub drops us.
+    slot: Mutex<Slot>,
+    /// Which build of the client is in use: callbacks of older ones are ignored.
+    generation: AtomicU64,
+}
+
+/// The client in use, and whether its namespace opened before it was
+/// installed here (its `open` is then reported on installing it, so that the
+/// role never hears "connected" while the link has no client to send with).
+#[derive(Default)]
+struct Slot {
+    client: Option<Client>,
+    opened_early: bool,
+}
+
+impl Shared {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn client(&self) -> Option<Client> {
+        self.slot().client.clone()
+    }
+
+    /// Makes `client` (build `generation`) the one in use.
+    fn install(&self, generation: u64, client: Client) {
+        let mut slot = self.slot();
+        slot.client = Some(client);
+        if std::mem::take(&mut slot.opened_early) {
+            self.forward(generation, Inbound::Connected);
+        }
+    }
+
+    /// The namespace of build `generation` opened.
+    fn opened(&self, generation: u64) {
+        let mut slot = self.slot();
+        if slot.client.is_some() {
+            self.forward(generation, Inbound::Connected);
+        } else {
+            slot.opened_early = true;
+        }
+    }
+
+    fn is_current(&self, generation: u64) -> bool {
+        self.generation.load(Ordering::Acquire) == generation
+    }
+
+    /// Forwards what a callback of client `generation` heard, if that client
+    /// is still the one in use.
+    fn forward(&self, generation: u64, inbound: Inbound) {
+        if self.is_current(generation) {
+            let _ = self.events.send(inbound);
+        }
+    }
 }
 
 impl HubLink {
@@ -78,19 +152,29 @@ impl HubLink {
         let mut delay = Duration::from_millis(100);
         loop {
             let (events, mut inbound) = mpsc::unbounded_channel();
-            let attempt = timeout_at(deadline, builder(config, events).connect()).await;
+            let shared = Arc::new(Shared {
+                config: config.clone(),
+                events,
+                slot: Mutex::new(Slot::default()),
+                generation: AtomicU64::new(0),
+            });
+            let attempt = timeout_at(deadline, builder(&shared, 0).connect()).await;
             let error = match attempt {
                 Err(_elapsed) => anyhow!("timed out"),
                 Ok(Err(error)) => anyhow!(error),
                 Ok(Ok(client)) => {
+                    shared.install(0, client);
                     let opened = wait_for_open(&mut inbound, deadline).await;
                     if let Err(error) = opened {
-                        let _ = client.disconnect().await;
+                        let client = shared.slot().client.take();
+                        if let Some(client) = client {
+                            let _ = client.disconnect().await;
+                        }
                         return Err(error)
                             .with_context(|| format!("cannot join {}{NAMESPACE}", config.hub_url));
                     }
                     let link = HubLink {
-                        client,
+                        shared,
                         up: true,
                         outbox: VecDeque::new(),
                     };
@@ -158,14 +242,23 @@ impl HubLink {
 
     /// Says goodbye to the hub.
     pub async fn close(self) {
-        if let Err(error) = self.client.disconnect().await {
+        // No more rebuilds: a client built from here on is not ours.
+        self.shared.generation.store(u64::MAX, Ordering::Release);
+        let client = self.shared.slot().client.take();
+        if let Some(client) = client
+            && let Err(error) = client.disconnect().await
+        {
             log::debug!("disconnect: {error}");
         }
     }
 
     /// Emits; on failure marks the link down (until the next `open`).
     async fn emit(&mut self, event: Event, payload: serde_json::Value) -> bool {
-        match self.client.emit(event.name(), payload).await {
+        let Some(client) = self.shared.client() else {
+            self.up = false;
+            return false;
+        };
+        match client.emit(event.name(), payload).await {
             Ok(()) => true,
             Err(error) => {
                 log::warn!("sending {event} failed; waiting for the hub: {error}");
@@ -205,60 +298,110 @@ async fn wait_for_open(
     }
 }
 
-/// A rust_socketio builder whose callbacks forward into `events`.
-fn builder(config: &LinkConfig, events: mpsc::UnboundedSender<Inbound>) -> ClientBuilder {
+/// A rust_socketio builder for build `generation` of the link's client,
+/// whose callbacks forward into the link's channel while it is in use.
+fn builder(shared: &Arc<Shared>, generation: u64) -> ClientBuilder {
+    let config = &shared.config;
     let handshake = serde_json::to_value(&config.handshake).unwrap_or_default();
     let mut builder = ClientBuilder::new(config.hub_url.as_str())
         .namespace(NAMESPACE)
         .auth(handshake)
         .reconnect(true)
-        .reconnect_on_disconnect(true)
+        // A drop from the namespace is handled by rebuilding (see above).
+        .reconnect_on_disconnect(false)
         .reconnect_delay(100, 2_000);
 
-    let opened = events.clone();
+    let opened = Arc::clone(shared);
     builder = builder.on("open", move |_, _| {
-        let _ = opened.send(Inbound::Connected);
+        opened.opened(generation);
         async {}.boxed()
     });
-    let closed = events.clone();
+    let dropped = Arc::clone(shared);
     builder = builder.on("close", move |_, _| {
-        let _ = closed.send(Inbound::ConnectionLost(
-            "the hub closed the connection".into(),
-        ));
+        // Fired only when the hub drops us from the namespace.
+        if dropped.is_current(generation) {
+            dropped.forward(
+                generation,
+                Inbound::ConnectionLost("the hub dropped the connection; reconnecting".into()),
+            );
+            tokio::spawn(rebuild(Arc::clone(&dropped), generation));
+        }
         async {}.boxed()
     });
-    let failed = events.clone();
+    let failed = Arc::clone(shared);
     builder = builder.on("error", move |payload, _| {
         let text = payload_text(&payload);
         let inbound = match text.strip_prefix("Received an ConnectError frame: ") {
             Some(reason) => Inbound::ConnectRefused(connect_error_message(reason)),
             None => Inbound::ConnectionLost(text),
         };
-        let _ = failed.send(inbound);
+        failed.forward(generation, inbound);
         async {}.boxed()
     });
     for &event in &config.listen {
-        let orders = events.clone();
+        let orders = Arc::clone(shared);
         builder = builder.on(event.name(), move |payload, _| {
             match decode_inbound(event, &payload) {
-                Some(inbound) => {
-                    let _ = orders.send(inbound);
-                }
+                Some(inbound) => orders.forward(generation, inbound),
                 None => log::warn!("ignored a malformed {event} from the hub"),
             }
             async {}.boxed()
         });
     }
-    let refusals = events;
+    let refusals = Arc::clone(shared);
     builder.on(Event::Refused.name(), move |payload, _| {
         match decode_inbound(Event::Refused, &payload) {
-            Some(inbound) => {
-                let _ = refusals.send(inbound);
-            }
+            Some(inbound) => refusals.forward(generation, inbound),
             None => log::warn!("ignored a malformed refusal from the hub"),
         }
         async {}.boxed()
     })
+}
+
+/// Replaces client `dropped` (which the hub dropped from the namespace) with
+/// a new one, trying with backoff until one connects; its `open` tells the
+/// role it is back.
+async fn rebuild(shared: Arc<Shared>, dropped: u64) {
+    let next = dropped + 1;
+    if shared
+        .generation
+        .compare_exchange(dropped, next, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return; // already rebuilt, or the link is closed
+    }
+    let old = {
+        let mut slot = shared.slot();
+        slot.opened_early = false;
+        slot.client.take()
+    };
+    if let Some(old) = old {
+        // Marks the old client's disconnect as ours, so that it does not
+        // reconnect by itself when its transport ends; the error it returns
+        // (the namespace is already closed) does not matter.
+        let _ = old.disconnect().await;
+    }
+    let mut delay = Duration::from_millis(100);
+    loop {
+        if !shared.is_current(next) {
+            return;
+        }
+        match builder(&shared, next).connect().await {
+            Ok(client) => {
+                if shared.is_current(next) {
+                    shared.install(next, client);
+                } else {
+                    let _ = client.disconnect().await;
+                }
+                return;
+            }
+            Err(error) => {
+                log::debug!("hub not reachable yet ({error}); retrying in {delay:?}");
+                sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// An order, with the Phase 3 envelope's id when there is one.
