@@ -64,12 +64,16 @@ pub enum Event {
 }
 
 impl Event {
-    /// Every event, in lifecycle order.
-    pub const ALL: [Event; 4] = [
+    /// Every event: the lifecycle's, in order, then the others.
+    pub const ALL: [Event; 8] = [
         Event::Join,
         Event::Pickup,
         Event::InTransit,
         Event::Delivered,
+        Event::Refused,
+        Event::GetAll,
+        Event::Received,
+        Event::Activity,
     ];
 
     /// The event's name on the wire.
@@ -380,6 +384,12 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Whether the refusal is about the hub's load, not the event: the same
+    /// event sent again a little later may well be taken.
+    pub const fn is_transient(self) -> bool {
+        matches!(self, ErrorCode::Busy | ErrorCode::RateLimited)
+    }
+
     /// The code as it appears on the wire.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -910,6 +920,8 @@ mod tests {
             assert_eq!(Event::from_name(event.name()), Some(event));
         }
         assert_eq!(Event::InTransit.name(), "in-transit");
-        assert_eq!(Event::from_name("getAll"), None);
+        // A refusal names any event, getAll and received included.
+        assert_eq!(Event::from_name("getAll"), Some(Event::GetAll));
+        assert_eq!(Event::from_name("nonsense"), None);
     }
 }

@@ -381,3 +381,32 @@ fn a_driver_given_no_name_is_the_same_courier_after_a_crash() {
     assert_eq!(drivers, [name.as_str()], "one courier, under one name");
     assert_exactly_once(&shop, &watcher, 5);
 }
+
+#[test]
+fn clients_over_a_hubs_low_rate_limit_slow_down_retry_and_strand_nothing() {
+    // A hub that lets each connection send 20 events a second, a fifth of
+    // what our clients send by default: they are refused rate_limited, slow
+    // down and send the refused events again.
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, url) = common::start_hub_with(&[
+        "--port",
+        "0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--rate-limit",
+        "20",
+    ]);
+    let _driver = common::driver(&url, "bob", "1ms", "1ms", &["--capacity", "100"]);
+    hub.wait_for_log("driver name=bob");
+    let watcher = StoreWatcher::start(&url, STORE);
+    let mut shop = vendor(&url, 30, "1ms");
+    assert!(
+        shop.wait_exit_or_describe(&[&hub]).success(),
+        "{}",
+        shop.describe()
+    );
+    let status = wait_until_all_delivered(&url, 30);
+    assert_eq!(status["orders"]["in-transit"], 0, "{status}");
+    assert_exactly_once(&shop, &watcher, 30);
+    hub.wait_for_log("rate_limited");
+}

@@ -126,8 +126,12 @@ impl MessageHandler<LocalAdapter, InletCall> for Inlet {
         {
             Some(Spend::Allowed) | None => {}
             Some(Spend::Refused) => {
+                // Name the order in the refusal when the payload has one, so
+                // that the client knows what to send again.
+                let decoded = (self.decoder)(&raw, &mut value, &ack_id, self.max_event_bytes);
+                let order = decoded.as_ref().ok().and_then(|event| event.order());
                 let refusal = Refusal::new(ErrorCode::RateLimited, "too many events; slow down");
-                return reply.refuse(None, refusal);
+                return reply.refuse(order, refusal);
             }
             Some(Spend::Flooding) => {
                 log::warn!(

@@ -38,6 +38,20 @@ use tokio::time::{Instant, sleep, timeout_at};
 
 use crate::protocol::{Event, Handshake, MessageId, NAMESPACE, Order, RefusalNotice};
 
+/// Events per second the link sends at most, in bursts of as many: half the
+/// hub's default `--rate-limit` (200 a second, bursts of 400), so that a
+/// backlog sent at once (a restarted vendor re-sending everything not yet
+/// delivered) never trips the hub's flood guard.
+pub const SEND_RATE: u32 = 100;
+
+/// How long to wait before sending again what the hub refused for its load
+/// (`busy`, `rate_limited`): about a second, spread so that clients refused
+/// together do not come back together.
+pub fn retry_delay() -> Duration {
+    let jitter = (uuid::Uuid::new_v4().as_u128() % 1_000) as u64;
+    Duration::from_millis(500 + jitter)
+}
+
 /// The most events kept for sending while the hub is away; beyond this the
 /// oldest are dropped (their senders re-announce them on reconnect anyway).
 const OUTBOX_LIMIT: usize = 10_000;
@@ -76,6 +90,11 @@ pub struct HubLink {
     shared: Arc<Shared>,
     up: bool,
     outbox: VecDeque<(Event, serde_json::Value)>,
+    /// Paces what is sent: at most `rate` events a second.
+    pace: governor::DefaultDirectRateLimiter,
+    rate: u32,
+    /// When the rate was last halved: refusals of one burst halve it once.
+    slowed_at: Option<Instant>,
 }
 
 /// What the link and its clients' callbacks share.
@@ -177,6 +196,9 @@ impl HubLink {
                         shared,
                         up: true,
                         outbox: VecDeque::new(),
+                        pace: pace_at(SEND_RATE),
+                        rate: SEND_RATE,
+                        slowed_at: None,
                     };
                     return Ok((link, inbound));
                 }
@@ -191,6 +213,24 @@ impl HubLink {
             log::debug!("hub not reachable yet ({error}); retrying in {delay:?}");
             sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// The hub refused an event as over our rate (`rate_limited`): its limit
+    /// is lower than its default, so send half as fast from now on (at most
+    /// once a second: the refusals of one burst say the same thing).
+    pub fn slow_down(&mut self) {
+        let recently = self
+            .slowed_at
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+        if self.rate > 1 && !recently {
+            self.slowed_at = Some(Instant::now());
+            self.rate /= 2;
+            self.pace = pace_at(self.rate);
+            log::info!(
+                "the hub limits our rate: sending at most {} events a second",
+                self.rate
+            );
         }
     }
 
@@ -254,6 +294,7 @@ impl HubLink {
 
     /// Emits; on failure marks the link down (until the next `open`).
     async fn emit(&mut self, event: Event, payload: serde_json::Value) -> bool {
+        self.pace.until_ready().await;
         let Some(client) = self.shared.client() else {
             self.up = false;
             return false;
@@ -275,6 +316,11 @@ impl HubLink {
         }
         self.outbox.push_back((event, payload));
     }
+}
+
+fn pace_at(rate: u32) -> governor::DefaultDirectRateLimiter {
+    let rate = std::num::NonZeroU32::new(rate).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::RateLimiter::direct(governor::Quota::per_second(rate))
 }
 
 fn encode(event: Event, payload: &impl Serialize) -> Option<serde_json::Value> {

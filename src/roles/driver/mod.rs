@@ -21,10 +21,14 @@ use anyhow::bail;
 use tokio::task::JoinSet;
 use tokio::time::sleep;
 
-use crate::protocol::{DriverName, Event, Handshake, Order, OrderId, StoreId};
+use crate::protocol::{DriverName, ErrorCode, Event, Handshake, Order, OrderId, StoreId};
 use crate::roles::console::Console;
-use crate::roles::hub_link::{HubLink, Inbound, LinkConfig};
-use recent::RecentSet;
+use crate::roles::hub_link::{HubLink, Inbound, LinkConfig, retry_delay};
+use recent::{RecentMap, RecentSet};
+
+/// How many reported deliveries a driver keeps, to report again when the
+/// hub says it was too busy (it says so within moments).
+const REPORTS_KEPT: usize = 1_000;
 
 /// How many delivered packages a driver remembers.
 const REMEMBERED_DELIVERIES: usize = 100_000;
@@ -68,6 +72,8 @@ enum Stage {
 enum Step {
     PickedUp(Order),
     Delivered(Order),
+    /// Report this again: the hub was too busy to take it.
+    Report(Event, Order),
 }
 
 /// Runs a driver until `shutdown` completes, then finishes the packages it
@@ -94,6 +100,8 @@ pub async fn run(
     let mut timelines: JoinSet<Step> = JoinSet::new();
     let mut holding: HashMap<PackageKey, (Order, Stage)> = HashMap::new();
     let mut delivered = RecentSet::new(REMEMBERED_DELIVERIES);
+    // The deliveries just reported, to report again if the hub was too busy.
+    let mut reported: RecentMap<PackageKey, Order> = RecentMap::new(REPORTS_KEPT);
     let mut delivered_count = 0;
     let mut draining = false;
     tokio::pin!(shutdown);
@@ -131,9 +139,11 @@ pub async fn run(
                         }
                         console.line(format_args!("DRIVER: delivered {}", order.order_id));
                         link.send(Event::Delivered, &order).await;
-                        delivered.insert(key);
+                        delivered.insert(key.clone());
+                        reported.insert(key, order);
                         delivered_count += 1;
                     }
+                    Ok(Step::Report(event, order)) => link.send(event, &order).await,
                     Err(error) => log::error!("a package timeline failed: {error}"),
                 }
             }
@@ -154,6 +164,27 @@ pub async fn run(
                         log::warn!("lost the hub ({reason}); reconnecting");
                     }
                     Inbound::ConnectRefused(reason) => bail!("the hub refused us: {reason}"),
+                    Inbound::EventRefused(notice) if notice.error.code.is_transient() => {
+                        if notice.error.code == ErrorCode::RateLimited {
+                            link.slow_down();
+                        }
+                        // The hub's load, not the package: report it again soon.
+                        let Some(key) = notice.store.zip(notice.order_id) else { continue };
+                        let order = match notice.event {
+                            Event::InTransit => holding.get(&key).map(|(order, _)| order.clone()),
+                            Event::Delivered => reported.get(&key).cloned(),
+                            _ => None,
+                        };
+                        if let Some(order) = order {
+                            let wait = retry_delay();
+                            log::debug!("the hub is busy ({}); {} of {} again in {wait:?}", notice.error.code.as_str(), notice.event, order.order_id);
+                            let event = notice.event;
+                            timelines.spawn(async move {
+                                sleep(wait).await;
+                                Step::Report(event, order)
+                            });
+                        }
+                    }
                     Inbound::EventRefused(notice) => {
                         log::warn!("the hub refused our {}: {}", notice.event, notice.error);
                         let dropped = match (notice.store, notice.order_id) {

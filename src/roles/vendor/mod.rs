@@ -23,10 +23,11 @@ use fake::faker::name::en::Name;
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
 use crate::protocol::{
-    Address, Customer, Event, Handshake, JoinRequest, Order, OrderId, QueueRequest, StoreId,
+    Address, Customer, ErrorCode, Event, Handshake, JoinRequest, Order, OrderId, QueueRequest,
+    StoreId,
 };
 use crate::roles::console::Console;
-use crate::roles::hub_link::{HubLink, Inbound, LinkConfig};
+use crate::roles::hub_link::{HubLink, Inbound, LinkConfig, retry_delay};
 use ledger::Ledger;
 
 /// What a vendor does.
@@ -98,7 +99,8 @@ pub async fn run(
 
     let mut ticker = interval(config.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut resend_check = interval(config.resend_after / 2);
+    // Often enough to retry a refused order within about a second.
+    let mut resend_check = interval((config.resend_after / 2).min(Duration::from_millis(250)));
     resend_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let wants_more = |report: &VendorReport| config.count.is_none_or(|n| report.placed < n);
     tokio::pin!(shutdown);
@@ -139,6 +141,22 @@ pub async fn run(
                         log::warn!("lost the hub ({reason}); reconnecting");
                     }
                     Inbound::ConnectRefused(reason) => bail!("the hub refused us: {reason}"),
+                    Inbound::EventRefused(notice) if notice.error.code.is_transient() => {
+                        if notice.error.code == ErrorCode::RateLimited {
+                            link.slow_down();
+                        }
+                        // The hub's load, not the order: send it again soon.
+                        let ours = notice.event == Event::Pickup && notice.store.as_ref() == Some(&config.store);
+                        if let Some(order_id) = notice.order_id.filter(|_| ours)
+                            && let Some(sent) = last_sent.get_mut(&order_id)
+                        {
+                            let wait = retry_delay();
+                            log::debug!("the hub is busy ({}); order={order_id} again in {wait:?}", notice.error.code.as_str());
+                            *sent = Instant::now()
+                                .checked_sub(config.resend_after.saturating_sub(wait))
+                                .unwrap_or_else(Instant::now);
+                        }
+                    }
                     Inbound::EventRefused(notice) => {
                         log::warn!("the hub refused our {}: {}", notice.event, notice.error);
                         let ours = notice.event == Event::Pickup && notice.store.as_ref() == Some(&config.store);
