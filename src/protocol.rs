@@ -639,6 +639,9 @@ pub struct Ack {
     /// Why it was not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Refusal>,
+    /// With `getAll`: how many messages were sent, all of them before this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent: Option<u64>,
 }
 
 impl Ack {
@@ -647,6 +650,15 @@ impl Ack {
         Ack {
             ok: true,
             error: None,
+            sent: None,
+        }
+    }
+
+    /// `getAll` was answered with `sent` messages.
+    pub fn replayed(sent: u64) -> Self {
+        Ack {
+            sent: Some(sent),
+            ..Ack::accepted()
         }
     }
 
@@ -655,6 +667,7 @@ impl Ack {
         Ack {
             ok: false,
             error: Some(refusal),
+            sent: None,
         }
     }
 }

@@ -52,7 +52,7 @@ test("the course's Phase 3 vendor gets what was delivered while it was away", as
   t.after(() => again.kill());
   await again.waitForLine(/^VENDOR: connected$/);
   const reply = await emitWithAck(await connectClient(url), 'getAll', { queueId: '1-206-flowers' });
-  assert.deepEqual(reply, { ok: true });
+  assert.deepEqual(reply, { ok: true, sent: 0 });
   assert.equal(again.matching(/^VENDOR: Thank you/).length, 0);
 });
 
@@ -87,8 +87,8 @@ test('getAll and received accept the store under every name the course uses', as
   t.after(() => vendor.close());
   const replayed = [];
   vendor.on('delivered', (notice) => replayed.push(notice));
-  assert.deepEqual(await emitWithAck(vendor, 'getAll', { store: 's', queueId: 's', clientId: 's' }), { ok: true });
-  await waitFor(() => replayed.length === 3, 'three notices replayed');
+  assert.deepEqual(await emitWithAck(vendor, 'getAll', { store: 's', queueId: 's', clientId: 's' }), { ok: true, sent: 3 });
+  assert.equal(replayed.length, 3, 'the notices come before the acknowledgement');
   const [first, second, third] = replayed;
   assert.deepEqual(await emitWithAck(vendor, 'received', {
     store: 's', queueId: 's', clientId: 's', event: 'delivered', messageId: first.messageId, orderId: first.orderId,
@@ -103,10 +103,34 @@ test('getAll and received accept the store under every name the course uses', as
   assert.match(disagree.error.message, /different stores/);
 });
 
-async function waitFor(ready, what, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!ready()) {
-    if (Date.now() > deadline) throw new Error(`never happened: ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
+
+test('getAll replays every queued notice, however many, and says how many', async (t) => {
+  const { hub, url } = await startHub(['--rate-limit', '100000']);
+  t.after(() => hub.kill());
+  // A driver that takes every package up and delivers it at once.
+  const driver = await connectClient(url, { auth: { role: 'driver', name: 'quick' } });
+  t.after(() => driver.close());
+  driver.on('pickup', (order) => {
+    driver.emit('in-transit', order);
+    driver.emit('delivered', order);
+  });
+  const placer = await connectClient(url, { auth: { role: 'vendor', store: 'many' } });
+  t.after(() => placer.close());
+  const total = 2500;
+  const placed = [];
+  for (let i = 0; i < total; i += 1) {
+    const order = { store: 'many', orderId: `m-${i}`, customer: 'Jamal Braun', address: 'Schmittfurt, LA' };
+    placed.push(emitWithAck(placer, 'pickup', order));
   }
-}
+  await Promise.all(placed);
+  await waitForBoard(url, (s) => s.queues[0]?.queued === total, `${total} queued notices`, 60_000);
+
+  // Far more than a socket's buffer (1,024 messages) holds at once.
+  const vendor = await connectClient(url, { auth: { role: 'vendor', store: 'many' } });
+  t.after(() => vendor.close());
+  const replayed = new Set();
+  vendor.on('delivered', (notice) => replayed.add(notice.orderId));
+  const reply = await vendor.timeout(60_000).emitWithAck('getAll', { queueId: 'many' });
+  assert.deepEqual(reply, { ok: true, sent: total });
+  assert.equal(replayed.size, total, 'every notice, each once');
+});

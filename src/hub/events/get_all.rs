@@ -31,35 +31,41 @@ impl ClientEvent for GetAll {
     ) {
         let GetAll(request) = *self;
         hub.log.record(Event::GetAll, &request);
-        if let Some(socket) = from.socket() {
-            match request.event.unwrap_or(Event::Delivered) {
-                Event::Delivered => match hub.mailbox.pending(&request.queue_id) {
-                    Ok(pending) => {
-                        for (message_id, order) in pending {
-                            out.push(Output::ToSocket {
-                                socket: socket.clone(),
-                                event: Event::Delivered,
-                                message: Message::Notice(DeliveryNotice::new(order, message_id)),
-                            });
-                        }
-                    }
-                    Err(refusal) => return out.push(refused(reply, None, refusal)),
-                },
-                Event::Pickup => {
-                    // A driver catching up: everything it holds, again.
-                    if let Some(driver) = from.peer().driver_key(&socket.id.to_string()) {
-                        for order in hub.desk.held_by(&driver) {
-                            out.push(Output::ToSocket {
-                                socket: socket.clone(),
-                                event: Event::Pickup,
-                                message: Message::Order(order),
-                            });
-                        }
-                    }
-                }
-                _ => {}
+        let Some(socket) = from.socket() else {
+            return out.push(Output::Accept(reply));
+        };
+        let (event, messages) = match request.event.unwrap_or(Event::Delivered) {
+            Event::Delivered => match hub.mailbox.pending(&request.queue_id) {
+                Ok(pending) => (
+                    Event::Delivered,
+                    pending
+                        .into_iter()
+                        .map(|(message_id, order)| {
+                            Message::Notice(DeliveryNotice::new(order, message_id))
+                        })
+                        .collect(),
+                ),
+                Err(refusal) => return out.push(refused(reply, None, refusal)),
+            },
+            // A driver catching up: everything it holds, again.
+            Event::Pickup => {
+                let held = from
+                    .peer()
+                    .driver_key(&socket.id.to_string())
+                    .map(|driver| hub.desk.held_by(&driver))
+                    .unwrap_or_default();
+                (
+                    Event::Pickup,
+                    held.into_iter().map(Message::Order).collect(),
+                )
             }
-        }
-        out.push(Output::Accept(reply));
+            _ => (Event::Delivered, Vec::new()),
+        };
+        out.push(Output::Replay {
+            socket: socket.clone(),
+            event,
+            messages,
+            reply,
+        });
     }
 }

@@ -138,6 +138,18 @@ impl Reply {
         }
     }
 
+    /// `getAll` was answered with `sent` messages.
+    pub fn replayed(self, sent: u64) {
+        match self.to {
+            ReplyTo::Socket { ack, .. } => {
+                let _ = ack.send(&Ack::replayed(sent));
+            }
+            ReplyTo::Http { answer, .. } => {
+                let _ = answer.send(Ok(()));
+            }
+        }
+    }
+
     /// The event was accepted.
     pub fn accept(self) {
         // The sender may be gone already; nothing to undo.

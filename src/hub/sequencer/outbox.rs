@@ -66,6 +66,18 @@ pub enum Output {
     },
     /// Tell every viewer.
     ToViewers(Activity),
+    /// Send one socket many messages, as fast as it takes them, then answer
+    /// its `getAll` with how many.
+    Replay {
+        /// The socket.
+        socket: SocketRef,
+        /// What to send it.
+        event: Event,
+        /// The messages, oldest first.
+        messages: Vec<Message>,
+        /// The `getAll` to answer.
+        reply: Reply,
+    },
 }
 
 impl Output {
@@ -241,6 +253,16 @@ impl Outbox {
                         log::debug!("cannot send {event} to sid={}: {error}", socket.id);
                     }
                 }
+                Output::Replay {
+                    socket,
+                    event,
+                    messages,
+                    reply,
+                } => {
+                    // Beside the sequencer: a socket's buffer holds 1,024
+                    // messages, and a queue can hold many more.
+                    tokio::spawn(replay(socket, event, messages, reply));
+                }
                 Output::ToViewers(activity) => {
                     let Some(ns) = self.io.of(NAMESPACE) else {
                         continue;
@@ -256,4 +278,31 @@ impl Outbox {
             }
         }
     }
+}
+
+/// How long to let a socket drain its buffer before sending again.
+const DRAIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Sends `messages` to `socket`, waiting whenever its buffer is full, and
+/// answers with how many it sent (none more once the socket is gone).
+async fn replay(socket: SocketRef, event: Event, messages: Vec<Message>, reply: Reply) {
+    let mut sent = 0;
+    for message in &messages {
+        loop {
+            match socket.emit(event.name(), message) {
+                Ok(()) => break,
+                Err(socketioxide::SendError::Socket(
+                    socketioxide::SocketError::InternalChannelFull,
+                )) => {
+                    tokio::time::sleep(DRAIN_PAUSE).await;
+                }
+                Err(error) => {
+                    log::debug!("replay to sid={} stopped after {sent}: {error}", socket.id);
+                    return;
+                }
+            }
+        }
+        sent += 1;
+    }
+    reply.replayed(sent);
 }
