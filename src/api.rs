@@ -10,6 +10,20 @@ use crate::protocol::{OrderId, OrderState, StoreId};
 pub const STATUS_PATH: &str = "/api/status";
 /// Path of the orders collection (`GET` to list, `POST` to place one).
 pub const ORDERS_PATH: &str = "/api/orders";
+/// `POST /api/drivers/{name}/reclaim`: hand a driver's packages back.
+pub fn reclaim_path(name: &str) -> String {
+    format!("/api/drivers/{name}/reclaim")
+}
+
+/// The answer of `POST /api/drivers/{name}/reclaim`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reclaimed {
+    /// The driver.
+    pub driver: String,
+    /// How many of its packages went back to `ready`.
+    pub reclaimed: u64,
+}
+
 /// The most orders one page of `GET /api/orders` returns.
 pub const MAX_PAGE: usize = 500;
 

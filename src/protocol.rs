@@ -288,6 +288,9 @@ pub enum RoleName {
     Driver,
     /// A read-only observer (a dashboard).
     Viewer,
+    /// Whoever runs the hub: reads like a viewer, and may hand a driver's
+    /// packages back to others.
+    Operator,
 }
 
 /// The handshake `auth` object our clients send; every field is optional so

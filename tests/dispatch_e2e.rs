@@ -410,3 +410,40 @@ fn clients_over_a_hubs_low_rate_limit_slow_down_retry_and_strand_nothing() {
     assert_exactly_once(&shop, &watcher, 30);
     hub.wait_for_log("rate_limited");
 }
+
+#[test]
+fn an_operator_hands_a_vanished_drivers_packages_back_at_once() {
+    let (hub, url) = start_hub_with(&["--port", "0", "--ephemeral", "--reclaim-after", "never"]);
+    let VictimRun {
+        mut victim,
+        _steady,
+        watcher,
+        mut vendor,
+    } = start_victim_run(&hub, &url);
+    victim.signal("KILL");
+    victim.wait_exit();
+    wait_for_status(&url, "the victim offline holding packages", |status| {
+        status["drivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "victim" && d["online"] == false && d["load"] != 0)
+    });
+
+    let output = common::caps_command(&["reclaim", "victim", "--hub", &url])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        said.starts_with("handed ") && !said.starts_with("handed 0 "),
+        "{said}"
+    );
+    assert!(vendor.wait_exit().success(), "{}", vendor.describe());
+    wait_until_all_delivered(&url, 40);
+    assert_exactly_once(&vendor, &watcher, 40);
+}

@@ -197,6 +197,7 @@ async fn with_a_secret_each_token_reads_and_writes_only_what_it_may() {
     };
     let acme = mint(RoleName::Vendor, Some("acme"));
     let viewer = mint(RoleName::Viewer, None);
+    let operator = mint(RoleName::Operator, None);
     let routes = routes(Admission::Tokens(secret.clone()));
 
     let (status, body) = call(&routes, "GET", "/api/status", None, None).await;
@@ -261,4 +262,17 @@ async fn with_a_secret_each_token_reads_and_writes_only_what_it_may() {
         body["orders"]["ready"], 1,
         "only the vendor's own order was placed"
     );
+
+    // Only an operator hands a driver's packages back.
+    let reclaim = "/api/drivers/bob/reclaim";
+    for token in [&acme, &viewer] {
+        let (status, body) = call(&routes, "POST", reclaim, Some(token), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(error_code(&body), "forbidden");
+    }
+    let (status, body) = call(&routes, "POST", reclaim, Some(&operator), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"driver": "bob", "reclaimed": 0}));
+    let (status, _) = call(&routes, "GET", "/api/status", Some(&operator), None).await;
+    assert_eq!(status, StatusCode::OK, "an operator reads too");
 }

@@ -46,6 +46,8 @@ pub(super) enum Command {
     Token(TokenArgs),
     /// Print one order's history: each state it entered, when, and with which driver.
     Track(TrackArgs),
+    /// Hand a driver's packages (offered and in transit) back to the hub for other drivers, now.
+    Reclaim(ReclaimArgs),
     /// Measure a hub under load: throughput, latency, CPU and memory, against the Node peer and a ceiling.
     Bench(BenchArgs),
     /// The bench's ceiling: a bare WebSocket server that echoes events back.
@@ -200,6 +202,8 @@ pub(super) enum TokenRole {
     },
     /// A token that may only read (a dashboard).
     Viewer,
+    /// A token for whoever runs the hub: reads, and hands a driver's packages back.
+    Operator,
 }
 
 /// How the hub hands out packages.
@@ -242,6 +246,18 @@ pub(super) struct TrackArgs {
     #[arg(long, env = "CAPS_HUB", default_value = "http://127.0.0.1:3000", value_parser = parse_hub_url)]
     pub(super) hub: String,
     /// A viewer token, or the vendor token of the order's store, for a hub with a secret.
+    #[arg(long, env = "CAPS_TOKEN", hide_env_values = true)]
+    pub(super) token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ReclaimArgs {
+    /// The driver's name.
+    pub(super) driver: DriverName,
+    /// The hub's URL.
+    #[arg(long, env = "CAPS_HUB", default_value = "http://127.0.0.1:3000", value_parser = parse_hub_url)]
+    pub(super) hub: String,
+    /// An operator token, for a hub with a secret.
     #[arg(long, env = "CAPS_TOKEN", hide_env_values = true)]
     pub(super) token: Option<String>,
 }
@@ -335,6 +351,7 @@ impl Cli {
             | Command::Status(_)
             | Command::Token(_)
             | Command::Track(_)
+            | Command::Reclaim(_)
             | Command::Bench(_)
             | Command::BenchEcho { .. } => "warn",
             Command::Hub(_) | Command::Vendor(_) | Command::Driver(_) => "warn,caps=info",

@@ -91,6 +91,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Reclaim(args) => {
+            status::reclaim(&args.hub, args.token.as_deref(), args.driver.as_str()).await
+        }
         Command::Token(args) => {
             println!("{}", mint_token(args)?);
             Ok(())
@@ -128,6 +131,7 @@ fn mint_token(args: TokenArgs) -> anyhow::Result<String> {
         TokenRole::Vendor { store } => (RoleName::Vendor, Some(store), None),
         TokenRole::Driver { name } => (RoleName::Driver, None, Some(name)),
         TokenRole::Viewer => (RoleName::Viewer, None, None),
+        TokenRole::Operator => (RoleName::Operator, None, None),
     };
     let claims = Claims {
         role,

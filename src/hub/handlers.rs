@@ -63,7 +63,7 @@ pub async fn admit(
 
     match &peer {
         Peer::Vendor { store } => socket.join(store.to_string()),
-        Peer::Viewer => socket.join(VIEWERS_ROOM),
+        Peer::Viewer | Peer::Operator => socket.join(VIEWERS_ROOM),
         Peer::Driver { .. } | Peer::Undeclared => {}
     }
     socket.extensions.insert(peer);

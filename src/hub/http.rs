@@ -14,22 +14,25 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::events::Pickup;
 use super::peer::{Admission, Peer};
 use std::sync::Arc;
 
-use super::domain::{OrderKey, OrderQuery, StoredOrder};
+use super::domain::{DriverKey, OrderKey, OrderQuery, StoredOrder};
 use super::journal::Records;
 use super::metrics::Metrics;
 use super::readers::{ReadError, Readers};
 use super::sequencer::{PresenceView, SequencerHandle};
 use crate::api::{
-    MAX_PAGE, NewOrder, ORDERS_PATH, OrderPage, OrderView, QueueStatus, STATUS_PATH, Status,
+    MAX_PAGE, NewOrder, ORDERS_PATH, OrderPage, OrderView, QueueStatus, Reclaimed, STATUS_PATH,
+    Status,
 };
-use crate::protocol::{Ack, ErrorCode, Handshake, Order, OrderId, OrderState, Refusal, StoreId};
+use crate::protocol::{
+    Ack, DriverName, ErrorCode, Handshake, Order, OrderId, OrderState, Refusal, StoreId,
+};
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -59,6 +62,7 @@ pub fn routes(state: HttpState) -> Router {
         .route(STATUS_PATH, get(status))
         .route(ORDERS_PATH, get(list_orders).post(place_order))
         .route(&format!("{ORDERS_PATH}/{{order_id}}"), get(track_order))
+        .route("/api/drivers/{name}/reclaim", post(reclaim_driver))
         .fallback(async || {
             failure(
                 StatusCode::NOT_FOUND,
@@ -138,7 +142,7 @@ impl Caller {
     /// May the caller read `store`'s orders (none: every store)?
     fn may_read(&self, store: Option<&StoreId>) -> Result<(), Refusal> {
         match (&self.0, store) {
-            (Peer::Viewer | Peer::Undeclared, _) => Ok(()),
+            (Peer::Viewer | Peer::Operator | Peer::Undeclared, _) => Ok(()),
             (Peer::Vendor { store: own }, Some(store)) if own == store => Ok(()),
             (Peer::Vendor { store: own }, _) => Err(Refusal::new(
                 ErrorCode::Forbidden,
@@ -446,6 +450,35 @@ fn recorded_view(
         .order(&key)?
         .map(StoredOrder::view)
         .ok_or_else(|| Refusal::new(ErrorCode::UnknownOrder, format!("no such order: {key}"))))
+}
+
+/// An operator hands a driver's packages back to `ready` at once.
+async fn reclaim_driver(
+    caller: Caller,
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(refusal) = caller.0.may_reclaim() {
+        return refuse(StatusCode::FORBIDDEN, refusal);
+    }
+    let name = match DriverName::new(name) {
+        Ok(name) => name,
+        Err(message) => {
+            return failure(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &message);
+        }
+    };
+    match state
+        .sequencer
+        .reclaim(DriverKey::Named(name.clone()))
+        .await
+    {
+        Some(reclaimed) => Json(Reclaimed {
+            driver: name.to_string(),
+            reclaimed,
+        })
+        .into_response(),
+        None => stopping(),
+    }
 }
 
 fn refuse(status: StatusCode, refusal: Refusal) -> Response {

@@ -40,6 +40,8 @@ pub enum Peer {
     },
     /// A read-only observer.
     Viewer,
+    /// Whoever runs the hub: reads, and may hand a driver's packages back.
+    Operator,
     /// A client that declared nothing (the lab's, open mode only); handled as
     /// a driver until it joins a store.
     Undeclared,
@@ -70,6 +72,7 @@ impl Peer {
                     (RoleName::Vendor, Some(store), _) => Ok(Peer::Vendor { store }),
                     (RoleName::Driver, _, Some(name)) => Ok(Peer::Driver { name, capacity }),
                     (RoleName::Viewer, _, _) => Ok(Peer::Viewer),
+                    (RoleName::Operator, _, _) => Ok(Peer::Operator),
                     _ => Err(unauthorized("the token names no store or driver".into())),
                 }
             }
@@ -94,6 +97,10 @@ impl Peer {
                 Err(invalid("a driver handshake needs a name and no store"))
             }
             (Some(RoleName::Viewer), None, None) => Ok(Peer::Viewer),
+            (Some(RoleName::Operator), None, None) => Ok(Peer::Operator),
+            (Some(RoleName::Operator), ..) => {
+                Err(invalid("an operator handshake takes no store or name"))
+            }
             (Some(RoleName::Viewer), ..) => {
                 Err(invalid("a viewer handshake takes no store or name"))
             }
@@ -109,7 +116,7 @@ impl Peer {
         match self {
             Peer::Driver { name, .. } => Some(DriverKey::Named(name.clone())),
             Peer::Undeclared => Some(DriverKey::Anonymous(sid.to_owned())),
-            Peer::Vendor { .. } | Peer::Viewer => None,
+            Peer::Vendor { .. } | Peer::Viewer | Peer::Operator => None,
         }
     }
 
@@ -117,7 +124,7 @@ impl Peer {
     pub fn capacity(&self) -> Option<u32> {
         match self {
             Peer::Driver { capacity, .. } => *capacity,
-            Peer::Vendor { .. } | Peer::Viewer | Peer::Undeclared => None,
+            Peer::Vendor { .. } | Peer::Viewer | Peer::Operator | Peer::Undeclared => None,
         }
     }
 
@@ -134,6 +141,20 @@ impl Peer {
                 Err(forbidden(format!("a driver may not act for store {store}")))
             }
             Peer::Viewer => Err(forbidden("a viewer only reads".into())),
+            Peer::Operator => Err(forbidden(format!(
+                "an operator does not act for a store ({store})"
+            ))),
+        }
+    }
+
+    /// May this peer hand a driver's packages back to others? Only an
+    /// operator's token, or anyone on an open (tokenless) hub.
+    pub fn may_reclaim(&self) -> Result<(), Refusal> {
+        match self {
+            Peer::Operator | Peer::Undeclared => Ok(()),
+            Peer::Vendor { .. } | Peer::Driver { .. } | Peer::Viewer => Err(forbidden(
+                "only an operator may hand a driver's packages back".into(),
+            )),
         }
     }
 
@@ -143,6 +164,7 @@ impl Peer {
             Peer::Driver { .. } | Peer::Undeclared => Ok(()),
             Peer::Vendor { .. } => Err(forbidden("a vendor may not report deliveries".into())),
             Peer::Viewer => Err(forbidden("a viewer only reads".into())),
+            Peer::Operator => Err(forbidden("an operator does not carry packages".into())),
         }
     }
 }
@@ -161,6 +183,7 @@ impl fmt::Display for Peer {
             Peer::Vendor { store } => write!(f, "vendor store={store}"),
             Peer::Driver { name, .. } => write!(f, "driver name={name}"),
             Peer::Viewer => f.write_str("viewer"),
+            Peer::Operator => f.write_str("operator"),
             Peer::Undeclared => f.write_str("undeclared"),
         }
     }

@@ -1,16 +1,27 @@
-//! `caps status` and `caps track`: read a hub's HTTP API and print what it says.
+//! `caps status`, `caps track` and `caps reclaim`: a hub's HTTP API from the
+//! command line.
 
 use std::fmt::Write as _;
 
 use anyhow::{Context, bail};
 
-use crate::api::{ORDERS_PATH, OrderView, STATUS_PATH, Status};
+use crate::api::{ORDERS_PATH, OrderView, Reclaimed, STATUS_PATH, Status, reclaim_path};
 
 /// GETs `path` from the hub, with `token` as a bearer token; an error reply
 /// becomes an error carrying the hub's own message.
 async fn get(hub_url: &str, path: &str, token: Option<&str>) -> anyhow::Result<reqwest::Response> {
+    call(reqwest::Method::GET, hub_url, path, token).await
+}
+
+/// Sends `method` to `path` on the hub; as [`get`].
+async fn call(
+    method: reqwest::Method,
+    hub_url: &str,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<reqwest::Response> {
     let url = format!("{hub_url}{path}");
-    let mut request = reqwest::Client::new().get(&url);
+    let mut request = reqwest::Client::new().request(method, &url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -60,6 +71,21 @@ pub async fn track(
         .await
         .context("reading the order")?;
     print!("{}", render_track(&view));
+    Ok(())
+}
+
+/// Hands driver `name`'s packages back to `ready`, and says how many.
+pub async fn reclaim(hub_url: &str, token: Option<&str>, name: &str) -> anyhow::Result<()> {
+    let path = reclaim_path(&encode(name));
+    let answer: Reclaimed = call(reqwest::Method::POST, hub_url, &path, token)
+        .await?
+        .json()
+        .await
+        .context("reading the answer")?;
+    println!(
+        "handed {} packages of driver {} back for other drivers",
+        answer.reclaimed, answer.driver
+    );
     Ok(())
 }
 

@@ -545,6 +545,28 @@ impl<S: Clone + PartialEq> Dispatch<S> {
         self.dispatch(now)
     }
 
+    /// An operator hands `driver`'s packages (offered and in transit) back
+    /// to `ready` now, for others; returns how many, and the new offers.
+    /// The driver itself is told nothing: its later reports are refused
+    /// `not_assigned`, and it drops the packages.
+    pub fn reclaim(&mut self, driver: &DriverKey, now: Instant) -> (u64, Vec<Effect<S>>) {
+        let Some(entry) = self.drivers.get_mut(driver) else {
+            return (0, Vec::new());
+        };
+        let mut held: Vec<OrderKey> = entry.offered.drain().collect();
+        held.extend(entry.carrying.drain());
+        if !held.is_empty() {
+            log::warn!(
+                "driver={driver}: {} packages handed back by an operator",
+                held.len()
+            );
+        }
+        for key in &held {
+            self.make_ready(key, Some(driver.clone()));
+        }
+        (held.len() as u64, self.dispatch(now))
+    }
+
     /// The packages `driver` holds (offered or in transit), oldest first.
     pub fn held_by(&self, driver: &DriverKey) -> Vec<Order> {
         let Some(entry) = self.drivers.get(driver) else {

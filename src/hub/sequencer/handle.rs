@@ -250,6 +250,9 @@ pub(in crate::hub) enum Command {
     Metrics(oneshot::Sender<(OrderCounts, Connections)>),
     /// Stop taking events; answer once everything taken is committed and sent.
     Drain(oneshot::Sender<()>),
+    /// Hand a driver's packages back to `ready`; answer (once recorded)
+    /// with how many.
+    Reclaim(DriverKey, oneshot::Sender<u64>),
 }
 
 /// The way in to the sequencer; clone it freely.
@@ -336,6 +339,12 @@ impl SequencerHandle {
     /// sequencer has stopped.
     pub async fn drain(&self) {
         self.ask(Command::Drain).await;
+    }
+
+    /// Hands `driver`'s packages back to `ready`; how many, once recorded,
+    /// or `None` if the sequencer has stopped.
+    pub async fn reclaim(&self, driver: DriverKey) -> Option<u64> {
+        self.ask(|reply| Command::Reclaim(driver, reply)).await
     }
 
     /// An event sent over HTTP by `peer`; answers once it is recorded, or

@@ -260,7 +260,7 @@ impl Sequencer {
         match command {
             Command::Connected(socket) => match peer_of(&socket) {
                 Peer::Vendor { store } => self.add_vendor(&socket, store),
-                Peer::Viewer => {
+                Peer::Viewer | Peer::Operator => {
                     if socket.connected() {
                         self.viewers.insert(socket.id);
                     }
@@ -307,6 +307,11 @@ impl Sequencer {
                     self.desk
                         .page(query.store.as_ref(), query.state, query.after, query.limit);
                 let _ = reply.send(page);
+            }
+            Command::Reclaim(driver, reply) => {
+                let (count, effects) = self.desk.reclaim(&driver, Instant::now());
+                self.add_effects(effects, &mut outputs);
+                outputs.push(Output::Answer(reply, count));
             }
             Command::Drain(reply) => {
                 log::info!("draining: committing and answering what was taken");

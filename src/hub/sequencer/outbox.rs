@@ -66,6 +66,8 @@ pub enum Output {
     },
     /// Tell every viewer.
     ToViewers(Activity),
+    /// Answer an operator's request with a count.
+    Answer(tokio::sync::oneshot::Sender<u64>, u64),
     /// Send one socket many messages, as fast as it takes them, then answer
     /// its `getAll` with how many.
     Replay {
@@ -262,6 +264,9 @@ impl Outbox {
                     // Beside the sequencer: a socket's buffer holds 1,024
                     // messages, and a queue can hold many more.
                     tokio::spawn(replay(socket, event, messages, reply));
+                }
+                Output::Answer(answer, count) => {
+                    let _ = answer.send(count);
                 }
                 Output::ToViewers(activity) => {
                     let Some(ns) = self.io.of(NAMESPACE) else {
