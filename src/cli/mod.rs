@@ -1,4 +1,4 @@
-//! The command line's wiring: turns the parsed arguments ([`args`]) into each
+//! The command line's wiring: turns the parsed arguments (`args`) into each
 //! role's configuration and runs it. Only `main` decides the exit code.
 
 mod args;

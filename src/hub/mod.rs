@@ -2,18 +2,18 @@
 //! one driver and tells each store about its own packages.
 //!
 //! Layers, from the network in (see `docs/ARCHITECTURE.md` for the picture):
-//! - the edges: [`handlers`] (Socket.IO: admit a socket, type each event with
-//!   [`decode`]) and [`http`] (the dashboard, the API, `/metrics`);
-//! - [`events`]: one module per client event, with its permission rule and
+//! - the edges: `handlers` (Socket.IO: admit a socket, type each event with
+//!   `decode`) and `http` (the dashboard, the API, `/metrics`);
+//! - `events`: one module per client event, with its permission rule and
 //!   what applying it does;
-//! - [`sequencer`]: the one task that applies every command in arrival order,
+//! - `sequencer`: the one task that applies every command in arrival order,
 //!   and its outbox, which holds replies and messages until their commit;
-//! - [`dispatch`] (the pure desk) and [`mailbox`] (the Phase 3 queues), which
+//! - [`dispatch`] (the pure desk) and `mailbox` (the Phase 3 queues), which
 //!   describe every change as a [`domain::Change`];
 //! - [`journal`]: the group-commit writer, and the storage seam
 //!   [`journal::Backend`] with its read side [`journal::Records`], with
 //!   [`sqlite`] behind it;
-//! - [`readers`]: the HTTP API's reads of committed state, on low-priority
+//! - `readers`: the HTTP API's reads of committed state, on low-priority
 //!   threads beside the sequencer.
 //!
 //! All of them speak the vocabulary of [`domain`], which depends on none of them.

@@ -1,5 +1,5 @@
 //! Tools around a hub: reading its board and an order's history
-//! ([`status`]), and measuring it under load ([`bench`]).
+//! ([`status`]), and measuring it under load (`bench`).
 
 pub mod bench;
 pub mod status;
