@@ -63,6 +63,10 @@ pub struct VendorReport {
     pub refused: u64,
 }
 
+/// Orders sent again at one resend check (four a second): at most 40 a
+/// second, under half of what the link sends.
+const RESENDS_PER_CHECK: usize = 10;
+
 /// Runs a vendor until its `count` orders are settled or `shutdown` completes.
 pub async fn run(
     config: VendorConfig,
@@ -120,13 +124,19 @@ pub async fn run(
                 last_sent.insert(order.order_id.clone(), Instant::now());
             }
             _ = resend_check.tick() => {
-                for order in ledger.outstanding() {
-                    let sent = last_sent.entry(order.order_id.clone()).or_insert_with(Instant::now);
-                    if sent.elapsed() >= config.resend_after {
-                        log::info!("no delivery yet for order={}; sending it again", order.order_id);
-                        link.try_send(Event::Pickup, order).await;
-                        *sent = Instant::now();
-                    }
+                // The longest-waiting first, and only so many at a time: a
+                // shop with thousands undelivered (no courier about) must
+                // still have room in its send rate for new orders.
+                let mut due: Vec<(Instant, &Order)> = ledger
+                    .outstanding()
+                    .map(|order| (*last_sent.entry(order.order_id.clone()).or_insert_with(Instant::now), order))
+                    .filter(|(sent, _)| sent.elapsed() >= config.resend_after)
+                    .collect();
+                due.sort_by_key(|(sent, _)| *sent);
+                for (_, order) in due.into_iter().take(RESENDS_PER_CHECK) {
+                    log::info!("no delivery yet for order={}; sending it again", order.order_id);
+                    link.try_send(Event::Pickup, order).await;
+                    last_sent.insert(order.order_id.clone(), Instant::now());
                 }
             }
             message = inbound.recv() => {
