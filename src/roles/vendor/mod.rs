@@ -107,6 +107,8 @@ pub async fn run(
     let mut resend_check = interval((config.resend_after / 2).min(Duration::from_millis(250)));
     resend_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let wants_more = |report: &VendorReport| config.count.is_none_or(|n| report.placed < n);
+    // When the vendor last asked for every queued notice (it does on connect).
+    let mut caught_up = Instant::now();
     tokio::pin!(shutdown);
 
     loop {
@@ -133,6 +135,12 @@ pub async fn run(
                     .filter(|(sent, _)| sent.elapsed() >= config.resend_after)
                     .collect();
                 due.sort_by_key(|(sent, _)| *sent);
+                // Notices the hub sent while our socket's buffer was full
+                // are still queued for us: one getAll brings them all back.
+                if !due.is_empty() && caught_up.elapsed() >= config.resend_after {
+                    link.try_send(Event::GetAll, &catch_up(&config.store)).await;
+                    caught_up = Instant::now();
+                }
                 for (_, order) in due.into_iter().take(RESENDS_PER_CHECK) {
                     log::info!("no delivery yet for order={}; sending it again", order.order_id);
                     link.try_send(Event::Pickup, order).await;
@@ -232,15 +240,19 @@ async fn announce(
         },
     )
     .await;
-    let catch_up = QueueRequest {
-        queue_id: store.clone(),
-        event: Some(Event::Delivered),
-        message_id: None,
-    };
-    link.try_send(Event::GetAll, &catch_up).await;
+    link.try_send(Event::GetAll, &catch_up(store)).await;
     for order in ledger.outstanding() {
         link.try_send(Event::Pickup, order).await;
         last_sent.insert(order.order_id.clone(), Instant::now());
+    }
+}
+
+/// `getAll` of `store`'s delivery notices: everything not acknowledged yet.
+fn catch_up(store: &StoreId) -> QueueRequest {
+    QueueRequest {
+        queue_id: store.clone(),
+        event: Some(Event::Delivered),
+        message_id: None,
     }
 }
 
