@@ -362,6 +362,10 @@ impl<S: Clone + PartialEq> Dispatch<S> {
         let mut returned: Vec<OrderKey> = entry.offered.drain().collect();
         if matches!(key, DriverKey::Anonymous(_)) {
             returned.extend(entry.carrying.drain());
+        }
+        // Memory holds drivers online or holding packages, not every driver
+        // ever seen.
+        if entry.carrying.is_empty() {
             self.drivers.remove(key);
         }
         for order in returned {
@@ -538,8 +542,12 @@ impl<S: Clone + PartialEq> Dispatch<S> {
                     reclaimed.extend(entry.carrying.drain());
                 }
             }
-            for key in reclaimed {
-                self.make_ready(&key, None);
+            if !reclaimed.is_empty() {
+                for key in reclaimed {
+                    self.make_ready(&key, None);
+                }
+                self.drivers
+                    .retain(|_, entry| entry.socket.is_some() || entry.load() > 0);
             }
         }
         self.dispatch(now)
@@ -563,6 +571,13 @@ impl<S: Clone + PartialEq> Dispatch<S> {
         }
         for key in &held {
             self.make_ready(key, Some(driver.clone()));
+        }
+        if self
+            .drivers
+            .get(driver)
+            .is_some_and(|entry| entry.socket.is_none())
+        {
+            self.drivers.remove(driver);
         }
         (held.len() as u64, self.dispatch(now))
     }

@@ -427,3 +427,26 @@ fn offers_taken_up_leave_the_deadline_list_at_once() {
         "memory holds the open offers, not every offer of the last offer timeout"
     );
 }
+
+#[test]
+fn drivers_offline_with_nothing_in_hand_are_not_kept() {
+    let mut desk = desk();
+    let now = Instant::now();
+    for n in 0..100 {
+        let name = named(&format!("d{n}"));
+        desk.driver_online(name.clone(), n, None, now);
+        desk.driver_offline(&name, &n, now);
+    }
+    assert_eq!(desk.driver_count(), 0, "memory holds the working set");
+    desk.driver_online(named("a"), 1, None, now);
+    let placed = order("carried");
+    desk.pickup(placed.clone(), now).unwrap();
+    desk.in_transit(&named("a"), &OrderKey::of(&placed))
+        .unwrap();
+    desk.driver_offline(&named("a"), &1, now);
+    assert_eq!(
+        desk.driver_count(),
+        1,
+        "a driver away with a package is kept"
+    );
+}
