@@ -9,13 +9,15 @@ CARGO ?= cargo
 demo: setup
 	$(CARGO) run --quiet -- demo
 
-## Build once, then run the Rust tests, the JavaScript tests, and a small
-## benchmark (it fails on any lost or duplicated order, never on a timing).
+## Build once, then run the Rust tests, the JavaScript tests, a small
+## benchmark (it fails on any lost or duplicated order, never on a timing),
+## and the scale suite (thousands of orders at the default limits).
 test: setup
 	$(CARGO) build --locked --all-targets
 	$(CARGO) test --locked
 	target/debug/caps bench --targets caps,node,echo --vendors 2 --drivers 2 --orders 150
 	npm test
+	$(CARGO) test --locked --test scale_e2e -- --ignored
 
 ## The benchmark of docs/BENCHMARKS.md (release build).
 bench: setup

@@ -38,11 +38,13 @@ use tokio::time::{Instant, sleep, timeout_at};
 
 use crate::protocol::{Event, Handshake, MessageId, NAMESPACE, Order, RefusalNotice};
 
-/// Events per second the link sends at most, in bursts of as many: half the
-/// hub's default `--rate-limit` (200 a second, bursts of 400), so that a
-/// backlog sent at once (a restarted vendor re-sending everything not yet
-/// delivered) never trips the hub's flood guard.
-pub const SEND_RATE: u32 = 100;
+/// Events per second the link sends at most, in bursts of as many: three
+/// quarters of the hub's default `--rate-limit` (200 a second, bursts of
+/// 400), so that a backlog sent at once (a restarted vendor re-sending
+/// everything not yet delivered) never trips the hub's flood guard. A hub
+/// with a lower limit says so by refusing (`rate_limited`), and the link
+/// halves its rate.
+pub const SEND_RATE: u32 = 150;
 
 /// How long to wait before sending again what the hub refused for its load
 /// (`busy`, `rate_limited`): about a second, spread so that clients refused

@@ -162,7 +162,13 @@ impl Proc {
     /// Waits for the process to exit on its own; if it does not, fails
     /// showing what `others` printed too (to diagnose a hang).
     pub fn wait_exit_or_describe(&mut self, others: &[&Proc]) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
+        self.wait_exit_within(WAIT, others)
+    }
+
+    /// Waits up to `limit` for the process to exit on its own; if it does
+    /// not, fails showing what `others` printed too.
+    pub fn wait_exit_within(&mut self, limit: Duration, others: &[&Proc]) -> ExitStatus {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;

@@ -4,9 +4,11 @@
 //!
 //! The file holds one JSON record per line, appended as things happen:
 //! `{"placed":{…order…}}` and `{"thanked":"<orderId>"}`. A last line cut short
-//! by a crash is ignored.
+//! by a crash is ignored. Opening the file rewrites it as what is still
+//! outstanding plus one `{"settled":<count>}` line for the rest, so that
+//! neither the file nor the vendor's memory grows with its history.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -19,6 +21,8 @@ use crate::protocol::{Order, OrderId, StoreId};
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 enum Record {
+    /// Orders placed in earlier runs and settled (delivered or refused).
+    Settled(u64),
     Placed(Order),
     Thanked(OrderId),
 }
@@ -28,7 +32,6 @@ pub struct Ledger {
     file: Option<File>,
     placed: u64,
     outstanding: HashMap<OrderId, Order>,
-    thanked: HashSet<OrderId>,
 }
 
 impl Ledger {
@@ -38,11 +41,10 @@ impl Ledger {
             file: None,
             placed: 0,
             outstanding: HashMap::new(),
-            thanked: HashSet::new(),
         }
     }
 
-    /// The ledger in `path` (created if missing) for `store`.
+    /// The ledger in `path` (created if missing) for `store`, compacted.
     pub fn open(path: &Path, store: &StoreId) -> anyhow::Result<Self> {
         let mut ledger = Ledger::in_memory();
         if path.exists() {
@@ -51,6 +53,7 @@ impl Ledger {
             for (number, line) in BufReader::new(file).lines().enumerate() {
                 let line = line.with_context(|| format!("cannot read {}", path.display()))?;
                 match serde_json::from_str::<Record>(&line) {
+                    Ok(Record::Settled(count)) => ledger.placed += count,
                     Ok(Record::Placed(order)) => {
                         if &order.store != store {
                             bail!(
@@ -60,13 +63,10 @@ impl Ledger {
                             );
                         }
                         ledger.placed += 1;
-                        if !ledger.thanked.contains(&order.order_id) {
-                            ledger.outstanding.insert(order.order_id.clone(), order);
-                        }
+                        ledger.outstanding.insert(order.order_id.clone(), order);
                     }
                     Ok(Record::Thanked(order_id)) => {
                         ledger.outstanding.remove(&order_id);
-                        ledger.thanked.insert(order_id);
                     }
                     Err(error) => {
                         log::warn!("{} line {}: ignored ({error})", path.display(), number + 1)
@@ -74,21 +74,34 @@ impl Ledger {
                 }
             }
         }
-        let mut file = OpenOptions::new()
-            .create(true)
+        ledger.file = Some(ledger.rewrite(path)?);
+        Ok(ledger)
+    }
+
+    /// Writes the ledger as it stands to `path` (through a temporary file,
+    /// so that a crash leaves the old file or the new one) and returns the
+    /// new file, open for appending.
+    fn rewrite(&self, path: &Path) -> anyhow::Result<File> {
+        let context = || format!("cannot write {}", path.display());
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(".new");
+        let temporary = std::path::PathBuf::from(temporary);
+        let mut contents = Vec::new();
+        let settled = self.placed - self.outstanding.len() as u64;
+        for record in std::iter::once(Record::Settled(settled))
+            .chain(self.outstanding.values().cloned().map(Record::Placed))
+        {
+            serde_json::to_writer(&mut contents, &record)?;
+            contents.push(b'\n');
+        }
+        let mut file = File::create(&temporary).with_context(context)?;
+        file.write_all(&contents).with_context(context)?;
+        file.sync_all().with_context(context)?;
+        std::fs::rename(&temporary, path).with_context(context)?;
+        OpenOptions::new()
             .append(true)
             .open(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        // Seal a line cut short by a crash, so the next record starts afresh.
-        let content_ends_cleanly = std::fs::read(path)
-            .map(|bytes| bytes.last().is_none_or(|last| *last == b'\n'))
-            .unwrap_or(true);
-        if !content_ends_cleanly {
-            file.write_all(b"\n")
-                .context("writing the vendor state file")?;
-        }
-        ledger.file = Some(file);
-        Ok(ledger)
+            .with_context(context)
     }
 
     /// Orders placed so far, in this run and earlier ones.
@@ -106,9 +119,9 @@ impl Ledger {
         self.outstanding.len()
     }
 
-    /// Whether the delivery of `order_id` was already thanked for.
-    pub fn was_thanked(&self, order_id: &OrderId) -> bool {
-        self.thanked.contains(order_id)
+    /// The order `order_id` if it is placed and not yet delivered.
+    pub fn get(&self, order_id: &OrderId) -> Option<&Order> {
+        self.outstanding.get(order_id)
     }
 
     /// Records a new order, before it is sent.
@@ -120,12 +133,12 @@ impl Ledger {
         Ok(())
     }
 
-    /// Records a thank-you, right after it is printed; returns whether the
-    /// order was one of this vendor's outstanding orders.
-    pub fn record_thanked(&mut self, order_id: &OrderId) -> anyhow::Result<bool> {
+    /// Records a thank-you for an outstanding order, right after it is
+    /// printed; it is outstanding no more.
+    pub fn record_thanked(&mut self, order_id: &OrderId) -> anyhow::Result<()> {
         self.append(&Record::Thanked(order_id.clone()))?;
-        self.thanked.insert(order_id.clone());
-        Ok(self.outstanding.remove(order_id).is_some())
+        self.outstanding.remove(order_id);
+        Ok(())
     }
 
     /// Forgets an order the hub refused: it will never be delivered.
@@ -159,7 +172,7 @@ mod tests {
             let mut ledger = Ledger::open(&path, &store).unwrap();
             ledger.record_placed(&first).unwrap();
             ledger.record_placed(&second).unwrap();
-            assert!(ledger.record_thanked(&first.order_id).unwrap());
+            ledger.record_thanked(&first.order_id).unwrap();
         }
         // A crash mid-write leaves half a line; it is ignored.
         OpenOptions::new()
@@ -174,13 +187,18 @@ mod tests {
         drop(ledger);
         let ledger = Ledger::open(&path, &store).unwrap();
         assert_eq!(ledger.placed(), 3, "the record after the cut line is read");
-        assert!(ledger.was_thanked(&first.order_id));
+        assert!(ledger.get(&first.order_id).is_none(), "thanked is settled");
         assert!(
             ledger
                 .outstanding()
                 .any(|order| order.order_id == second.order_id)
         );
         assert_eq!(ledger.outstanding_count(), 2);
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(
+            lines, 3,
+            "the reopened file holds the settled count and what is outstanding"
+        );
 
         let other = StoreId::new("globex").unwrap();
         assert!(

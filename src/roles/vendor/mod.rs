@@ -3,7 +3,8 @@
 //!
 //! On every (re)connection the vendor joins its store's room, asks the hub
 //! for every delivery notice it has not acknowledged (`getAll`), and re-sends
-//! every order not yet delivered. It also re-sends an order that has waited
+//! every order not yet delivered, one at a time between whatever else it
+//! hears, so that thousands outstanding never hold its thank-yous back. It also re-sends an order that has waited
 //! longer than `resend_after`. The same `orderId` twice is the same order, so
 //! a re-send is harmless, and an order emitted into a dying connection is not
 //! lost. Each notice is acknowledged (`received`) after its thank-you is
@@ -11,7 +12,7 @@
 
 mod ledger;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -97,9 +98,10 @@ pub async fn run(
         delivered: ledger.placed() - ledger.outstanding_count() as u64,
         refused: 0,
     };
-    // When each outstanding order was last sent; all are re-sent on connect.
+    // When each outstanding order was last sent.
     let mut last_sent: HashMap<OrderId, Instant> = HashMap::new();
-    announce(&mut link, &config.store, &ledger, &mut last_sent).await;
+    // Outstanding orders still to re-send since the last (re)connection.
+    let mut backlog: VecDeque<OrderId> = announce(&mut link, &config.store, &ledger).await;
 
     let mut ticker = interval(config.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -125,7 +127,14 @@ pub async fn run(
                 link.try_send(Event::Pickup, &order).await;
                 last_sent.insert(order.order_id.clone(), Instant::now());
             }
-            _ = resend_check.tick() => {
+            () = std::future::ready(()), if link.is_up() && !backlog.is_empty() => {
+                let Some(order_id) = backlog.pop_front() else { continue };
+                let Some(order) = ledger.get(&order_id) else { continue }; // delivered meanwhile
+                if link.try_send(Event::Pickup, order).await {
+                    last_sent.insert(order_id, Instant::now());
+                }
+            }
+            _ = resend_check.tick(), if backlog.is_empty() => {
                 // The longest-waiting first, and only so many at a time: a
                 // shop with thousands undelivered (no courier about) must
                 // still have room in its send rate for new orders.
@@ -153,7 +162,7 @@ pub async fn run(
                 match message {
                     Inbound::Connected => {
                         log::info!("reconnected to hub; re-sending {} undelivered orders", ledger.outstanding_count());
-                        announce(&mut link, &config.store, &ledger, &mut last_sent).await;
+                        backlog = announce(&mut link, &config.store, &ledger).await;
                     }
                     Inbound::ConnectionLost(reason) => {
                         log::warn!("lost the hub ({reason}); reconnecting");
@@ -175,6 +184,11 @@ pub async fn run(
                                 .unwrap_or_else(Instant::now);
                         }
                     }
+                    Inbound::EventRefused(notice) if notice.event == Event::Received => {
+                        // A notice heard twice (live and replayed) is
+                        // acknowledged twice; the second finds it gone.
+                        log::debug!("the hub refused our received: {}", notice.error);
+                    }
                     Inbound::EventRefused(notice) => {
                         log::warn!("the hub refused our {}: {}", notice.event, notice.error);
                         let ours = notice.event == Event::Pickup && notice.store.as_ref() == Some(&config.store);
@@ -186,11 +200,12 @@ pub async fn run(
                         }
                     }
                     Inbound::Order(Event::Delivered, order, message_id) if order.store == config.store => {
-                        if !ledger.was_thanked(&order.order_id) {
+                        // Only our outstanding orders are thanked: a notice
+                        // heard again (replayed, or after a restart) is not.
+                        if ledger.get(&order.order_id).is_some() {
                             console.line(format_args!("VENDOR: Thank you for delivering {}", order.order_id));
-                            if ledger.record_thanked(&order.order_id)? {
-                                report.delivered += 1;
-                            }
+                            ledger.record_thanked(&order.order_id)?;
+                            report.delivered += 1;
                             last_sent.remove(&order.order_id);
                         }
                         if let Some(message_id) = message_id {
@@ -225,14 +240,9 @@ pub async fn run(
     Ok(report)
 }
 
-/// What a vendor says on every connection: who it is, what it missed, and
-/// what it is still waiting for.
-async fn announce(
-    link: &mut HubLink,
-    store: &StoreId,
-    ledger: &Ledger,
-    last_sent: &mut HashMap<OrderId, Instant>,
-) {
+/// What a vendor says on every connection: who it is and what it missed;
+/// returns what it is still waiting for, to be re-sent.
+async fn announce(link: &mut HubLink, store: &StoreId, ledger: &Ledger) -> VecDeque<OrderId> {
     link.try_send(
         Event::Join,
         &JoinRequest {
@@ -241,10 +251,10 @@ async fn announce(
     )
     .await;
     link.try_send(Event::GetAll, &catch_up(store)).await;
-    for order in ledger.outstanding() {
-        link.try_send(Event::Pickup, order).await;
-        last_sent.insert(order.order_id.clone(), Instant::now());
-    }
+    ledger
+        .outstanding()
+        .map(|order| order.order_id.clone())
+        .collect()
 }
 
 /// `getAll` of `store`'s delivery notices: everything not acknowledged yet.
