@@ -25,7 +25,7 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 start_hub() {
   local began ready
   began=$(date +%s%N)
-  "$caps" hub --port "$port" --data-dir "$data" --rate-limit 1000000 \
+  "$caps" hub --port "$port" --data-dir "$data" --rate-limit 1000000 --api-rate-limit 1000000 \
     >/dev/null 2>>"$work/hub.err" &
   pid=$!
   until curl -sf "$url/healthz" >/dev/null; do sleep 0.005; done

@@ -39,9 +39,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// The Socket.IO namespace that carries all CAPS traffic.
 pub const NAMESPACE: &str = "/caps";
 
-/// The room of every viewer; `activity` is sent there.
-pub const VIEWERS_ROOM: &str = "viewers";
-
 /// The CAPS events, by their names on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Event {
@@ -61,11 +58,14 @@ pub enum Event {
     Received,
     /// The hub tells viewers that an order changed.
     Activity,
+    /// The hub says why it is about to close the connection (a token that
+    /// expired, a flood), as a [`Refusal`]; a client may connect again.
+    Goodbye,
 }
 
 impl Event {
     /// Every event: the lifecycle's, in order, then the others.
-    pub const ALL: [Event; 8] = [
+    pub const ALL: [Event; 9] = [
         Event::Join,
         Event::Pickup,
         Event::InTransit,
@@ -74,6 +74,7 @@ impl Event {
         Event::GetAll,
         Event::Received,
         Event::Activity,
+        Event::Goodbye,
     ];
 
     /// The event's name on the wire.
@@ -87,6 +88,7 @@ impl Event {
             Event::GetAll => "getAll",
             Event::Received => "received",
             Event::Activity => "activity",
+            Event::Goodbye => "goodbye",
         }
     }
 
@@ -379,8 +381,11 @@ pub enum ErrorCode {
     Unauthorized,
     /// The hub holds its maximum number of connections (at connect).
     TooManyConnections,
-    /// A browser page from an origin the hub does not allow (at connect).
+    /// A browser page from an origin the hub does not allow.
     OriginNotAllowed,
+    /// A request naming the hub by a name it is not published under (see
+    /// `--public-url`): what a DNS-rebinding page sends.
+    HostNotAllowed,
     /// A code this build does not know (from a newer hub).
     #[serde(other)]
     Other,
@@ -410,6 +415,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::OriginNotAllowed => "origin_not_allowed",
+            ErrorCode::HostNotAllowed => "host_not_allowed",
             ErrorCode::Other => "other",
         }
     }

@@ -39,7 +39,10 @@ impl std::fmt::Debug for Secret {
 impl Secret {
     /// The secret in `path` (surrounding whitespace ignored); at least
     /// [`MIN_SECRET_BYTES`] bytes.
+    /// The file must be readable by its owner only, as ssh requires of keys:
+    /// a secret others can read is no secret.
     pub fn read(path: &Path) -> anyhow::Result<Secret> {
+        refuse_if_shared(path)?;
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read the secret file {}", path.display()))?;
         Secret::new(bytes.trim_ascii().to_vec())
@@ -59,6 +62,30 @@ impl Secret {
     fn mac(&self) -> Hmac<Sha256> {
         <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes keys of any length")
     }
+}
+
+/// Fails if `path` may be read or written by its group or by others.
+#[cfg(unix)]
+fn refuse_if_shared(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the secret file {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "the secret file {} may be read by others (mode {:o}); make it the owner's only: chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn refuse_if_shared(_path: &Path) -> anyhow::Result<()> {
+    Ok(())
 }
 
 /// Who a token says its bearer is, and until when.

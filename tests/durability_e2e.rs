@@ -109,20 +109,21 @@ fn every_confirmed_order_is_delivered_exactly_once_through_crashes_of_everything
         hub.describe()
     );
     let vendors = [&first_vendor, &second_vendor];
-    let placed = tally(&vendors, READY);
+    let printed = tally(&vendors, READY);
     let thanked = tally(&vendors, THANKS);
+    // A vendor records an order in its ledger before printing it, so a
+    // SIGKILL may take the line of an order it did place: the thank-yous
+    // name every order, and every order printed is among them.
     assert_eq!(
-        placed.len(),
+        thanked.len(),
         300,
-        "300 distinct orders placed across both vendor runs"
+        "300 distinct orders thanked across both vendor runs"
     );
-    assert!(placed.values().all(|n| *n == 1));
-    assert_eq!(
-        thanked.keys().collect::<HashSet<_>>(),
-        placed.keys().collect::<HashSet<_>>()
-    );
+    assert!(printed.values().all(|n| *n == 1));
+    assert!(printed.keys().all(|id| thanked.contains_key(id)));
     let repeated: Vec<_> = thanked.iter().filter(|(_, n)| **n > 1).collect();
     assert!(repeated.is_empty(), "thanked more than once: {repeated:?}");
+    let placed = thanked;
 
     // The hub's own history: one delivered transition per order, and every
     // notice acknowledged by the vendor.

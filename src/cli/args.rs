@@ -157,9 +157,18 @@ pub(super) struct SecurityArgs {
     /// Allow listening on a non-loopback address without --secret-file.
     #[arg(long, env = "CAPS_INSECURE")]
     pub(super) insecure: bool,
-    /// Most Socket.IO connections held at once.
+    /// Most connections held at once: TCP connections (HTTP, polling, WebSocket), and Socket.IO sessions.
     #[arg(long, env = "CAPS_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub(super) max_connections: usize,
+    /// Most TCP connections held at once from one address.
+    #[arg(long, env = "CAPS_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(super) max_connections_per_address: u64,
+    /// API requests (and Socket.IO session openings) per second, per address and per token (bursts of twice that).
+    #[arg(long, env = "CAPS_API_RATE_LIMIT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(super) api_rate_limit: u32,
+    /// URLs the hub is reached by besides its addresses and localhost, e.g. https://caps.example.com; requests naming any other host are refused (DNS rebinding).
+    #[arg(long, env = "CAPS_PUBLIC_URL", value_delimiter = ',', value_parser = parse_hub_url)]
+    pub(super) public_url: Vec<String>,
     /// Events per second one connection may send (bursts of twice that); excess is refused.
     #[arg(long, env = "CAPS_RATE_LIMIT", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub(super) rate_limit: u32,
@@ -272,8 +281,28 @@ pub(super) struct LinkArgs {
     #[arg(long, env = "CAPS_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(super) connect_timeout: Duration,
     /// A token from `caps token`, for a hub that requires one.
-    #[arg(long, env = "CAPS_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CAPS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     pub(super) token: Option<String>,
+    /// A file holding the token, read again at every reconnection: renew the file before the token expires and the client carries on.
+    #[arg(long, env = "CAPS_TOKEN_FILE")]
+    pub(super) token_file: Option<PathBuf>,
+}
+
+impl LinkArgs {
+    /// Where the client's token comes from.
+    pub(super) fn token_source(&self) -> Option<crate::roles::hub_link::TokenSource> {
+        use crate::roles::hub_link::TokenSource;
+        match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(TokenSource::Given(token.clone())),
+            (None, Some(path)) => Some(TokenSource::File(path.clone())),
+            (None, None) => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

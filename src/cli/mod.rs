@@ -26,9 +26,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Hub(args) => run_hub(args).await,
         Command::Vendor(args) => {
             let config = VendorConfig {
+                token: args.link.token_source(),
                 hub_url: args.link.hub,
                 connect_timeout: args.link.connect_timeout,
-                token: args.link.token,
                 store: args.store,
                 interval: args.interval,
                 count: args.count,
@@ -54,9 +54,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let config = DriverConfig {
+                token: args.link.token_source(),
                 hub_url: args.link.hub,
                 connect_timeout: args.link.connect_timeout,
-                token: args.link.token,
                 name,
                 capacity: Some(args.capacity),
                 pickup_delay: args.pickup_delay,
@@ -196,12 +196,29 @@ impl SecurityArgs {
     }
 
     fn limits(&self) -> Limits {
+        // A page served under a public URL may call the hub even when a
+        // proxy in front rewrites the Host header.
+        let mut cors_origins = self.cors_origin.clone();
+        cors_origins.extend(self.public_url.iter().cloned());
+        let public_hosts = self
+            .public_url
+            .iter()
+            .filter_map(|url| url.split_once("://"))
+            .map(|(_, authority)| match authority.rsplit_once(':') {
+                Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+                _ => authority,
+            })
+            .map(str::to_ascii_lowercase)
+            .collect();
         Limits {
             max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address as usize,
+            requests_per_second: self.api_rate_limit,
             events_per_second: self.rate_limit,
             max_event_bytes: self.max_payload,
             max_message_bytes: self.max_message,
-            cors_origins: self.cors_origin.clone(),
+            cors_origins,
+            public_hosts,
         }
     }
 }

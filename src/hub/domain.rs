@@ -14,6 +14,21 @@ use crate::api::{OrderSummary, OrderView, TransitionView};
 pub use crate::protocol::OrderState;
 use crate::protocol::{DriverName, MessageId, Order, OrderId, StoreId};
 
+/// Socket.IO rooms. A store's room and the hub's own rooms live in separate
+/// name spaces (`store:` and `hub:`), so that no store id, whatever it is,
+/// names a room of another audience.
+pub mod rooms {
+    use crate::protocol::StoreId;
+
+    /// The room of every viewer and operator; `activity` is sent there.
+    pub const VIEWERS: &str = "hub:viewers";
+
+    /// The room of `store`'s vendors.
+    pub fn store(store: &StoreId) -> String {
+        format!("store:{store}")
+    }
+}
+
 /// Orders are unique per store: two shops may both have an order "1".
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OrderKey {

@@ -1,6 +1,7 @@
-//! The hub's limits on what any one client can cost it: how many connections
-//! it holds, how fast one connection may send, how large a payload may be,
-//! and which web origins may connect.
+//! The hub's limits on what any one client can cost it: how many Socket.IO
+//! connections it holds, how fast one connection may send, and how large a
+//! payload may be. What is checked before a request reaches Socket.IO (names,
+//! origins, TCP connections, API rates) is `door`'s.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,15 +9,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use socketioxide::extract::SocketRef;
 
 use crate::protocol::{ErrorCode, Refusal};
 
 /// The limits, as configured.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Most Socket.IO connections held at once.
+    /// Most connections held at once (TCP connections, and Socket.IO ones).
     pub max_connections: usize,
+    /// Most TCP connections held at once from one address.
+    pub max_connections_per_address: usize,
+    /// API requests and Socket.IO session openings per second, per address
+    /// and per identity (bursts of twice that).
+    pub requests_per_second: u32,
     /// Events per second one connection may send (bursts of twice that).
     pub events_per_second: u32,
     /// Largest event payload parsed, in bytes of JSON.
@@ -25,16 +30,22 @@ pub struct Limits {
     pub max_message_bytes: u64,
     /// Web origins allowed besides the hub's own (`*` for any).
     pub cors_origins: Vec<String>,
+    /// Host names the hub is published under, besides IP literals and
+    /// `localhost` (from `--public-url`).
+    pub public_hosts: Vec<String>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 10_000,
+            max_connections_per_address: 1_000,
+            requests_per_second: 100,
             events_per_second: 200,
             max_event_bytes: 16 * 1024,
             max_message_bytes: 1024 * 1024,
             cors_origins: Vec::new(),
+            public_hosts: Vec::new(),
         }
     }
 }
@@ -121,11 +132,9 @@ impl Guard {
         &self.limits
     }
 
-    /// Admits one more connection, or refuses it when the hub is full or the
-    /// page it comes from is not allowed. On success the caller must call
-    /// [`Guard::release`] when it leaves.
-    pub fn admit(&self, socket: &SocketRef) -> Result<Budget, Refusal> {
-        self.check_origin(socket)?;
+    /// Admits one more connection, or refuses it when the hub is full. On
+    /// success the caller must call [`Guard::release`] when it leaves.
+    pub fn admit(&self) -> Result<Budget, Refusal> {
         if self.connections.fetch_add(1, Ordering::Relaxed) >= self.limits.max_connections {
             self.connections.fetch_sub(1, Ordering::Relaxed);
             return Err(Refusal::new(
@@ -150,38 +159,6 @@ impl Guard {
     /// socket that dies during its connect never reports leaving).
     pub fn recount(&self, live: usize) {
         self.connections.store(live, Ordering::Relaxed);
-    }
-
-    /// Browsers say which page opened the connection; only the hub's own
-    /// pages and the configured origins may. Other clients send no origin.
-    fn check_origin(&self, socket: &SocketRef) -> Result<(), Refusal> {
-        let headers = &socket.req_parts().headers;
-        let Some(origin) = headers
-            .get(axum::http::header::ORIGIN)
-            .and_then(|o| o.to_str().ok())
-        else {
-            return Ok(());
-        };
-        let host = headers
-            .get(axum::http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        let same_origin = origin
-            .split_once("://")
-            .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host));
-        let listed = self
-            .limits
-            .cors_origins
-            .iter()
-            .any(|allowed| allowed == "*" || allowed == origin);
-        if same_origin || listed {
-            Ok(())
-        } else {
-            Err(Refusal::new(
-                ErrorCode::OriginNotAllowed,
-                format!("pages from {origin} may not connect (see --cors-origin)"),
-            ))
-        }
     }
 }
 

@@ -9,12 +9,13 @@ use socketioxide::handler::{FromMessageParts, MessageHandler, Value};
 use socketioxide::socket::{DisconnectReason, Socket};
 
 use super::HubState;
+use super::domain::rooms;
 use super::events::{Decoder, LISTENED};
 use super::guard::{Budget, Spend};
 use super::metrics::Metrics;
 use super::peer::Peer;
 use super::sequencer::{Origin, RefusalWarnings, Reply, SequencerHandle, peer_of};
-use crate::protocol::{ErrorCode, Event, Handshake, Refusal, VIEWERS_ROOM};
+use crate::protocol::{ErrorCode, Event, Handshake, Refusal};
 
 /// Connect middleware: checks who the client is and whether there is room
 /// for it, then sets the socket up.
@@ -29,16 +30,16 @@ pub async fn admit(
     State(hub): State<HubState>,
 ) -> Result<(), Refusal> {
     let now = chrono::Utc::now().timestamp();
-    let peer = handshake
+    let (peer, expires) = handshake
         .map_err(|error| {
             Refusal::new(
                 ErrorCode::InvalidHandshake,
                 format!("invalid handshake auth: {error}"),
             )
         })
-        .and_then(|handshake| Peer::admit(handshake, &hub.admission, now))
+        .and_then(|handshake| Peer::admit_until(handshake, &hub.admission, now))
         .inspect_err(|refusal| log::warn!("refused connection sid={}: {refusal}", socket.id))?;
-    let budget = hub.guard.admit(&socket).inspect_err(|refusal| {
+    let budget = hub.guard.admit().inspect_err(|refusal| {
         log::warn!("refused connection sid={} {peer}: {refusal}", socket.id)
     })?;
 
@@ -62,14 +63,50 @@ pub async fn admit(
     socket.on_disconnect(on_disconnect);
 
     match &peer {
-        Peer::Vendor { store } => socket.join(store.to_string()),
-        Peer::Viewer | Peer::Operator => socket.join(VIEWERS_ROOM),
+        Peer::Vendor { store } => socket.join(rooms::store(store)),
+        Peer::Viewer | Peer::Operator => socket.join(rooms::VIEWERS),
         Peer::Driver { .. } | Peer::Undeclared => {}
     }
     socket.extensions.insert(peer);
     socket.extensions.insert(budget);
     socket.extensions.insert(RefusalWarnings::default());
+    if let Some(expires) = expires {
+        let expiry = tokio::spawn(end_at_expiry(socket.clone(), expires - now));
+        socket.extensions.insert(Expiry(expiry.abort_handle()));
+    }
     Ok(())
+}
+
+/// The task that ends a socket when its token expires; aborted when the
+/// socket leaves first.
+#[derive(Clone)]
+struct Expiry(tokio::task::AbortHandle);
+
+/// Disconnects `socket` in `seconds`, when its token expires: an identity
+/// is good for as long as its token, not for as long as its connection.
+async fn end_at_expiry(socket: SocketRef, seconds: i64) {
+    let seconds = u64::try_from(seconds).unwrap_or(0);
+    tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+    log::info!(
+        "disconnecting sid={} {}: its token expired",
+        socket.id,
+        peer_of(&socket)
+    );
+    say_goodbye(
+        socket,
+        Refusal::new(
+            ErrorCode::Unauthorized,
+            "the token expired; connect again with a new one",
+        ),
+    );
+}
+
+/// Tells the client why, then closes its connection.
+fn say_goodbye(socket: SocketRef, why: Refusal) {
+    if let Err(error) = socket.emit(Event::Goodbye.name(), &why) {
+        log::debug!("cannot say goodbye to sid={}: {error}", socket.id);
+    }
+    let _ = socket.disconnect();
 }
 
 /// Connect handler: the socket is in; tell the sequencer.
@@ -84,6 +121,9 @@ pub async fn on_connect(socket: SocketRef, State(hub): State<HubState>) {
 }
 
 async fn on_disconnect(socket: SocketRef, reason: DisconnectReason, State(hub): State<HubState>) {
+    if let Some(Expiry(expiry)) = socket.extensions.get::<Expiry>() {
+        expiry.abort();
+    }
     log::info!(
         "disconnected sid={} {} reason={reason:?}",
         socket.id,
@@ -139,7 +179,11 @@ impl MessageHandler<LocalAdapter, InletCall> for Inlet {
                     socket.id,
                     peer_of(&socket)
                 );
-                let _ = socket.clone().disconnect();
+                let why = Refusal::new(
+                    ErrorCode::RateLimited,
+                    "too many events over the rate limit; connect again and slow down",
+                );
+                say_goodbye(socket, why);
                 return;
             }
         }

@@ -5,7 +5,8 @@
 //! `{"ok":false,"error":{"code":"…","message":"…"}}`, with a 4xx status; bad
 //! input never yields a 500. With a secret, `/api` needs a token
 //! (`Authorization: Bearer …`): a viewer's reads everything, a vendor's reads
-//! and places only its own store's orders.
+//! and places only its own store's orders; `/metrics` needs a viewer's or an
+//! operator's.
 
 use axum::Json;
 use axum::Router;
@@ -48,6 +49,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// How callers are identified.
     pub admission: Admission,
+    /// The door, which limits each identity's rate of requests.
+    pub door: super::door::Door,
 }
 
 /// The HTTP routes (Socket.IO is layered on top by the caller).
@@ -132,9 +135,14 @@ impl FromRequestParts<HttpState> for Caller {
             (Admission::Tokens(_), token) => Handshake::default().with_token(token),
         };
         let now = chrono::Utc::now().timestamp();
-        Peer::admit(handshake, &state.admission, now)
-            .map(Caller)
-            .map_err(|refusal| refuse(StatusCode::UNAUTHORIZED, refusal))
+        let peer = Peer::admit(handshake, &state.admission, now)
+            .map_err(|refusal| refuse(StatusCode::UNAUTHORIZED, refusal))?;
+        // Each token has its own rate too, so that one caller spread over
+        // many addresses is still one caller.
+        if !state.door.charge_identity(peer.to_string()) {
+            return Err(state.door.too_many_requests());
+        }
+        Ok(Caller(peer))
     }
 }
 
@@ -186,7 +194,15 @@ async fn status(caller: Caller, State(state): State<HttpState>) -> Response {
     .await
 }
 
-async fn metrics(State(state): State<HttpState>) -> Response {
+async fn metrics(State(state): State<HttpState>, Caller(caller): Caller) -> Response {
+    // With a secret, what the hub is doing is for those who watch it.
+    if !matches!(caller, Peer::Viewer | Peer::Operator | Peer::Undeclared) {
+        return failure(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "metrics need a viewer's or an operator's token",
+        );
+    }
     let (counts, connections) = match state.readers {
         Some(readers) => {
             let connections = state.presence.borrow().connections;

@@ -2,6 +2,8 @@
 //! one driver and tells each store about its own packages.
 //!
 //! Layers, from the network in (see `docs/ARCHITECTURE.md` for the picture):
+//! - `door`, in front of everything: the names and pages allowed, connections
+//!   counted from the first byte, API rates;
 //! - the edges: `handlers` (Socket.IO: admit a socket, type each event with
 //!   `decode`) and `http` (the dashboard, the API, `/metrics`);
 //! - `events`: one module per client event, with its permission rule and
@@ -41,6 +43,7 @@
 mod decode;
 pub mod dispatch;
 pub mod domain;
+mod door;
 mod event_log;
 mod events;
 mod guard;
@@ -63,7 +66,6 @@ use anyhow::Context;
 
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use socketioxide::SocketIo;
 use socketioxide::handler::ConnectHandler;
 use tokio::net::TcpListener;
@@ -74,6 +76,7 @@ pub use guard::Limits;
 pub use peer::{Admission, Peer};
 
 use self::domain::{OrderState, Snapshot};
+use self::door::{CountingListener, Door, DoorConfig};
 use self::guard::Guard;
 use self::journal::{Backend, Journal, Records};
 use self::metrics::Metrics;
@@ -254,6 +257,17 @@ impl Hub {
         let metrics = Arc::new(Metrics::new(log.dropped_lines()));
         let (sequencer, inbox) = self::sequencer::channel(Arc::clone(&metrics));
         let cors = cors_layer(&config.limits.cors_origins)?;
+        let door = Door::new(
+            DoorConfig {
+                public_hosts: config.limits.public_hosts.clone(),
+                origins: config.limits.cors_origins.clone(),
+                // A client on long-polling holds two (a poll and a send).
+                max_connections: config.limits.max_connections.saturating_mul(2),
+                max_connections_per_address: config.limits.max_connections_per_address,
+                requests_per_second: config.limits.requests_per_second,
+            },
+            Arc::clone(&metrics),
+        );
         let max_message = config.limits.max_message_bytes;
         let max_event = config.limits.max_event_bytes;
         let guard = Guard::new(config.limits);
@@ -299,12 +313,18 @@ impl Hub {
             presence: presence_view,
             metrics,
             admission: config.admission,
+            door: door.clone(),
         })
         .layer(axum::extract::DefaultBodyLimit::max(max_event))
         .layer(layer)
-        .layer(cors);
+        .layer(cors)
+        .layer(axum::middleware::from_fn_with_state(
+            door.clone(),
+            door::screen,
+        ));
         Ok(RunningHub {
             router,
+            door,
             io,
             sequencer,
             task,
@@ -329,6 +349,7 @@ impl Hub {
 /// A hub whose sequencer runs: its routes can be served, or called directly.
 pub struct RunningHub {
     router: axum::Router,
+    door: Door,
     io: SocketIo,
     sequencer: SequencerHandle,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -354,18 +375,15 @@ impl RunningHub {
     ) -> anyhow::Result<()> {
         let RunningHub {
             router,
+            door,
             io,
             sequencer,
             mut task,
         } = self;
-        // Small messages must not wait for Nagle's algorithm.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                log::debug!("cannot set TCP_NODELAY: {error}");
-            }
-        });
+        let listener = CountingListener::new(listener, door);
         let closer = io.clone();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let service = router.into_make_service_with_connect_info::<door::Remote>();
+        let server = axum::serve(listener, service).with_graceful_shutdown(async move {
             shutdown.await;
             // Everything taken is committed and answered before anyone is cut off.
             log::info!("shutting down: draining");

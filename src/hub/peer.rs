@@ -50,6 +50,16 @@ pub enum Peer {
 impl Peer {
     /// The identity of a client with this handshake, or why it may not connect.
     pub fn admit(handshake: Handshake, admission: &Admission, now: i64) -> Result<Peer, Refusal> {
+        Peer::admit_until(handshake, admission, now).map(|(peer, _)| peer)
+    }
+
+    /// As [`Peer::admit`], with the time (seconds since the epoch) at which
+    /// the identity ends: its token's `exp`, or never in open mode.
+    pub fn admit_until(
+        handshake: Handshake,
+        admission: &Admission,
+        now: i64,
+    ) -> Result<(Peer, Option<i64>), Refusal> {
         let capacity = handshake.capacity;
         if let Some(capacity) = capacity
             && (capacity == 0 || capacity > limits::CAPACITY)
@@ -60,7 +70,7 @@ impl Peer {
             )));
         }
         match admission {
-            Admission::Open => Peer::from_claim(handshake),
+            Admission::Open => Peer::from_claim(handshake).map(|peer| (peer, None)),
             Admission::Tokens(secret) => {
                 let unauthorized = |message: String| Refusal::new(ErrorCode::Unauthorized, message);
                 let token = handshake.token.ok_or_else(|| {
@@ -68,13 +78,14 @@ impl Peer {
                 })?;
                 let claims = token::verify(secret, &token, now)
                     .map_err(|error| unauthorized(error.to_string()))?;
-                match (claims.role, claims.store, claims.name) {
-                    (RoleName::Vendor, Some(store), _) => Ok(Peer::Vendor { store }),
-                    (RoleName::Driver, _, Some(name)) => Ok(Peer::Driver { name, capacity }),
-                    (RoleName::Viewer, _, _) => Ok(Peer::Viewer),
-                    (RoleName::Operator, _, _) => Ok(Peer::Operator),
-                    _ => Err(unauthorized("the token names no store or driver".into())),
-                }
+                let peer = match (claims.role, claims.store, claims.name) {
+                    (RoleName::Vendor, Some(store), _) => Peer::Vendor { store },
+                    (RoleName::Driver, _, Some(name)) => Peer::Driver { name, capacity },
+                    (RoleName::Viewer, _, _) => Peer::Viewer,
+                    (RoleName::Operator, _, _) => Peer::Operator,
+                    _ => return Err(unauthorized("the token names no store or driver".into())),
+                };
+                Ok((peer, Some(claims.exp)))
             }
         }
     }

@@ -69,6 +69,34 @@ pub struct LinkConfig {
     pub connect_timeout: Duration,
     /// The order events this client wants to hear (`refused` is always heard).
     pub listen: Vec<Event>,
+    /// Where the handshake's token comes from, if not from `handshake`.
+    pub token: Option<TokenSource>,
+}
+
+/// Where a client's token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// This token, for the life of the client.
+    Given(String),
+    /// The token in this file, read again at every (re)connection, so that
+    /// whoever renews it renews the client's identity.
+    File(std::path::PathBuf),
+}
+
+impl TokenSource {
+    /// The token to present now.
+    fn current(&self) -> Option<String> {
+        match self {
+            TokenSource::Given(token) => Some(token.clone()),
+            TokenSource::File(path) => match std::fs::read_to_string(path) {
+                Ok(token) => Some(token.trim().to_owned()),
+                Err(error) => {
+                    log::warn!("cannot read the token file {}: {error}", path.display());
+                    None
+                }
+            },
+        }
+    }
 }
 
 /// What the link reports to the role's loop.
@@ -147,6 +175,18 @@ impl Shared {
         } else {
             slot.opened_early = true;
         }
+    }
+
+    /// Whether the token file now holds another token than `presented`.
+    fn token_renewed(&self, presented: Option<&String>) -> bool {
+        matches!(self.config.token, Some(TokenSource::File(_)))
+            && self
+                .config
+                .token
+                .as_ref()
+                .and_then(TokenSource::current)
+                .as_ref()
+                != presented
     }
 
     fn is_current(&self, generation: u64) -> bool {
@@ -350,7 +390,12 @@ async fn wait_for_open(
 /// whose callbacks forward into the link's channel while it is in use.
 fn builder(shared: &Arc<Shared>, generation: u64) -> ClientBuilder {
     let config = &shared.config;
-    let handshake = serde_json::to_value(&config.handshake).unwrap_or_default();
+    let mut handshake = config.handshake.clone();
+    if let Some(token) = config.token.as_ref().and_then(TokenSource::current) {
+        handshake.token = Some(token);
+    }
+    let presented = handshake.token.clone();
+    let handshake = serde_json::to_value(&handshake).unwrap_or_default();
     let mut builder = ClientBuilder::new(config.hub_url.as_str())
         .namespace(NAMESPACE)
         .auth(handshake)
@@ -380,6 +425,15 @@ fn builder(shared: &Arc<Shared>, generation: u64) -> ClientBuilder {
     builder = builder.on("error", move |payload, _| {
         let text = payload_text(&payload);
         let inbound = match text.strip_prefix("Received an ConnectError frame: ") {
+            // rust_socketio reconnects with the token this client was built
+            // with; when the token file holds a newer one, build anew.
+            Some(reason) if failed.token_renewed(presented.as_ref()) => {
+                tokio::spawn(rebuild(Arc::clone(&failed), generation));
+                Inbound::ConnectionLost(format!(
+                    "{}; reconnecting with the renewed token",
+                    connect_error_message(reason)
+                ))
+            }
             Some(reason) => Inbound::ConnectRefused(connect_error_message(reason)),
             None => Inbound::ConnectionLost(text),
         };
@@ -396,6 +450,18 @@ fn builder(shared: &Arc<Shared>, generation: u64) -> ClientBuilder {
             async {}.boxed()
         });
     }
+    let goodbye = Arc::clone(shared);
+    builder = builder.on(Event::Goodbye.name(), move |payload, _| {
+        // The hub says why it is about to drop us (its `close` follows).
+        let why = payload_text(&payload);
+        let why = serde_json::from_str::<crate::protocol::Refusal>(&why)
+            .map_or(why, |refusal| refusal.to_string());
+        goodbye.forward(
+            generation,
+            Inbound::ConnectionLost(format!("the hub is closing our connection: {why}")),
+        );
+        async {}.boxed()
+    });
     let refusals = Arc::clone(shared);
     builder.on(Event::Refused.name(), move |payload, _| {
         match decode_inbound(Event::Refused, &payload) {

@@ -377,6 +377,7 @@ impl StoreWatcher {
             handshake: Handshake::vendor(StoreId::new(store).unwrap()),
             connect_timeout: Duration::from_secs(10),
             listen: vec![Event::Pickup, Event::InTransit, Event::Delivered],
+            token: None,
         };
         let record = Arc::clone(&heard);
         std::thread::spawn(move || {

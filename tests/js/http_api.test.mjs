@@ -107,7 +107,7 @@ test('orders are placed, tracked and paged over HTTP; bad input gets a 4xx with 
 test('with a secret, the API needs a token: vendors see and place only their own orders', async (t) => {
   const dir = mkdtempSync(path.join(tmpdir(), 'caps-api-'));
   const secretFile = path.join(dir, 'secret');
-  writeFileSync(secretFile, 'an-api-test-secret-that-is-long-enough-0123456789');
+  writeFileSync(secretFile, 'an-api-test-secret-that-is-long-enough-0123456789', { mode: 0o600 });
   const token = (...args) => execFileSync(capsBin, ['token', ...args, '--secret-file', secretFile]).toString().trim();
   const { hub, url } = await startHub(['--secret-file', secretFile]);
   t.after(() => hub.kill());

@@ -93,7 +93,7 @@ function refusedAtConnect(auth) {
 before(async () => {
   scratch = mkdtempSync(path.join(tmpdir(), 'caps-intruders-'));
   secretFile = path.join(scratch, 'secret');
-  writeFileSync(secretFile, randomBytes(32).toString('base64'));
+  writeFileSync(secretFile, randomBytes(32).toString('base64'), { mode: 0o600 });
   ({ hub, url } = await startHub(['--secret-file', secretFile, '--rate-limit', '100']));
   await legitimateFlowWorks();
 });
@@ -215,7 +215,7 @@ test('10,000 events in a burst are cut off, and the flooder is disconnected', as
   await hub.waitForLog(/refused getAll sid=\S+ vendor store=acme: rate_limited/);
   await hub.waitForLog(/disconnecting sid=\S+ vendor store=acme: it keeps sending over its rate limit/);
   // Every refusal is counted; the log has a line a second for the flooder, not one each.
-  const metrics = await (await fetch(`${url}/metrics`)).text();
+  const metrics = await (await fetch(`${url}/metrics`, { headers: { authorization: `Bearer ${token('viewer')}` } })).text();
   const refused = Number(metrics.match(/caps_refusals_total\{code="rate_limited"\} (\d+)/)[1]);
   const lines = hub.err.matching(/refused getAll sid=\S+ vendor store=acme: rate_limited/).length;
   assert.ok(refused >= 50, `${refused} refusals counted`);
@@ -237,5 +237,63 @@ test('thousands of connections opened and dropped leave the hub serving', async 
       })));
       sockets.forEach((socket) => socket.close());
     }
+    // Session openings beyond the door's rate were refused; honest clients
+    // (here, from the same address) come back once its bucket refills.
+    await new Promise((resolve) => setTimeout(resolve, 2_500));
   });
+});
+
+test('metrics are for viewers and operators only when the hub has a secret', async () => {
+  const scrape = (bearer) => fetch(`${url}/metrics`, bearer ? { headers: { authorization: `Bearer ${bearer}` } } : {});
+  const anonymous = await scrape();
+  assert.equal(anonymous.status, 401);
+  assert.equal((await anonymous.json()).error.code, 'unauthorized');
+  const vendor = await scrape(token('vendor', '--store', 'acme'));
+  assert.equal(vendor.status, 403);
+  assert.equal((await vendor.json()).error.code, 'forbidden');
+  for (const role of ['viewer', 'operator']) {
+    const allowed = await scrape(token(role));
+    assert.equal(allowed.status, 200);
+    assert.match(await allowed.text(), /^# HELP caps_/m);
+  }
+});
+
+test('a socket is disconnected when its token expires, and told why', async () => {
+  await survives(async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const shortLived = jwt({ role: 'driver', name: 'mayfly', iat: now, exp: now + 2 }, readSecret());
+    const driver = await connectClient(url, { auth: { token: shortLived } });
+    const goodbye = nextEvent(driver, 'goodbye', 5_000);
+    const dropped = nextEvent(driver, 'disconnect', 5_000);
+    assert.deepEqual(await goodbye, {
+      code: 'unauthorized',
+      message: 'the token expired; connect again with a new one',
+    });
+    assert.equal(await dropped, 'io server disconnect');
+    assert.ok(Date.now() / 1000 >= now + 1, 'dropped before its expiry');
+    // Coming back with the same token is refused.
+    assert.match(await refusedAtConnect({ token: shortLived }), /^unauthorized: the token expired/);
+  });
+  await hub.waitForLog(/disconnecting sid=\S+ driver name=mayfly: its token expired/);
+});
+
+test('a store named like an internal room hears nothing of other stores', async () => {
+  const viewer = await connectClient(url, { auth: { token: token('viewer') } });
+  const squatters = await Promise.all(['viewers', 'hub:viewers'].map((store) =>
+    connectClient(url, { auth: { token: token('vendor', '--store', store) } })));
+  const overheard = [];
+  for (const squatter of squatters) {
+    squatter.onAny((event, payload) => overheard.push({ event, payload }));
+    // Joining its own store's room by name changes nothing either.
+  }
+  try {
+    const seen = nextEvent(viewer, 'activity');
+    await legitimateFlowWorks();
+    await seen; // the flow did produce activity, for viewers
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.deepEqual(overheard, []);
+  } finally {
+    viewer.close();
+    squatters.forEach((socket) => socket.close());
+  }
 });

@@ -24,6 +24,7 @@ pub async fn connect(
         handshake,
         connect_timeout: WAIT,
         listen,
+        token: None,
     };
     HubLink::connect(&config)
         .await

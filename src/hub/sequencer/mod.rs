@@ -446,7 +446,7 @@ impl Sequencer {
         store: StoreId,
         outputs: &mut Vec<Output>,
     ) {
-        socket.join(store.to_string());
+        socket.join(crate::hub::domain::rooms::store(&store));
         log::info!("joined sid={} room={store}", socket.id);
         if peer_of(socket) == Peer::Undeclared {
             socket.extensions.insert(Peer::Vendor {

@@ -8,10 +8,10 @@ use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
 use super::handle::Reply;
-use crate::hub::domain::{Change, DriverKey, OrderKey, OrderState};
+use crate::hub::domain::{Change, DriverKey, OrderKey, OrderState, rooms};
 use crate::hub::journal::Commit;
 use crate::protocol::{
-    Activity, DeliveryNotice, ErrorCode, Event, NAMESPACE, Order, Refusal, StoreId, VIEWERS_ROOM,
+    Activity, DeliveryNotice, ErrorCode, Event, NAMESPACE, Order, Refusal, StoreId,
 };
 
 /// A message to a store or a socket.
@@ -241,7 +241,10 @@ impl Outbox {
                     let Some(ns) = self.io.of(NAMESPACE) else {
                         continue;
                     };
-                    if let Err(error) = ns.to(store.to_string()).emit(event.name(), &message).await
+                    if let Err(error) = ns
+                        .to(rooms::store(&store))
+                        .emit(event.name(), &message)
+                        .await
                     {
                         log::warn!("cannot tell store={store} of {event}: {error}");
                     }
@@ -273,7 +276,7 @@ impl Outbox {
                         continue;
                     };
                     if let Err(error) = ns
-                        .to(VIEWERS_ROOM)
+                        .to(rooms::VIEWERS)
                         .emit(Event::Activity.name(), &activity)
                         .await
                     {

@@ -23,7 +23,7 @@ use tokio::time::sleep;
 
 use crate::protocol::{DriverName, ErrorCode, Event, Handshake, Order, OrderId, StoreId};
 use crate::roles::console::Console;
-use crate::roles::hub_link::{HubLink, Inbound, LinkConfig, retry_delay};
+use crate::roles::hub_link::{HubLink, Inbound, LinkConfig, TokenSource, retry_delay};
 use recent::{RecentMap, RecentSet};
 
 /// How many reported deliveries a driver keeps, to report again when the
@@ -40,8 +40,8 @@ pub struct DriverConfig {
     pub hub_url: String,
     /// How long the first connection may take.
     pub connect_timeout: Duration,
-    /// A token, for a hub that requires one.
-    pub token: Option<String>,
+    /// A token (or a file to read it from), for a hub that requires one.
+    pub token: Option<TokenSource>,
     /// The driver's name: its identity at the hub, across reconnections.
     pub name: DriverName,
     /// The most packages it carries at once; `None` for no limit.
@@ -85,9 +85,9 @@ pub async fn run(
 ) -> anyhow::Result<u64> {
     let link_config = LinkConfig {
         hub_url: config.hub_url.clone(),
-        handshake: Handshake::driver(config.name.clone(), config.capacity)
-            .with_token(config.token.clone()),
+        handshake: Handshake::driver(config.name.clone(), config.capacity),
         connect_timeout: config.connect_timeout,
+        token: config.token.clone(),
         listen: vec![Event::Pickup],
     };
     let (mut link, mut inbound) = HubLink::connect(&link_config).await?;

@@ -28,7 +28,7 @@ use crate::protocol::{
     StoreId,
 };
 use crate::roles::console::Console;
-use crate::roles::hub_link::{HubLink, Inbound, LinkConfig, retry_delay};
+use crate::roles::hub_link::{HubLink, Inbound, LinkConfig, TokenSource, retry_delay};
 use ledger::Ledger;
 
 /// What a vendor does.
@@ -38,8 +38,8 @@ pub struct VendorConfig {
     pub hub_url: String,
     /// How long the first connection may take.
     pub connect_timeout: Duration,
-    /// A token, for a hub that requires one.
-    pub token: Option<String>,
+    /// A token (or a file to read it from), for a hub that requires one.
+    pub token: Option<TokenSource>,
     /// The store this vendor speaks for.
     pub store: StoreId,
     /// Time between two orders.
@@ -80,8 +80,9 @@ pub async fn run(
     };
     let link_config = LinkConfig {
         hub_url: config.hub_url.clone(),
-        handshake: Handshake::vendor(config.store.clone()).with_token(config.token.clone()),
+        handshake: Handshake::vendor(config.store.clone()),
         connect_timeout: config.connect_timeout,
+        token: config.token.clone(),
         listen: vec![Event::Delivered],
     };
     let (mut link, mut inbound) = HubLink::connect(&link_config).await?;

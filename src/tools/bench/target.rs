@@ -52,9 +52,10 @@ impl Target {
         let mut command = match kind {
             Kind::Caps | Kind::CapsEphemeral => {
                 let mut command = Command::new(&exe);
-                // One generator connection stands for many shops, and --conns
-                // opens as many as a process may: lift the rate and
-                // connection limits (later --hub-arg flags override).
+                // One generator connection stands for many shops, --conns
+                // opens as many as a process may, and all come from one
+                // address: lift the rate and connection limits (later
+                // --hub-arg flags override).
                 command.args([
                     "hub",
                     "--port",
@@ -63,6 +64,10 @@ impl Target {
                     "100000000",
                     "--max-connections",
                     "1000000",
+                    "--max-connections-per-address",
+                    "1000000",
+                    "--api-rate-limit",
+                    "100000000",
                 ]);
                 if kind == Kind::Caps {
                     let dir = tempfile::tempdir().context("creating a data dir")?;
