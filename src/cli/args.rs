@@ -70,6 +70,15 @@ pub(super) struct BenchArgs {
         default_value = "caps"
     )]
     pub(super) targets: Vec<crate::tools::bench::Kind>,
+    /// The load generators, in turns: rust (caps bench's own client), node (bench/generator.mjs on the official socket.io-client).
+    #[arg(
+        long,
+        env = "CAPS_BENCH_GENERATORS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "rust"
+    )]
+    pub(super) generators: Vec<crate::tools::bench::Generator>,
     /// Measure this running hub instead of starting servers.
     #[arg(long, env = "CAPS_HUB", value_parser = parse_hub_url)]
     pub(super) hub: Option<String>,

@@ -101,6 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => {
             crate::tools::bench::run(crate::tools::bench::BenchConfig {
                 targets: args.targets,
+                generators: args.generators,
                 hub: args.hub,
                 hub_pid: args.hub_pid,
                 hub_args: args.hub_args,

@@ -11,6 +11,7 @@
 //! one run, so their figures can be compared as ratios on a noisy machine.
 
 pub mod echo;
+mod node_generator;
 mod target;
 mod wire;
 
@@ -35,6 +36,8 @@ use crate::protocol::{Event, NAMESPACE};
 pub struct BenchConfig {
     /// The servers to measure, in turns.
     pub targets: Vec<Kind>,
+    /// The load generators to measure each target with, in turns.
+    pub generators: Vec<Generator>,
     /// Measure this already running hub instead.
     pub hub: Option<String>,
     /// Its process id, to read its CPU and memory.
@@ -62,12 +65,32 @@ pub struct BenchConfig {
     pub pollers: usize,
 }
 
+/// Which client drives the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generator {
+    /// caps bench's own client (a minimal Socket.IO client in Rust).
+    Rust,
+    /// bench/generator.mjs on the official socket.io-client.
+    Node,
+}
+
+impl Generator {
+    fn label(self) -> &'static str {
+        match self {
+            Generator::Rust => "rust",
+            Generator::Node => "node",
+        }
+    }
+}
+
 /// The figures of one measurement.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Figures {
     /// What was measured.
     pub target: String,
+    /// What drove the load.
+    pub generator: String,
     /// Which round.
     pub round: usize,
     /// Orders sent.
@@ -109,9 +132,27 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
             continue;
         }
         for &kind in &config.targets {
-            let target = Target::start(kind, &config.hub_args)?;
-            eprintln!("bench: round {round}: {} at {}", kind.label(), target.url);
-            results.push(measure(&target, kind.label(), round, kind == Kind::Echo, &config).await?);
+            for &generator in &config.generators {
+                if generator == Generator::Node && kind == Kind::Echo {
+                    continue; // the echo server speaks only to the Rust generator
+                }
+                let target = Target::start(kind, &config.hub_args)?;
+                eprintln!(
+                    "bench: round {round}: {} at {}, {} generator",
+                    kind.label(),
+                    target.url,
+                    generator.label()
+                );
+                let figures = match generator {
+                    Generator::Rust => {
+                        measure(&target, kind.label(), round, kind == Kind::Echo, &config).await?
+                    }
+                    Generator::Node => {
+                        node_generator::measure(&target, kind.label(), round, &config).await?
+                    }
+                };
+                results.push(figures);
+            }
         }
     }
     print_report(&results);
@@ -275,6 +316,7 @@ async fn measure(
     };
     Ok(Figures {
         target: label.to_owned(),
+        generator: "rust".to_owned(),
         round,
         sent: tally.sent_at.len() as u64,
         delivered,
@@ -481,8 +523,9 @@ async fn idle_connections(target: &Target, count: usize) -> anyhow::Result<(f64,
 
 fn print_report(results: &[Figures]) {
     println!(
-        "{:<15} {:>5} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>5} {:>4} {:>11} {:>9} {:>9} {:>8}",
+        "{:<15} {:<5} {:>5} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>5} {:>11} {:>9} {:>9} {:>8}",
         "target",
+        "gen",
         "round",
         "delivered",
         "lost",
@@ -491,7 +534,6 @@ fn print_report(results: &[Figures]) {
         "p99 ms",
         "max ms",
         "dup",
-        "",
         "cpu/1k ms",
         "peak MiB",
         "conn/s",
@@ -502,8 +544,9 @@ fn print_report(results: &[Figures]) {
     };
     for f in results {
         println!(
-            "{:<15} {:>5} {:>9} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>5} {:>4} {:>11} {:>9} {:>9} {:>8}",
+            "{:<15} {:<5} {:>5} {:>9} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>5} {:>11} {:>9} {:>9} {:>8}",
             f.target,
+            f.generator,
             f.round,
             f.delivered,
             f.lost,
@@ -512,7 +555,6 @@ fn print_report(results: &[Figures]) {
             f.p99_ms,
             f.max_ms,
             f.duplicates,
-            "",
             show(f.cpu_ms_per_1000, 1),
             show(f.peak_rss_mib, 1),
             show(f.connects_per_second, 0),
@@ -524,11 +566,25 @@ fn print_report(results: &[Figures]) {
             println!("{line}");
         }
     }
-    print_ratios(results);
+    let mut generators: Vec<&str> = Vec::new();
+    for f in results {
+        if !generators.contains(&f.generator.as_str()) {
+            generators.push(&f.generator);
+        }
+    }
+    for generator in generators {
+        let measured: Vec<Figures> = results
+            .iter()
+            .filter(|f| f.generator == generator)
+            .cloned()
+            .collect();
+        print_ratios(generator, &measured);
+    }
 }
 
-/// Medians per target, and caps's against each other target.
-fn print_ratios(results: &[Figures]) {
+/// Medians per target, and caps's against each other target, for the
+/// figures of one generator.
+fn print_ratios(generator: &str, results: &[Figures]) {
     let median = |target: &str, pick: &dyn Fn(&Figures) -> Option<f64>| -> Option<f64> {
         let mut values: Vec<f64> = results
             .iter()
@@ -559,7 +615,7 @@ fn print_ratios(results: &[Figures]) {
             _ => "-".to_owned(),
         };
         println!(
-            "ratio {caps}/{other} (medians): per-second {}  p99 {}  cpu/1k {}  KiB/conn {}  conn/s {}",
+            "ratio {caps}/{other} ({generator} generator, medians): per-second {}  p99 {}  cpu/1k {}  KiB/conn {}  conn/s {}",
             ratio(&|f| Some(f.per_second)),
             ratio(&|f| Some(f.p99_ms)),
             ratio(&|f| f.cpu_ms_per_1000),

@@ -182,7 +182,7 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// A file of this repository, found from the working directory or the binary.
-fn repo_file(relative: &str) -> anyhow::Result<PathBuf> {
+pub(super) fn repo_file(relative: &str) -> anyhow::Result<PathBuf> {
     let mut candidates = vec![PathBuf::from(relative)];
     if let Ok(exe) = std::env::current_exe() {
         // target/{debug,release}/caps → the repository root.
