@@ -143,7 +143,14 @@ pub async fn run(
                         reported.insert(key, order);
                         delivered_count += 1;
                     }
-                    Ok(Step::Report(event, order)) => link.send(event, &order).await,
+                    Ok(Step::Report(event, order)) => {
+                        link.send(event, &order).await;
+                        // An in-transit sent again for a package already
+                        // delivered is followed by its delivery.
+                        if event == Event::InTransit && reported.get(&key_of(&order)).is_some() {
+                            link.send(Event::Delivered, &order).await;
+                        }
+                    }
                     Err(error) => log::error!("a package timeline failed: {error}"),
                 }
             }
@@ -182,6 +189,21 @@ pub async fn run(
                             timelines.spawn(async move {
                                 sleep(wait).await;
                                 Step::Report(event, order)
+                            });
+                        }
+                    }
+                    Inbound::EventRefused(notice)
+                        if notice.event == Event::Delivered && notice.error.code == ErrorCode::OutOfOrder =>
+                    {
+                        // The hub did not take our in-transit (refused for
+                        // its load, or lost): report both again, in order.
+                        let Some(key) = notice.store.zip(notice.order_id) else { continue };
+                        if let Some(order) = reported.get(&key).cloned() {
+                            let wait = retry_delay();
+                            log::info!("the hub missed our in-transit of {}; reporting it again in {wait:?}", order.order_id);
+                            timelines.spawn(async move {
+                                sleep(wait).await;
+                                Step::Report(Event::InTransit, order.clone())
                             });
                         }
                     }

@@ -112,6 +112,8 @@ pub async fn run(
     let wants_more = |report: &VendorReport| config.count.is_none_or(|n| report.placed < n);
     // When the vendor last asked for every queued notice (it does on connect).
     let mut caught_up = Instant::now();
+    // When to ask again, because an acknowledgement was not taken.
+    let mut catch_up_at: Option<Instant> = None;
     tokio::pin!(shutdown);
 
     loop {
@@ -134,6 +136,11 @@ pub async fn run(
                 if link.try_send(Event::Pickup, order).await {
                     last_sent.insert(order_id, Instant::now());
                 }
+            }
+            () = tokio::time::sleep_until(catch_up_at.unwrap_or_else(Instant::now)), if catch_up_at.is_some() && link.is_up() => {
+                catch_up_at = None;
+                link.try_send(Event::GetAll, &catch_up(&config.store)).await;
+                caught_up = Instant::now();
             }
             _ = resend_check.tick(), if backlog.is_empty() => {
                 // The longest-waiting first, and only so many at a time: a
@@ -172,6 +179,14 @@ pub async fn run(
                     Inbound::EventRefused(notice) if notice.error.code.is_transient() => {
                         if notice.error.code == ErrorCode::RateLimited {
                             link.slow_down();
+                        }
+                        if notice.event == Event::Received {
+                            // The notice is still queued: ask for the queue
+                            // again soon, and acknowledge what comes back.
+                            let wait = retry_delay();
+                            log::debug!("the hub did not take our received ({}); getAll in {wait:?}", notice.error.code.as_str());
+                            catch_up_at = Some(catch_up_at.map_or(Instant::now() + wait, |at| at.min(Instant::now() + wait)));
+                            continue;
                         }
                         // The hub's load, not the order: send it again soon.
                         let ours = notice.event == Event::Pickup && notice.store.as_ref() == Some(&config.store);
