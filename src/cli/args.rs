@@ -151,6 +151,12 @@ pub(super) struct HubArgs {
     /// How often compaction looks for orders past --retain.
     #[arg(long, env = "CAPS_COMPACT_EVERY", default_value = "1m", value_parser = parse_positive_duration)]
     pub(super) compact_every: Duration,
+    /// Under load (commits moments apart), how long a commit waits for more changes to carry in one fsync; 0s never waits.
+    #[arg(long, env = "CAPS_COMMIT_DELAY", default_value = "500us", value_parser = humantime::parse_duration)]
+    pub(super) commit_delay: Duration,
+    /// Threads serving connections [default: one fewer than the CPUs, at least one: the data dir's writer has a core of its own].
+    #[arg(long, env = "CAPS_WORKERS", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub(super) workers: Option<u64>,
     #[command(flatten)]
     pub(super) dispatch: DispatchArgs,
     #[command(flatten)]
@@ -383,6 +389,21 @@ pub(super) struct DemoArgs {
 impl Cli {
     /// What stderr shows when RUST_LOG is not set: the demo keeps the
     /// terminal for the roles' lines; the others say what they are doing.
+    /// How many threads the async runtime should have: the hub's
+    /// `--workers`; other commands take tokio's default (one per CPU).
+    pub fn worker_threads(&self) -> Option<usize> {
+        match &self.command {
+            Command::Hub(args) => Some(args.workers.map_or_else(
+                || {
+                    std::thread::available_parallelism()
+                        .map_or(1, |cpus| cpus.get().saturating_sub(1).max(1))
+                },
+                |workers| workers as usize,
+            )),
+            _ => None,
+        }
+    }
+
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
             Command::Demo(_)

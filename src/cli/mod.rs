@@ -236,6 +236,7 @@ impl HubArgs {
         config.sync = self.sync.into();
         config.retain = self.retain;
         config.compact_every = self.compact_every;
+        config.commit_delay = self.commit_delay;
         config.admission = self.security.admission()?;
         config.limits = self.security.limits();
         Ok(config)

@@ -10,6 +10,8 @@
 //! [`Backend`] is the seam for where changes go: SQLite today
 //! ([`super::sqlite::SqliteBackend`]).
 
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
@@ -118,13 +120,17 @@ pub type Committed = Result<Commit, String>;
 impl Journal {
     /// Starts the writer thread on `backend`. The receiver yields the highest
     /// journal sequence number committed after each transaction, or the
-    /// error that stopped the writer.
-    pub fn start(backend: Box<dyn Backend>) -> (Journal, mpsc::UnboundedReceiver<Committed>) {
+    /// error that stopped the writer. Under load, a commit waits up to
+    /// `commit_delay` for more steps to carry.
+    pub fn start(
+        backend: Box<dyn Backend>,
+        commit_delay: Duration,
+    ) -> (Journal, mpsc::UnboundedReceiver<Committed>) {
         let (requests, incoming) = mpsc::unbounded_channel();
         let (committed, reports) = mpsc::unbounded_channel();
         let writer = std::thread::Builder::new()
             .name("caps-journal".into())
-            .spawn(move || write_batches(backend, incoming, committed))
+            .spawn(move || write_batches(backend, commit_delay, incoming, committed))
             .expect("spawning the journal writer");
         (
             Journal {
@@ -165,11 +171,14 @@ impl Journal {
 
 fn write_batches(
     mut backend: Box<dyn Backend>,
+    commit_delay: Duration,
     mut incoming: mpsc::UnboundedReceiver<Request>,
     committed: mpsc::UnboundedSender<Committed>,
 ) {
     let mut batch: Vec<Step> = Vec::new();
     let mut compact_before: Option<DateTime<Utc>> = None;
+    // Far enough in the past that the first step is not held.
+    let mut last_commit = Instant::now().checked_sub(Duration::from_secs(1));
     loop {
         // Wait for work, unless compaction is left to do.
         let first = match compact_before {
@@ -186,6 +195,15 @@ fn write_batches(
             },
         };
         batch.clear();
+        // Under load (the last commit was moments ago), wait a little for
+        // more steps, so that one fsync carries many (as PostgreSQL's
+        // commit_delay does). A step that comes alone is not held.
+        if first.is_some()
+            && !commit_delay.is_zero()
+            && last_commit.is_some_and(|at| at.elapsed() < commit_delay * 2)
+        {
+            std::thread::sleep(commit_delay);
+        }
         let mut next = first;
         while let Some(request) = next {
             match request {
@@ -207,6 +225,7 @@ fn write_batches(
             Ok(refused) => Ok(Commit { up_to, refused }),
             Err(error) => Err(format!("{error:#}")),
         };
+        last_commit = Some(Instant::now());
         let failed = report.is_err();
         if committed.send(report).is_err() || failed {
             return;

@@ -128,7 +128,14 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
     for round in 1..=config.rounds.max(1) {
         if let Some(url) = &config.hub {
             let target = Target::external(url.clone(), config.hub_pid);
-            results.push(measure(&target, "external", round, false, &config).await?);
+            for &generator in &config.generators {
+                results.push(match generator {
+                    Generator::Rust => measure(&target, "external", round, false, &config).await?,
+                    Generator::Node => {
+                        node_generator::measure(&target, "external", round, &config).await?
+                    }
+                });
+            }
             continue;
         }
         for &kind in &config.targets {
