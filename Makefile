@@ -15,7 +15,7 @@ demo: setup
 test: setup
 	$(CARGO) build --locked --all-targets
 	$(CARGO) test --locked
-	target/debug/caps bench --targets caps,node,echo --vendors 2 --drivers 2 --orders 150
+	target/debug/caps bench --targets caps,node,echo --generators rust,node --vendors 2 --drivers 2 --orders 150
 	npm test
 	$(CARGO) test --locked --test scale_e2e -- --ignored
 

@@ -1,30 +1,37 @@
 #!/usr/bin/env bash
 # The measurements of docs/BENCHMARKS.md, with the release build: caps (durable
-# and ephemeral), the Node socket.io peer and the echo ceiling, measured in
-# turns in one run. Raw JSON lines go to docs/bench/, the chart to
-# docs/bench/latency.svg. Takes a few minutes on 2 cores.
+# and ephemeral) against the Node socket.io peer (and the echo ceiling), each
+# driven by both load generators (caps bench's Rust client and
+# bench/generator.mjs on the official socket.io-client), measured in turns in
+# one run. Raw JSON lines go to docs/bench/, the charts to docs/bench/*.svg.
+# Takes about 15 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 caps=target/release/caps
 out=docs/bench
 mkdir -p "$out"
+both="--generators rust,node"
 
-echo "== closed loop: 4 vendors x 2,500 orders, 4 drivers, 3 rounds"
-$caps bench --targets caps,caps-ephemeral,node,echo --rounds 3 \
+echo "== closed loop: 4 vendors x 2,500 orders (window 64), 4 drivers, 3 rounds"
+$caps bench --targets caps,caps-ephemeral,node $both --rounds 3 \
   --vendors 4 --drivers 4 --orders 2500 | tee "$out/closed-loop.txt"
 
-echo "== open loop: offered rates, p99 latency"
+echo "== fixed rates: 500 to 4,000 offered orders a second, 4 seconds each"
 : > "$out/rates.jsonl"
 for rate in 500 1000 2000 4000; do
-  orders=$rate   # per vendor: four vendors, so four seconds of load
-  $caps bench --targets caps,node --rounds 2 --vendors 4 --drivers 4 \
-    --orders "$orders" --rate "$rate" | tee "$out/rate-$rate.txt"
+  rounds=1; [ "$rate" = 2000 ] && rounds=3
+  $caps bench --targets caps,caps-ephemeral,node $both --rounds "$rounds" \
+    --vendors 4 --drivers 4 --orders "$rate" --rate "$rate" | tee "$out/rate-$rate.txt"
   grep '^{' "$out/rate-$rate.txt" | sed "s/^{/{\"offered\":$rate,/" >> "$out/rates.jsonl"
 done
 
-echo "== 19,000 idle drivers (the open-file limit is 20,000 per process): memory per connection, connection rate"
-$caps bench --targets caps,node --rounds 3 --conns 19000 \
+echo "== idle drivers: memory per connection, connection rate (10,000 x 3 rounds, then 19,000)"
+$caps bench --targets caps,node $both --rounds 3 --conns 10000 \
   --vendors 1 --drivers 1 --orders 100 | tee "$out/connections.txt"
+# The open-file limit is 20,000 per process here.
+$caps bench --targets caps,node $both --rounds 1 --conns 19000 \
+  --vendors 1 --drivers 1 --orders 100 | tee "$out/connections-19000.txt"
 
-python3 scripts/latency_chart.py "$out/rates.jsonl" "$out/latency.svg"
+python3 scripts/latency_chart.py "$out/rates.jsonl" "$out/latency.svg" p99Ms
+python3 scripts/latency_chart.py "$out/rates.jsonl" "$out/cpu.svg" cpuMsPer1000
 echo "wrote $out/"

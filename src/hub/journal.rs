@@ -169,6 +169,9 @@ impl Journal {
     }
 }
 
+/// A batch of this many steps is committed without waiting for more.
+const COMMIT_FILL: usize = 64;
+
 fn write_batches(
     mut backend: Box<dyn Backend>,
     commit_delay: Duration,
@@ -195,24 +198,33 @@ fn write_batches(
             },
         };
         batch.clear();
-        // Under load (the last commit was moments ago), wait a little for
-        // more steps, so that one fsync carries many (as PostgreSQL's
-        // commit_delay does). A step that comes alone is not held.
-        if first.is_some()
-            && !commit_delay.is_zero()
-            && last_commit.is_some_and(|at| at.elapsed() < commit_delay * 2)
-        {
-            std::thread::sleep(commit_delay);
-        }
         let mut next = first;
-        while let Some(request) = next {
-            match request {
-                Request::Step(step) => batch.push(step),
-                Request::Compact(before) => compact_before = Some(before),
+        let mut waited = false;
+        loop {
+            while let Some(request) = next {
+                match request {
+                    Request::Step(step) => batch.push(step),
+                    Request::Compact(before) => compact_before = Some(before),
+                }
+                next = (batch.len() < MAX_BATCH)
+                    .then(|| incoming.try_recv().ok())
+                    .flatten();
             }
-            next = (batch.len() < MAX_BATCH)
-                .then(|| incoming.try_recv().ok())
-                .flatten();
+            // Under moderate load (the last commit was moments ago, and the
+            // batch is small), wait a little for more steps, so that one
+            // fsync carries many (as PostgreSQL's commit_delay does). A step
+            // that comes alone is not held, nor a batch already full enough.
+            let worth_waiting = !waited
+                && !batch.is_empty()
+                && batch.len() < COMMIT_FILL
+                && !commit_delay.is_zero()
+                && last_commit.is_some_and(|at| at.elapsed() < commit_delay * 2);
+            if !worth_waiting {
+                break;
+            }
+            waited = true;
+            std::thread::sleep(commit_delay);
+            next = incoming.try_recv().ok();
         }
         if batch.is_empty() {
             if let Some(before) = compact_before {
@@ -246,5 +258,68 @@ fn compact_chunk(backend: &mut dyn Backend, before: DateTime<Utc>) -> bool {
             log::error!("cannot compact the data dir: {error:#}");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A backend that records the size of every commit.
+    struct Counting(Arc<Mutex<Vec<usize>>>);
+
+    impl Backend for Counting {
+        fn load(&mut self) -> anyhow::Result<Snapshot> {
+            Ok(Snapshot::default())
+        }
+        fn records(&self) -> anyhow::Result<Box<dyn Records>> {
+            anyhow::bail!("not needed here")
+        }
+        fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Vec<u64>> {
+            self.0.lock().unwrap().push(steps.len());
+            Ok(Vec::new())
+        }
+        fn close(&mut self) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn compact(&mut self, _: DateTime<Utc>, _: usize) -> anyhow::Result<usize> {
+            Ok(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lone_step_is_not_held_and_steps_under_load_share_a_commit() {
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let delay = Duration::from_millis(300);
+        let (mut journal, mut committed) =
+            Journal::start(Box::new(Counting(Arc::clone(&commits))), delay);
+
+        // Idle: a step is committed at once, not after the delay.
+        let began = Instant::now();
+        journal.append(Vec::new());
+        committed.recv().await.unwrap().unwrap();
+        assert!(
+            began.elapsed() < delay,
+            "a lone step waited {:?}",
+            began.elapsed()
+        );
+
+        // Moments after a commit, a step waits for the ones behind it.
+        for _ in 0..5 {
+            journal.append(Vec::new());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut settled = 1;
+        while settled < 6 {
+            settled = committed.recv().await.unwrap().unwrap().up_to;
+        }
+        let sizes = commits.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 6);
+        assert!(
+            sizes.len() <= 3,
+            "five steps 20 ms apart took {} commits",
+            sizes.len() - 1
+        );
     }
 }

@@ -345,13 +345,18 @@ impl Backend for SqliteBackend {
         // which doubled the cost of a commit.
         {
             let tx = self.conn.transaction()?;
-            let mut held = true;
-            for step in steps {
-                if !apply_step(&tx, &step.changes)? {
-                    held = false;
-                    break;
+            let held = {
+                // Prepared once for the batch, not once per step.
+                let mut writes = Writes::prepare(&tx)?;
+                let mut held = true;
+                for step in steps {
+                    if !writes.apply(&step.changes)? {
+                        held = false;
+                        break;
+                    }
                 }
-            }
+                held
+            };
             if held {
                 tx.commit().context("committing to the data dir")?;
                 return Ok(Vec::new());
@@ -364,7 +369,8 @@ impl Backend for SqliteBackend {
         let mut refused = Vec::new();
         for step in steps {
             let mut savepoint = tx.savepoint()?;
-            if apply_step(&savepoint, &step.changes)? {
+            let applied = Writes::prepare(&savepoint)?.apply(&step.changes)?;
+            if applied {
                 savepoint.commit()?;
             } else {
                 savepoint.set_drop_behavior(DropBehavior::Rollback);
@@ -377,114 +383,143 @@ impl Backend for SqliteBackend {
     }
 }
 
-/// Applies one step's changes; `false` if a condition failed (the caller
-/// undoes the step). An error is a real failure of the data dir.
-fn apply_step(conn: &Connection, changes: &[Change]) -> rusqlite::Result<bool> {
-    let mut new_order = conn.prepare_cached(
-        "INSERT INTO orders (store, order_id, seq, customer, address, state, updated_at, version)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'ready', ?6, 1) ON CONFLICT DO NOTHING",
-    )?;
-    let mut update = conn.prepare_cached(
-        "UPDATE orders SET state = ?3, driver = ?4, told_in_transit = ?5, updated_at = ?6,
-                version = version + 1
-         WHERE store = ?1 AND order_id = ?2 AND version = ?7",
-    )?;
-    let mut history = conn.prepare_cached(
-        "INSERT INTO transitions (store, order_id, state, driver, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    let mut queue = conn.prepare_cached(
-        "INSERT INTO notices (message_id, store, order_id, queued_at) VALUES (?1, ?2, ?3, ?4)",
-    )?;
-    let mut unqueue = conn.prepare_cached("DELETE FROM notices WHERE message_id = ?1")?;
-    let mut trim = conn.prepare_cached(
-        "DELETE FROM notices WHERE store = ?1 AND rowid NOT IN (
-             SELECT rowid FROM notices WHERE store = ?1 ORDER BY rowid DESC LIMIT ?2)",
-    )?;
-    let mut count_delivery =
-        conn.prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'delivered'")?;
-    for change in changes {
-        match change {
-            Change::NewOrder { order, seq, at } => {
-                let at = at.to_rfc3339();
-                let inserted = new_order.execute(params![
-                    order.store.as_str(),
-                    order.order_id.as_str(),
-                    *seq as i64,
-                    order.customer.as_str(),
-                    order.address.as_str(),
-                    at,
-                ])?;
-                if inserted == 0 {
-                    log::warn!(
-                        "not recording store={} order={}: already recorded",
-                        order.store,
-                        order.order_id
-                    );
-                    return Ok(false);
+/// The statements that record changes, prepared on one connection.
+struct Writes<'c> {
+    new_order: rusqlite::CachedStatement<'c>,
+    update: rusqlite::CachedStatement<'c>,
+    history: rusqlite::CachedStatement<'c>,
+    queue: rusqlite::CachedStatement<'c>,
+    unqueue: rusqlite::CachedStatement<'c>,
+    trim: rusqlite::CachedStatement<'c>,
+    count_delivery: rusqlite::CachedStatement<'c>,
+}
+
+impl<'c> Writes<'c> {
+    fn prepare(conn: &'c Connection) -> rusqlite::Result<Writes<'c>> {
+        Ok(Writes {
+            new_order: conn.prepare_cached(
+                "INSERT INTO orders (store, order_id, seq, customer, address, state, updated_at, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'ready', ?6, 1) ON CONFLICT DO NOTHING",
+            )?,
+            update: conn.prepare_cached(
+                "UPDATE orders SET state = ?3, driver = ?4, told_in_transit = ?5, updated_at = ?6,
+                        version = version + 1
+                 WHERE store = ?1 AND order_id = ?2 AND version = ?7",
+            )?,
+            history: conn.prepare_cached(
+                "INSERT INTO transitions (store, order_id, state, driver, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?,
+            queue: conn.prepare_cached(
+                "INSERT INTO notices (message_id, store, order_id, queued_at) VALUES (?1, ?2, ?3, ?4)",
+            )?,
+            unqueue: conn.prepare_cached("DELETE FROM notices WHERE message_id = ?1")?,
+            trim: conn.prepare_cached(
+                "DELETE FROM notices WHERE store = ?1 AND rowid NOT IN (
+                     SELECT rowid FROM notices WHERE store = ?1 ORDER BY rowid DESC LIMIT ?2)",
+            )?,
+            count_delivery: conn
+                .prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'delivered'")?,
+        })
+    }
+
+    /// Applies one step's changes; `false` if a condition failed (the
+    /// caller undoes the step). An error is a real failure of the data dir.
+    fn apply(&mut self, changes: &[Change]) -> rusqlite::Result<bool> {
+        let Writes {
+            new_order,
+            update,
+            history,
+            queue,
+            unqueue,
+            trim,
+            count_delivery,
+        } = self;
+        for change in changes {
+            match change {
+                Change::NewOrder { order, seq, at } => {
+                    let at = at.to_rfc3339();
+                    let inserted = new_order.execute(params![
+                        order.store.as_str(),
+                        order.order_id.as_str(),
+                        *seq as i64,
+                        order.customer.as_str(),
+                        order.address.as_str(),
+                        at,
+                    ])?;
+                    if inserted == 0 {
+                        log::warn!(
+                            "not recording store={} order={}: already recorded",
+                            order.store,
+                            order.order_id
+                        );
+                        return Ok(false);
+                    }
+                    history.execute(params![
+                        order.store.as_str(),
+                        order.order_id.as_str(),
+                        "ready",
+                        None::<String>,
+                        at
+                    ])?;
                 }
-                history.execute(params![
-                    order.store.as_str(),
-                    order.order_id.as_str(),
-                    "ready",
-                    None::<String>,
-                    at
-                ])?;
-            }
-            Change::Transition {
-                key,
-                version,
-                state,
-                driver,
-                told_in_transit,
-                at,
-            } => {
-                let at = at.to_rfc3339();
-                let driver = driver.as_ref().map(driver_column);
-                let updated = update.execute(params![
-                    key.store.as_str(),
-                    key.order_id.as_str(),
-                    state.name(),
+                Change::Transition {
+                    key,
+                    version,
+                    state,
                     driver,
                     told_in_transit,
                     at,
-                    *version as i64,
-                ])?;
-                if updated == 0 {
-                    log::warn!("not recording {key} {state}: it is no longer at version {version}");
-                    return Ok(false);
+                } => {
+                    let at = at.to_rfc3339();
+                    let driver = driver.as_ref().map(driver_column);
+                    let updated = update.execute(params![
+                        key.store.as_str(),
+                        key.order_id.as_str(),
+                        state.name(),
+                        driver,
+                        told_in_transit,
+                        at,
+                        *version as i64,
+                    ])?;
+                    if updated == 0 {
+                        log::warn!(
+                            "not recording {key} {state}: it is no longer at version {version}"
+                        );
+                        return Ok(false);
+                    }
+                    history.execute(params![
+                        key.store.as_str(),
+                        key.order_id.as_str(),
+                        state.name(),
+                        driver,
+                        at
+                    ])?;
+                    if *state == OrderState::Delivered {
+                        count_delivery.execute([])?;
+                    }
                 }
-                history.execute(params![
-                    key.store.as_str(),
-                    key.order_id.as_str(),
-                    state.name(),
-                    driver,
-                    at
-                ])?;
-                if *state == OrderState::Delivered {
-                    count_delivery.execute([])?;
+                Change::NoticeQueued {
+                    message_id,
+                    order,
+                    at,
+                } => {
+                    queue.execute(params![
+                        message_id.as_str(),
+                        order.store.as_str(),
+                        order.order_id.as_str(),
+                        at.to_rfc3339(),
+                    ])?;
                 }
-            }
-            Change::NoticeQueued {
-                message_id,
-                order,
-                at,
-            } => {
-                queue.execute(params![
-                    message_id.as_str(),
-                    order.store.as_str(),
-                    order.order_id.as_str(),
-                    at.to_rfc3339(),
-                ])?;
-            }
-            Change::NoticeRemoved { message_id } => {
-                unqueue.execute(params![message_id.as_str()])?;
-            }
-            Change::NoticesTrimmed { store, keep } => {
-                trim.execute(params![store.as_str(), *keep as i64])?;
+                Change::NoticeRemoved { message_id } => {
+                    unqueue.execute(params![message_id.as_str()])?;
+                }
+                Change::NoticesTrimmed { store, keep } => {
+                    trim.execute(params![store.as_str(), *keep as i64])?;
+                }
             }
         }
+        Ok(true)
     }
-    Ok(true)
 }
 
 /// Whether the last hub on this database (at schema `version`) recorded a
