@@ -42,6 +42,7 @@ for step in range(5):
     ms = top * step / 4
     svg.append(f'<text x="{left - 6}" y="{y(ms) + 4}" text-anchor="end">{ms:.0f} {unit}</text>')
     svg.append(f'<line x1="{left}" y1="{y(ms)}" x2="{left + plot_w}" y2="{y(ms)}" stroke="#ddd"/>')
+svg.append(f'<rect x="{left + plot_w - 256}" y="{upper}" width="256" height="{16 * len(series) + 8}" fill="white" fill-opacity="0.85"/>')
 for index, (name, values) in enumerate(sorted(series.items())):
     color = colors.get(name.split(" ")[0], "#555")
     dash = dashes["node" if "node generator" in name else "rust"]
@@ -49,7 +50,9 @@ for index, (name, values) in enumerate(sorted(series.items())):
     svg.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
     for rate, ms in values:
         svg.append(f'<circle cx="{x(rate):.1f}" cy="{y(ms):.1f}" r="3" fill="{color}"/>')
-    svg.append(f'<text x="{left + 10}" y="{upper + 16 + 16 * index}" fill="{color}">{name}</text>')
+    legend_x = left + plot_w - 250
+    svg.append(f'<line x1="{legend_x}" y1="{upper + 12 + 16 * index}" x2="{legend_x + 20}" y2="{upper + 12 + 16 * index}" stroke="{color}" stroke-width="2"{dash}/>')
+    svg.append(f'<text x="{legend_x + 26}" y="{upper + 16 + 16 * index}" fill="{color}">{name}</text>')
 svg.append(f'<text x="{width / 2}" y="{height - 8}" text-anchor="middle">offered orders per second (4 vendors, 4 drivers)</text>')
 svg.append("</svg>")
 with open(target, "w") as out:
