@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -226,24 +226,62 @@ pub async fn screen(State(door): State<Door>, request: Request, next: Next) -> R
             );
         }
     }
-    if is_counted(&request)
+    let opens_session = opens_session(&request);
+    if (opens_session || is_api(&request))
         && let Some(ConnectInfo(Remote(address))) =
             request.extensions().get::<ConnectInfo<Remote>>()
         && !door.charge(Caller::Address(address.ip()))
     {
         return door.too_many_requests();
     }
+    let request = if opens_session {
+        detach_from_read_buffer(request)
+    } else {
+        request
+    };
     next.run(request).await
 }
 
-/// API calls, metrics, and the opening of a Socket.IO session (an engine.io
-/// handshake: no `sid` yet) are rate limited; the requests of a session
-/// already open are paced by the event limit instead.
-fn is_counted(request: &Request) -> bool {
-    let path = request.uri().path();
-    if path.starts_with("/api/") || path == "/metrics" {
-        return true;
+/// The request with its URI and headers copied out of the connection's
+/// read buffer. hyper parses them as slices of that buffer (16 KiB), and
+/// socketioxide keeps a session's request head for the session's life: a
+/// shared slice would keep the whole buffer alive for every connection.
+fn detach_from_read_buffer(request: Request) -> Request {
+    let (mut parts, body) = request.into_parts();
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.append(name, value);
+        }
     }
+    parts.headers = headers;
+    if let Ok(uri) = parts.uri.to_string().parse::<axum::http::Uri>() {
+        parts.uri = uri.clone();
+        if parts
+            .extensions
+            .remove::<axum::extract::OriginalUri>()
+            .is_some()
+        {
+            parts.extensions.insert(axum::extract::OriginalUri(uri));
+        }
+    }
+    Request::from_parts(parts, body)
+}
+
+/// API calls and metrics are rate limited per address.
+fn is_api(request: &Request) -> bool {
+    let path = request.uri().path();
+    path.starts_with("/api/") || path == "/metrics"
+}
+
+/// The opening of a Socket.IO session (an engine.io handshake: no `sid`
+/// yet) is rate limited per address; the requests of a session already
+/// open are paced by the event limit instead.
+fn opens_session(request: &Request) -> bool {
+    let path = request.uri().path();
     path.starts_with("/socket.io")
         && !request
             .uri()
@@ -472,6 +510,28 @@ mod tests {
         assert!(door.enter(c).is_err(), "three in total");
         drop(first);
         assert!(door.enter(c).is_ok(), "a closed connection frees its place");
+    }
+
+    #[test]
+    fn a_session_request_detached_from_the_read_buffer_keeps_its_head() {
+        let request = Request::builder()
+            .uri("/socket.io/?EIO=4&transport=websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("x-shop", "acme")
+            .extension(axum::extract::OriginalUri(
+                "/socket.io/?EIO=4&transport=websocket".parse().unwrap(),
+            ))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let detached = detach_from_read_buffer(request);
+        assert_eq!(detached.uri(), "/socket.io/?EIO=4&transport=websocket");
+        assert_eq!(
+            detached.headers()["sec-websocket-key"],
+            "dGhlIHNhbXBsZSBub25jZQ=="
+        );
+        assert_eq!(detached.headers()["x-shop"], "acme");
+        let original = detached.extensions().get::<axum::extract::OriginalUri>();
+        assert_eq!(original.unwrap().0, "/socket.io/?EIO=4&transport=websocket");
     }
 
     #[test]
