@@ -2,7 +2,8 @@
 //! names a request may call the hub by, which web pages may call it, how many
 //! connections it and each address may hold (counted from the first byte,
 //! whatever comes next), and how fast one address or identity may use the
-//! API and open sessions.
+//! API and open sessions. It also copies a session-opening request's head out
+//! of hyper's read buffer, which socketioxide would otherwise keep alive.
 //!
 //! The name check is the defence against DNS rebinding: a page on
 //! `evil.example` whose name is made to resolve to 127.0.0.1 reaches the hub

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import { io } from 'socket.io-client';
-import { connectClient, emitWithAck, nextEvent, orderOf, startHub } from './support.mjs';
+import { honestDelivery, startHub } from './support.mjs';
 
 let hub;
 let url;
@@ -50,24 +50,11 @@ async function essentials() {
   };
 }
 
-async function honestFlowWorks() {
-  const vendor = await connectClient(url, { auth: { role: 'vendor', store: 'acme' } });
-  const driver = await connectClient(url, { auth: { role: 'driver', name: 'honest' } });
-  try {
-    const placed = order('acme');
-    const offered = nextEvent(driver, 'pickup');
-    assert.deepEqual(await emitWithAck(vendor, 'pickup', placed), { ok: true });
-    assert.deepEqual(await offered, placed);
-    const told = nextEvent(vendor, 'delivered');
-    await emitWithAck(driver, 'in-transit', placed);
-    await emitWithAck(driver, 'delivered', placed);
-    const notice = await told;
-    assert.deepEqual(orderOf(notice), placed);
-    await emitWithAck(vendor, 'received', { queueId: 'acme', event: 'delivered', messageId: notice.messageId });
-  } finally {
-    vendor.close();
-    driver.close();
-  }
+function honestFlowWorks() {
+  return honestDelivery(url, {
+    vendorAuth: { role: 'vendor', store: 'acme' },
+    driverAuth: { role: 'driver', name: 'honest' },
+  });
 }
 
 async function survives(attack) {

@@ -7,6 +7,7 @@ import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import assert from 'node:assert/strict';
 import { io } from 'socket.io-client';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -122,6 +123,39 @@ export async function connectClient(url, options = {}) {
     socket.once('connect_error', reject);
   });
   return socket;
+}
+
+/**
+ * An honest vendor and driver, connected with these `auth` objects, place
+ * and deliver one order of `store`: every step acknowledged `{ ok: true }`,
+ * the offer and the notice carrying the order, the notice acknowledged.
+ */
+export async function honestDelivery(url, { vendorAuth, driverAuth, store = 'acme' }) {
+  const vendor = await connectClient(url, { auth: vendorAuth });
+  const driver = await connectClient(url, { auth: driverAuth });
+  try {
+    const placed = {
+      store,
+      orderId: `order-${Math.random().toString(36).slice(2)}`,
+      customer: 'Jamal Braun',
+      address: 'Schmittfurt, LA',
+    };
+    const offered = nextEvent(driver, 'pickup');
+    assert.deepEqual(await emitWithAck(vendor, 'pickup', placed), { ok: true });
+    assert.deepEqual(await offered, placed);
+    const told = nextEvent(vendor, 'delivered');
+    assert.deepEqual(await emitWithAck(driver, 'in-transit', placed), { ok: true });
+    assert.deepEqual(await emitWithAck(driver, 'delivered', placed), { ok: true });
+    const notice = await told;
+    assert.deepEqual(orderOf(notice), placed);
+    assert.deepEqual(
+      await emitWithAck(vendor, 'received', { queueId: store, event: 'delivered', messageId: notice.messageId }),
+      { ok: true },
+    );
+  } finally {
+    vendor.close();
+    driver.close();
+  }
 }
 
 /** Emits with an acknowledgement and resolves with the reply, or rejects on timeout. */
