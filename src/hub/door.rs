@@ -18,6 +18,7 @@ use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Request, State};
@@ -76,11 +77,15 @@ struct DoorState {
     /// TCP connections held: in total, and per address.
     held: Mutex<(usize, HashMap<IpAddr, usize>)>,
     requests: DefaultKeyedRateLimiter<Caller>,
+    /// When idle callers were last forgotten.
+    swept: Mutex<Instant>,
     metrics: Arc<Metrics>,
 }
 
-/// Above this many callers remembered, the rate limiter forgets the idle ones.
+/// Above this many callers remembered, the rate limiter forgets the idle ones
+/// (at most every [`SWEEP_EVERY`]).
 const CALLERS_KEPT: usize = 10_000;
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Door {
     /// A door with `config`, counting its refusals in `metrics`.
@@ -90,6 +95,11 @@ impl Door {
         Door(Arc::new(DoorState {
             requests: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             held: Mutex::new((0, HashMap::new())),
+            swept: Mutex::new(
+                Instant::now()
+                    .checked_sub(SWEEP_EVERY)
+                    .unwrap_or_else(Instant::now),
+            ),
             config,
             metrics,
         }))
@@ -136,8 +146,15 @@ impl Door {
 
     fn charge(&self, caller: Caller) -> bool {
         let requests = &self.0.requests;
+        // Forget idle callers now and then (not on every request: a sweep
+        // walks them all), so the table holds the active ones only.
         if requests.len() > CALLERS_KEPT {
-            requests.retain_recent();
+            let mut swept = self.0.swept.lock().unwrap_or_else(|p| p.into_inner());
+            if swept.elapsed() >= SWEEP_EVERY {
+                requests.retain_recent();
+                requests.shrink_to_fit();
+                *swept = Instant::now();
+            }
         }
         requests.check_key(&caller).is_ok()
     }
@@ -533,6 +550,28 @@ mod tests {
         assert_eq!(detached.headers()["x-shop"], "acme");
         let original = detached.extensions().get::<axum::extract::OriginalUri>();
         assert_eq!(original.unwrap().0, "/socket.io/?EIO=4&transport=websocket");
+    }
+
+    #[test]
+    fn idle_callers_are_forgotten_past_the_callers_kept() {
+        let door = Door::new(
+            DoorConfig {
+                requests_per_second: 1_000_000,
+                ..DoorConfig::default()
+            },
+            Arc::new(Metrics::new(Default::default())),
+        );
+        for n in 0..=CALLERS_KEPT {
+            assert!(door.charge_identity(format!("driver name=d{n}")));
+        }
+        assert_eq!(door.0.requests.len(), CALLERS_KEPT + 1);
+        // Each refilled a microsecond after its one request: idle now.
+        assert!(door.charge_identity("driver name=last".into()));
+        assert!(
+            door.0.requests.len() < CALLERS_KEPT,
+            "{} callers kept",
+            door.0.requests.len()
+        );
     }
 
     #[test]

@@ -172,6 +172,18 @@ impl Journal {
 /// A batch of this many steps is committed without waiting for more.
 const COMMIT_FILL: usize = 64;
 
+/// Whether a batch of `steps` should wait `commit_delay` for more before
+/// its commit, the last commit having ended `since_commit` ago. Under
+/// moderate load (the last commit was moments ago, and the batch is small)
+/// it should, so that one fsync carries many steps (as PostgreSQL's
+/// `commit_delay` does). A step that comes alone is not held, nor a batch
+/// already full enough.
+fn worth_waiting(steps: usize, since_commit: Option<Duration>, commit_delay: Duration) -> bool {
+    (1..COMMIT_FILL).contains(&steps)
+        && !commit_delay.is_zero()
+        && since_commit.is_some_and(|since| since < commit_delay * 2)
+}
+
 fn write_batches(
     mut backend: Box<dyn Backend>,
     commit_delay: Duration,
@@ -210,16 +222,8 @@ fn write_batches(
                     .then(|| incoming.try_recv().ok())
                     .flatten();
             }
-            // Under moderate load (the last commit was moments ago, and the
-            // batch is small), wait a little for more steps, so that one
-            // fsync carries many (as PostgreSQL's commit_delay does). A step
-            // that comes alone is not held, nor a batch already full enough.
-            let worth_waiting = !waited
-                && !batch.is_empty()
-                && batch.len() < COMMIT_FILL
-                && !commit_delay.is_zero()
-                && last_commit.is_some_and(|at| at.elapsed() < commit_delay * 2);
-            if !worth_waiting {
+            let since_commit = last_commit.map(|at| at.elapsed());
+            if waited || !worth_waiting(batch.len(), since_commit, commit_delay) {
                 break;
             }
             waited = true;
@@ -286,6 +290,22 @@ mod tests {
         fn compact(&mut self, _: DateTime<Utc>, _: usize) -> anyhow::Result<usize> {
             Ok(0)
         }
+    }
+
+    #[test]
+    fn only_a_small_batch_moments_after_a_commit_waits() {
+        let delay = Duration::from_micros(500);
+        let moments = Some(Duration::from_micros(100));
+        assert!(worth_waiting(1, moments, delay));
+        assert!(worth_waiting(COMMIT_FILL - 1, moments, delay));
+        assert!(!worth_waiting(COMMIT_FILL, moments, delay), "full enough");
+        assert!(!worth_waiting(0, moments, delay), "nothing to commit");
+        assert!(!worth_waiting(1, Some(delay * 2), delay), "a lone step");
+        assert!(!worth_waiting(1, None, delay), "the first commit");
+        assert!(
+            !worth_waiting(1, moments, Duration::ZERO),
+            "--commit-delay 0s"
+        );
     }
 
     #[tokio::test]

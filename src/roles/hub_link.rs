@@ -453,9 +453,9 @@ fn builder(shared: &Arc<Shared>, generation: u64) -> ClientBuilder {
     let goodbye = Arc::clone(shared);
     builder = builder.on(Event::Goodbye.name(), move |payload, _| {
         // The hub says why it is about to drop us (its `close` follows).
-        let why = payload_text(&payload);
-        let why = serde_json::from_str::<crate::protocol::Refusal>(&why)
-            .map_or(why, |refusal| refusal.to_string());
+        let why = first_value(&payload)
+            .and_then(|value| serde_json::from_value::<crate::protocol::Refusal>(value).ok())
+            .map_or_else(|| payload_text(&payload), |refusal| refusal.to_string());
         goodbye.forward(
             generation,
             Inbound::ConnectionLost(format!("the hub is closing our connection: {why}")),

@@ -315,12 +315,7 @@ async fn measure(
         let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
         latencies[index].as_secs_f64() * 1000.0
     };
-    let cpu_ms_per_1000 = match (cpu_before, cpu_after) {
-        (Some(before), Some(after)) if delivered > 0 => {
-            Some((after - before).as_secs_f64() * 1000.0 * 1000.0 / delivered as f64)
-        }
-        _ => None,
-    };
+    let cpu_ms_per_1000 = cpu_per_1000(cpu_before, cpu_after, delivered);
     Ok(Figures {
         target: label.to_owned(),
         generator: "rust".to_owned(),
@@ -334,14 +329,33 @@ async fn measure(
         p99_ms: percentile(0.99),
         max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         cpu_ms_per_1000,
-        peak_rss_mib: target
-            .peak_rss()
-            .map(|bytes| bytes as f64 / (1024.0 * 1024.0)),
+        peak_rss_mib: target.peak_rss_mib(),
         connects_per_second,
         kib_per_connection,
         polls_per_second: (config.pollers > 0)
             .then(|| polled as f64 / started.elapsed().as_secs_f64().max(1e-9)),
     })
+}
+
+/// The server's CPU time per 1,000 delivered orders, in milliseconds, from
+/// its CPU time read before and after the load.
+fn cpu_per_1000(before: Option<Duration>, after: Option<Duration>, delivered: u64) -> Option<f64> {
+    match (before, after) {
+        (Some(before), Some(after)) if delivered > 0 => {
+            Some((after - before).as_secs_f64() * 1000.0 * 1000.0 / delivered as f64)
+        }
+        _ => None,
+    }
+}
+
+/// The server's growth in resident memory per connection opened, in KiB.
+fn kib_per_connection(before: Option<u64>, after: Option<u64>, connections: usize) -> Option<f64> {
+    match (before, after) {
+        (Some(before), Some(after)) => {
+            Some(after.saturating_sub(before) as f64 / 1024.0 / connections.max(1) as f64)
+        }
+        _ => None,
+    }
 }
 
 /// Runs `clients` API readers on a thread of their own (with its own
@@ -516,12 +530,7 @@ async fn idle_connections(target: &Target, count: usize) -> anyhow::Result<(f64,
     let rate = count as f64 / started.elapsed().as_secs_f64();
     // Let the server settle (its per-connection tasks start), then read.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let per = match (rss_before, target.rss()) {
-        (Some(before), Some(after)) => {
-            Some(after.saturating_sub(before) as f64 / 1024.0 / count as f64)
-        }
-        _ => None,
-    };
+    let per = kib_per_connection(rss_before, target.rss(), count);
     for (sender, _) in held {
         sender.close().await;
     }

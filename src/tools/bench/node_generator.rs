@@ -80,12 +80,7 @@ pub async fn measure(
         // Let the server settle (its per-connection tasks start), then read.
         tokio::time::sleep(Duration::from_millis(500)).await;
         connects_per_second = Some(rate);
-        kib_per_connection = match (rss_before, target.rss()) {
-            (Some(before), Some(after)) => {
-                Some(after.saturating_sub(before) as f64 / 1024.0 / config.conns.max(1) as f64)
-            }
-            _ => None,
-        };
+        kib_per_connection = super::kib_per_connection(rss_before, target.rss(), config.conns);
         stdin.write_all(b"next\n").await?;
         phase = next_phase(&mut lines).await?;
     }
@@ -109,12 +104,7 @@ pub async fn measure(
     let cpu_after = target.cpu();
     let _ = child.wait().await;
     let total = (config.vendors * config.orders) as u64;
-    let cpu_ms_per_1000 = match (cpu_before, cpu_after) {
-        (Some(before), Some(after)) if delivered > 0 => {
-            Some((after - before).as_secs_f64() * 1000.0 * 1000.0 / delivered as f64)
-        }
-        _ => None,
-    };
+    let cpu_ms_per_1000 = super::cpu_per_1000(cpu_before, cpu_after, delivered);
     Ok(Figures {
         target: label.to_owned(),
         generator: "node".to_owned(),
@@ -128,9 +118,7 @@ pub async fn measure(
         p99_ms,
         max_ms,
         cpu_ms_per_1000,
-        peak_rss_mib: target
-            .peak_rss()
-            .map(|bytes| bytes as f64 / (1024.0 * 1024.0)),
+        peak_rss_mib: target.peak_rss_mib(),
         connects_per_second,
         kib_per_connection,
         polls_per_second: None,

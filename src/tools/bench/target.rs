@@ -152,9 +152,9 @@ impl Target {
         self.status_kb("VmRSS:").map(|kb| kb * 1024)
     }
 
-    /// Peak resident memory, in bytes.
-    pub fn peak_rss(&self) -> Option<u64> {
-        self.status_kb("VmHWM:").map(|kb| kb * 1024)
+    /// Peak resident memory, in MiB.
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        self.status_kb("VmHWM:").map(|kb| kb as f64 / 1024.0)
     }
 
     fn status_kb(&self, field: &str) -> Option<u64> {
