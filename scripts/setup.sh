@@ -2,8 +2,11 @@
 # Installs what building and testing caps needs, and nothing that is already
 # there: Debian's libssl-dev and pkg-config (rust_socketio's TLS stack), Node.js
 # and npm (the JavaScript tests), Chromium (the dashboard's browser test), and
-# the npm packages from package-lock.json (socket.io, socket.io-client,
-# playwright-core; playwright-core downloads no browser).
+# PostgreSQL's server programs and psql (the tests of a group of hubs start a
+# private cluster of their own; no server is left running), HAProxy (the load
+# balancer in front of a group, in its test), and the npm packages from
+# package-lock.json (socket.io, socket.io-client, playwright-core;
+# playwright-core downloads no browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +18,9 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 # The dashboard's browser test drives Debian's Chromium.
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   sudo_cmd=""

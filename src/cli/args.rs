@@ -132,8 +132,20 @@ pub(super) struct HubArgs {
     pub(super) port: u16,
     /// Where the hub keeps orders, their history and queued notices (SQLite)
     /// [default: $XDG_DATA_HOME/caps, else ~/.local/share/caps].
-    #[arg(long, env = "CAPS_DATA_DIR", conflicts_with = "ephemeral")]
+    #[arg(long, env = "CAPS_DATA_DIR", conflicts_with_all = ["ephemeral", "database"])]
     pub(super) data_dir: Option<PathBuf>,
+    /// Keep orders in this PostgreSQL database (postgres://user:password@host:port/name), shared by every hub of a group; see "Running several hubs" in the README.
+    #[arg(long, env = "CAPS_DATABASE", conflicts_with = "ephemeral")]
+    pub(super) database: Option<String>,
+    /// This hub's id in its group: keep it across restarts [default: <host name>-<port>].
+    #[arg(long, env = "CAPS_HUB_ID", requires = "database", value_parser = parse_hub_id)]
+    pub(super) hub_id: Option<String>,
+    /// In a group: a hub silent this long is dead, and another hub takes its orders over.
+    #[arg(long, env = "CAPS_HUB_DEAD_AFTER", default_value = "10s", value_parser = parse_positive_duration)]
+    pub(super) hub_dead_after: Duration,
+    /// In a group: an order waiting this long at a hub with no driver free may be taken by a hub with one.
+    #[arg(long, env = "CAPS_TAKE_AFTER", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub(super) take_after: Duration,
     /// Keep everything in memory: a restart forgets all orders.
     #[arg(long, env = "CAPS_EPHEMERAL")]
     pub(super) ephemeral: bool,
@@ -467,6 +479,20 @@ fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
         Ok(duration) if duration.is_zero() => Err("must be more than zero".into()),
         Ok(duration) => Ok(duration),
         Err(error) => Err(error.to_string()),
+    }
+}
+
+/// A hub id: what the group's tables and the logs name a hub by.
+fn parse_hub_id(id: &str) -> Result<String, String> {
+    let fits = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if fits {
+        Ok(id.to_owned())
+    } else {
+        Err("1 to 64 letters, digits, '-', '_', '.' or ':'".into())
     }
 }
 

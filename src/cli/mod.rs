@@ -3,12 +3,16 @@
 
 mod args;
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use anyhow::Context;
 use tokio::net::TcpListener;
 
 pub use args::Cli;
 use args::{Command, DispatchArgs, HubArgs, Reclaim, SecurityArgs, SyncArg, TokenArgs, TokenRole};
 
+use crate::hub::group::GroupConfig;
 use crate::hub::sqlite::SyncMode;
 use crate::hub::{self, Admission, DispatchConfig, EventLog, Hub, HubConfig, Limits, Storage};
 use crate::protocol::RoleName;
@@ -165,6 +169,7 @@ async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
     match &config.storage {
         Storage::Ephemeral => log::warn!("ephemeral hub: orders are kept in memory only"),
         Storage::DataDir(dir) => log::info!("data dir {}", dir.display()),
+        Storage::Database { hub_id, .. } => log::info!("hub {hub_id} of a group"),
     }
     let hub = Hub::open(config)?;
     let listener = TcpListener::bind((args.host.as_str(), args.port))
@@ -228,6 +233,21 @@ impl HubArgs {
     fn config(&self) -> anyhow::Result<HubConfig> {
         let mut config = if self.ephemeral {
             HubConfig::ephemeral()
+        } else if let Some(url) = &self.database {
+            let mut config = HubConfig::durable(PathBuf::new());
+            config.storage = Storage::Database {
+                url: url.clone(),
+                hub_id: self
+                    .hub_id
+                    .clone()
+                    .unwrap_or_else(|| default_hub_id(self.port)),
+                group: GroupConfig {
+                    beat_every: (self.hub_dead_after / 5).min(Duration::from_secs(1)),
+                    dead_after: self.hub_dead_after,
+                    take_after: self.take_after,
+                },
+            };
+            config
         } else {
             HubConfig::durable(self.data_dir.clone().unwrap_or_else(hub::default_data_dir))
         };
@@ -241,6 +261,22 @@ impl HubArgs {
         config.limits = self.security.limits();
         Ok(config)
     }
+}
+
+/// A hub id stable across restarts: this machine's name and the port.
+fn default_hub_id(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "hub".into());
+    if port == 0 {
+        // A port picked at start is not stable: neither can the id be.
+        let id = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        log::warn!("--port 0 and no --hub-id: this hub is {id} until it stops");
+        return id;
+    }
+    format!("{host}-{port}")
 }
 
 impl DispatchArgs {

@@ -253,6 +253,10 @@ pub struct Snapshot {
     pub delivered_total: u64,
     /// The arrival number the next new order gets (one past every recorded one).
     pub next_seq: u64,
+    /// The step between the arrival numbers this hub hands out (0 or 1: every
+    /// number). Hubs sharing one database each take every `seq_stride`-th
+    /// number, from their own offset, so numbers are unique across them.
+    pub seq_stride: u64,
     /// How many notices each store has queued (they stay in the data dir).
     pub queue_counts: Vec<(StoreId, u64)>,
 }

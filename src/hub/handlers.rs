@@ -42,6 +42,11 @@ pub async fn admit(
     let budget = hub.guard.admit().inspect_err(|refusal| {
         log::warn!("refused connection sid={} {peer}: {refusal}", socket.id)
     })?;
+    // In a group, a driver's packages follow it here before it can report
+    // on them (no event is read before this middleware returns).
+    if let (Some(group), Peer::Driver { name, .. }) = (&hub.group, &peer) {
+        group.claim_driver(name).await;
+    }
 
     for (event, decoder) in LISTENED {
         socket.on(

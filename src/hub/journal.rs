@@ -8,7 +8,8 @@
 //! costs latency, not throughput.
 //!
 //! [`Backend`] is the seam for where changes go: SQLite today
-//! ([`super::sqlite::SqliteBackend`]).
+//! ([`super::sqlite::SqliteBackend`]) for one hub, PostgreSQL
+//! ([`super::postgres::PgBackend`]) for a group of hubs.
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,11 @@ pub trait Backend: Send + 'static {
 pub trait Records: Send + Sync + 'static {
     /// One order with its whole history.
     fn order(&self, key: &OrderKey) -> anyhow::Result<Option<StoredOrder>>;
+    /// The order as this hub may hold it: like [`Records::order`], but
+    /// `None` for an open order another hub of its group owns.
+    fn held(&self, key: &OrderKey) -> anyhow::Result<Option<StoredOrder>> {
+        self.order(key)
+    }
     /// The stores that have an order with this id.
     fn stores_of(&self, order_id: &OrderId) -> anyhow::Result<Vec<StoreId>>;
     /// A page of orders by arrival (without their histories).

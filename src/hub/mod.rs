@@ -46,6 +46,7 @@ pub mod domain;
 mod door;
 mod event_log;
 mod events;
+pub mod group;
 mod guard;
 mod handlers;
 mod http;
@@ -53,6 +54,7 @@ pub mod journal;
 mod mailbox;
 mod metrics;
 mod peer;
+pub mod postgres;
 mod readers;
 mod sequencer;
 pub mod sqlite;
@@ -77,9 +79,11 @@ pub use peer::{Admission, Peer};
 
 use self::domain::{OrderState, Snapshot};
 use self::door::{CountingListener, Door, DoorConfig};
+use self::group::{Group, GroupConfig};
 use self::guard::Guard;
 use self::journal::{Backend, Journal, Records};
 use self::metrics::Metrics;
+use self::postgres::{Pg, PgBackend};
 use self::readers::Readers;
 use self::sequencer::{PresenceBoard, Retention, SequencerHandle, SequencerSetup};
 use self::sqlite::{SqliteBackend, SyncMode};
@@ -119,6 +123,15 @@ pub enum Storage {
     Ephemeral,
     /// An SQLite database in this directory.
     DataDir(PathBuf),
+    /// A PostgreSQL database shared by a group of hubs.
+    Database {
+        /// Its URL (`postgres://user:password@host:port/name`).
+        url: String,
+        /// This hub's id in the group: stable across its restarts.
+        hub_id: String,
+        /// Timing of the group's chores.
+        group: GroupConfig,
+    },
 }
 
 impl HubConfig {
@@ -176,6 +189,8 @@ pub struct Hub {
     )>,
     /// Readers of committed orders, when the hub has a data dir.
     records: Option<RecordReaders>,
+    /// The group's database, when the hub is one of a group.
+    group: Option<(Pg, GroupConfig)>,
 }
 
 /// Readers of committed orders: one for the sequencer, and one for each
@@ -196,11 +211,20 @@ impl Hub {
                 snapshot: Snapshot::default(),
                 journal: None,
                 records: None,
+                group: None,
             }),
             Storage::DataDir(dir) => {
                 let backend = SqliteBackend::open(dir, config.sync)?;
                 let described = format!("data dir {}", dir.display());
                 Hub::with_backend(config, Box::new(backend), &described)
+            }
+            Storage::Database { url, hub_id, group } => {
+                let pg = Pg::connect(url, hub_id)?;
+                let group = *group;
+                let backend = PgBackend::new(pg.clone());
+                let mut hub = Hub::with_backend(config, Box::new(backend), "database")?;
+                hub.group = Some((pg, group));
+                Ok(hub)
             }
         }
     }
@@ -243,6 +267,7 @@ impl Hub {
             snapshot,
             journal: Some(journal),
             records: Some(records),
+            group: None,
         })
     }
 
@@ -254,6 +279,7 @@ impl Hub {
             snapshot,
             journal,
             records,
+            group,
         } = self;
         let (sequencer_records, mailbox_records, api_records) = match records {
             Some(records) => (
@@ -265,6 +291,10 @@ impl Hub {
         };
         let metrics = Arc::new(Metrics::new(log.dropped_lines()));
         let (sequencer, inbox) = self::sequencer::channel(Arc::clone(&metrics));
+        let group = group.map(|(pg, timing)| {
+            let (bridge, published) = group::bridge(&pg);
+            (Group::new(pg, sequencer.clone()), timing, bridge, published)
+        });
         let cors = cors_layer(&config.limits.cors_origins)?;
         let door = Door::new(
             DoorConfig {
@@ -300,6 +330,7 @@ impl Hub {
                 admission: config.admission.clone(),
                 guard: guard.clone(),
                 metrics: Arc::clone(&metrics),
+                group: group.as_ref().map(|(group, ..)| group.clone()),
             })
             .build_layer();
         io.ns(NAMESPACE, handlers::on_connect.with(handlers::admit));
@@ -318,8 +349,11 @@ impl Hub {
             guard,
             metrics: Arc::clone(&metrics),
             presence,
+            bridge: group.as_ref().map(|(_, _, bridge, _)| bridge.clone()),
         };
         let task = tokio::spawn(self::sequencer::run(inbox, io.clone(), log, setup));
+        let chores =
+            group.map(|(group, timing, _, published)| group.start(timing, io.clone(), published));
         let router = http::routes(http::HttpState {
             sequencer: sequencer.clone(),
             readers: api_records.map(Readers::start),
@@ -341,6 +375,7 @@ impl Hub {
             io,
             sequencer,
             task,
+            chores,
         })
     }
 
@@ -366,6 +401,8 @@ pub struct RunningHub {
     io: SocketIo,
     sequencer: SequencerHandle,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// A group hub's chores, which end only when the hub must stop.
+    chores: Option<tokio::task::JoinHandle<anyhow::Error>>,
 }
 
 impl RunningHub {
@@ -392,6 +429,7 @@ impl RunningHub {
             io,
             sequencer,
             mut task,
+            chores,
         } = self;
         let listener = CountingListener::new(listener, door);
         let closer = io.clone();
@@ -421,6 +459,12 @@ impl RunningHub {
                 io.close().await;
                 sequencer_outcome(stopped)
             }
+            failed = group_failure(chores) => {
+                log::error!("{failed:#}");
+                io.close().await;
+                task.abort();
+                Err(failed)
+            }
         }
     }
 }
@@ -432,6 +476,19 @@ pub(crate) struct HubState {
     admission: Admission,
     guard: Guard,
     metrics: Arc<Metrics>,
+    /// In a group of hubs: claims of a connecting driver's packages.
+    group: Option<Group>,
+}
+
+/// Resolves when a group hub's chores end (it must stop); never for a
+/// hub on its own.
+async fn group_failure(chores: Option<tokio::task::JoinHandle<anyhow::Error>>) -> anyhow::Error {
+    match chores {
+        Some(chores) => chores
+            .await
+            .unwrap_or_else(|panic| anyhow::anyhow!("the group's chores failed: {panic}")),
+        None => std::future::pending().await,
+    }
 }
 
 fn sequencer_outcome(

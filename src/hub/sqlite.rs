@@ -287,6 +287,7 @@ impl Backend for SqliteBackend {
             orders,
             delivered_total: delivered_total as u64,
             next_seq: next_seq as u64,
+            seq_stride: 1,
             queue_counts,
         })
     }
@@ -546,7 +547,7 @@ fn set_clean_stop(conn: &Connection, clean: bool) -> anyhow::Result<()> {
 }
 
 /// What a compacted order shows for its customer and address.
-const REMOVED: &str = "(removed)";
+pub(super) const REMOVED: &str = "(removed)";
 
 /// The columns [`read_order`] reads, in its order.
 const ORDER_COLUMNS: &str = "store, order_id, seq, customer, address, state, driver, \
@@ -749,21 +750,21 @@ impl Records for SqliteRecords {
     }
 }
 
-fn parse_state(name: &str) -> Option<OrderState> {
+pub(super) fn parse_state(name: &str) -> Option<OrderState> {
     OrderState::ALL
         .into_iter()
         .find(|state| state.name() == name)
 }
 
 /// How a driver is written down: `n:<name>` or `a:<socket id>`.
-fn driver_column(driver: &DriverKey) -> String {
+pub(super) fn driver_column(driver: &DriverKey) -> String {
     match driver {
         DriverKey::Named(name) => format!("n:{name}"),
         DriverKey::Anonymous(sid) => format!("a:{sid}"),
     }
 }
 
-fn driver_from_column(column: &str) -> Option<DriverKey> {
+pub(super) fn driver_from_column(column: &str) -> Option<DriverKey> {
     if let Some(name) = column.strip_prefix("n:") {
         DriverName::new(name).ok().map(DriverKey::Named)
     } else {
@@ -773,7 +774,7 @@ fn driver_from_column(column: &str) -> Option<DriverKey> {
     }
 }
 
-fn order_from(
+pub(super) fn order_from(
     store: String,
     order_id: String,
     customer: String,

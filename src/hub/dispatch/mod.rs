@@ -207,6 +207,8 @@ pub struct Dispatch<S> {
     delivered_order: VecDeque<OrderKey>,
     delivered_total: u64,
     next_seq: u64,
+    /// The step between arrival numbers (see [`super::domain::Snapshot::seq_stride`]).
+    seq_stride: u64,
     next_offer: u64,
     assignments: u64,
     /// Changes not yet taken by the sequencer for the journal.
@@ -225,29 +227,46 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             delivered_order: VecDeque::new(),
             delivered_total: 0,
             next_seq: 0,
+            seq_stride: 1,
             next_offer: 0,
             assignments: 0,
             changes: Vec::new(),
         }
     }
 
-    /// A desk resuming from recorded orders (see [`super::domain::Snapshot`]). Offers do not
-    /// survive a restart: assigned orders are ready again. Packages in transit
-    /// stay with their named driver, offline until it reconnects; an
-    /// anonymous driver cannot come back, so its packages are ready again.
+    /// A desk resuming from recorded orders (see [`super::domain::Snapshot`]),
+    /// handing out arrival numbers from `next_seq` in steps of `seq_stride`.
+    /// Offers do not survive a restart: assigned orders are ready again.
+    /// Packages in transit stay with their named driver, offline until it
+    /// reconnects; an anonymous driver cannot come back, so its packages are
+    /// ready again.
     pub fn restore(
         config: DispatchConfig,
         snapshot_orders: Vec<StoredOrder>,
         delivered_total: u64,
-        next_seq: u64,
+        (next_seq, seq_stride): (u64, u64),
         now: Instant,
     ) -> Self {
         let mut desk = Dispatch::new(config);
         desk.delivered_total = delivered_total;
         desk.next_seq = next_seq;
-        for stored in snapshot_orders {
+        desk.seq_stride = seq_stride.max(1);
+        desk.adopt(snapshot_orders, now);
+        desk
+    }
+
+    /// Takes over recorded orders as a restart does (see [`Self::restore`]):
+    /// those of a hub that stopped, or a driver's that moved here. Returns
+    /// the offers this makes possible.
+    pub fn adopt(&mut self, orders: Vec<StoredOrder>, now: Instant) -> Vec<Effect<S>> {
+        for stored in orders {
             let key = OrderKey::of(&stored.order);
-            desk.next_seq = desk.next_seq.max(stored.seq + 1);
+            if stored.seq >= self.next_seq {
+                // The next number past it, still one of ours.
+                let steps = (stored.seq - self.next_seq) / self.seq_stride + 1;
+                self.next_seq += steps * self.seq_stride;
+            }
+            self.reload(&key, None, now);
             let mut entry = OrderEntry::from_stored(stored);
             let returns = match (&entry.state, &entry.driver) {
                 (OrderState::InTransit, Some(DriverKey::Named(_))) => false,
@@ -256,11 +275,27 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             };
             if returns {
                 let change = entry.enter(&key, OrderState::Ready, None);
-                desk.changes.push(change);
+                self.changes.push(change);
             }
-            desk.place(key, entry, now);
+            self.place(key, entry, now);
         }
-        desk
+        self.dispatch(now)
+    }
+
+    /// How many more packages the online drivers could take, and how many
+    /// orders wait for one: with more room than waiting orders, this desk
+    /// can take orders that wait elsewhere.
+    pub fn spare_capacity(&self) -> (usize, usize) {
+        let room = self
+            .drivers
+            .values()
+            .filter(|entry| entry.socket.is_some())
+            .map(|entry| match entry.capacity {
+                Some(capacity) => capacity.saturating_sub(entry.load()) as usize,
+                None => usize::MAX,
+            })
+            .fold(0usize, usize::saturating_add);
+        (room, self.ready.len())
     }
 
     /// Replaces what the desk holds of `key` with its record (`None`: not
@@ -392,7 +427,7 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             return Ok((PickupOutcome::Repeated(existing.state), Vec::new()));
         }
         let seq = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq += self.seq_stride;
         let at = Utc::now();
         self.changes.push(Change::NewOrder {
             order: order.clone(),

@@ -352,7 +352,7 @@ fn every_change_is_recorded_and_a_restored_desk_resumes() {
             stored("done", 2, OrderState::Delivered, Some(named("a"))),
         ],
         7,
-        3,
+        (3, 1),
         now,
     );
     assert_eq!(
@@ -384,6 +384,44 @@ fn every_change_is_recorded_and_a_restored_desk_resumes() {
             .find(|c| matches!(c, Change::NewOrder { .. })),
         Some(Change::NewOrder { seq: 3, .. })
     ));
+}
+
+#[test]
+fn hubs_sharing_a_database_number_orders_apart_and_adopt_each_others() {
+    let now = Instant::now();
+    // Hub slot 2 of stride 8: its numbers are 2, 10, 18, ...
+    let mut desk: Desk = Dispatch::restore(DispatchConfig::default(), Vec::new(), 0, (10, 8), now);
+    pickup(&mut desk, "mine", now);
+    let adopted = StoredOrder {
+        order: order("theirs"),
+        seq: 29,
+        state: OrderState::Assigned,
+        driver: Some(named("elsewhere")),
+        version: 3,
+        digest: None,
+        told_in_transit: false,
+        since: Utc::now(),
+        history: Vec::new(),
+    };
+    assert!(desk.adopt(vec![adopted], now).is_empty(), "no driver yet");
+    pickup(&mut desk, "after", now);
+    let seqs: Vec<u64> = desk
+        .take_changes()
+        .iter()
+        .filter_map(|change| match change {
+            Change::NewOrder { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, [10, 34], "past the adopted 29, still 2 mod 8");
+    assert_eq!(
+        desk.state_of(&OrderKey::of(&order("theirs"))),
+        Some(OrderState::Ready),
+        "an adopted offer is void"
+    );
+    assert_eq!(desk.spare_capacity(), (0, 3));
+    desk.driver_online(named("a"), 1, Some(5), now);
+    assert_eq!(desk.spare_capacity(), (2, 0), "three offered, room for two");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use socketioxide::extract::{AckSender, SocketRef};
 use tokio::sync::{mpsc, oneshot};
 
-use super::super::domain::{DriverKey, OrderQuery};
+use super::super::domain::{DriverKey, OrderQuery, StoredOrder};
 use super::super::metrics::Metrics;
 use super::super::peer::Peer;
 use super::ClientEvent;
@@ -253,6 +253,11 @@ pub(in crate::hub) enum Command {
     /// Hand a driver's packages back to `ready`; answer (once recorded)
     /// with how many.
     Reclaim(DriverKey, oneshot::Sender<u64>),
+    /// Take over recorded orders this hub now owns (see [`crate::hub::group`]).
+    Adopt(Vec<StoredOrder>),
+    /// How many more packages the online drivers could take, and how many
+    /// orders wait for one.
+    Spare(oneshot::Sender<(usize, usize)>),
 }
 
 /// The way in to the sequencer; clone it freely.
@@ -345,6 +350,19 @@ impl SequencerHandle {
     /// or `None` if the sequencer has stopped.
     pub async fn reclaim(&self, driver: DriverKey) -> Option<u64> {
         self.ask(|reply| Command::Reclaim(driver, reply)).await
+    }
+
+    /// Hands the sequencer orders this hub has taken over in the database.
+    pub fn adopt(&self, orders: Vec<StoredOrder>) {
+        if !orders.is_empty() {
+            self.send(Command::Adopt(orders));
+        }
+    }
+
+    /// Room among the online drivers, and orders waiting; `None` if the
+    /// sequencer has stopped.
+    pub async fn spare(&self) -> Option<(usize, usize)> {
+        self.ask(Command::Spare).await
     }
 
     /// An event sent over HTTP by `peer`; answers once it is recorded, or

@@ -39,6 +39,7 @@ pub use presence::{Connections, Presence, PresenceBoard, PresenceView};
 use super::dispatch::{Dispatch, DispatchConfig, Effect};
 use super::domain::{Change, DriverKey, OrderKey, Snapshot, StoredOrder};
 use super::event_log::EventLog;
+use super::group::Bridge;
 use super::guard::Guard;
 use super::journal::{Committed, Journal, Records};
 use super::mailbox::Mailbox;
@@ -82,6 +83,8 @@ pub struct SequencerSetup {
     pub metrics: Arc<Metrics>,
     /// Where who is online is published for readers.
     pub presence: PresenceBoard,
+    /// In a group of hubs, the bridge to the others' sockets.
+    pub bridge: Option<Bridge>,
 }
 
 /// Compaction of old delivered orders.
@@ -117,7 +120,7 @@ pub async fn run(
             setup.dispatch,
             setup.snapshot.orders,
             setup.snapshot.delivered_total,
-            setup.snapshot.next_seq,
+            (setup.snapshot.next_seq, setup.snapshot.seq_stride),
             Instant::now(),
         ),
         mailbox,
@@ -127,7 +130,7 @@ pub async fn run(
         vendors: HashMap::new(),
         journal,
         records: setup.records,
-        outbox: Outbox::new(io),
+        outbox: Outbox::new(io, setup.bridge),
         guard: setup.guard,
         metrics: setup.metrics,
         viewers: HashSet::new(),
@@ -320,6 +323,14 @@ impl Sequencer {
             Command::Metrics(reply) => {
                 let _ = reply.send((self.desk.counts(), self.connections()));
             }
+            Command::Adopt(orders) => {
+                log::info!("took over {} orders", orders.len());
+                let effects = self.desk.adopt(orders, Instant::now());
+                self.add_effects(effects, &mut outputs);
+            }
+            Command::Spare(reply) => {
+                let _ = reply.send(self.desk.spare_capacity());
+            }
         }
         outputs
     }
@@ -385,7 +396,13 @@ impl Sequencer {
     /// the truth, and the desk takes it as it is.
     fn reload(&mut self, stale: Vec<OrderKey>) {
         for key in stale {
-            match self.recorded(&key) {
+            let held = match &self.records {
+                Some(records) => records.held(&key).map_err(|error| {
+                    log::error!("cannot read {key} from the data dir: {error:#}");
+                }),
+                None => Ok(None),
+            };
+            match held {
                 Ok(record) => {
                     log::warn!("{key} changed elsewhere; taking the data dir's record");
                     self.desk.reload(&key, record, Instant::now());

@@ -9,6 +9,7 @@ use socketioxide::extract::SocketRef;
 
 use super::handle::Reply;
 use crate::hub::domain::{Change, DriverKey, OrderKey, OrderState, rooms};
+use crate::hub::group::Bridge;
 use crate::hub::journal::Commit;
 use crate::protocol::{
     Activity, DeliveryNotice, ErrorCode, Event, NAMESPACE, Order, Refusal, StoreId,
@@ -126,15 +127,18 @@ pub struct Outbox {
     waiting: VecDeque<Waiting>,
     /// Drivers whose socket turned out dead when offered a package.
     gone: Vec<(DriverKey, SocketRef)>,
+    /// In a group of hubs: where what rooms hear is published for the others.
+    bridge: Option<Bridge>,
 }
 
 impl Outbox {
     /// An empty outbox sending through `io`.
-    pub fn new(io: SocketIo) -> Self {
+    pub fn new(io: SocketIo, bridge: Option<Bridge>) -> Self {
         Outbox {
             io,
             waiting: VecDeque::new(),
             gone: Vec::new(),
+            bridge,
         }
     }
 
@@ -238,6 +242,9 @@ impl Outbox {
                     store,
                     message,
                 } => {
+                    if let Some(bridge) = &self.bridge {
+                        bridge.publish(Some(&store), event, &message);
+                    }
                     let Some(ns) = self.io.of(NAMESPACE) else {
                         continue;
                     };
@@ -272,6 +279,9 @@ impl Outbox {
                     let _ = answer.send(count);
                 }
                 Output::ToViewers(activity) => {
+                    if let Some(bridge) = &self.bridge {
+                        bridge.publish(None, Event::Activity, &activity);
+                    }
                     let Some(ns) = self.io.of(NAMESPACE) else {
                         continue;
                     };

@@ -1,0 +1,418 @@
+//! A group of hubs on one PostgreSQL database, behaving as one.
+//!
+//! The database ([`super::postgres`]) is the truth: each open order belongs
+//! to one hub, and changes are conditional on that. This module keeps the
+//! group going around it, on the database's runtime:
+//! - **heartbeats**: each hub beats every [`GroupConfig::beat_every`]; a hub
+//!   silent for [`GroupConfig::dead_after`] is taken over by exactly one
+//!   other hub (its offers and its anonymous drivers' packages go back to
+//!   `ready`; named drivers keep theirs). A hub that finds it was taken over
+//!   stops: it owns nothing any more.
+//! - **waiting orders**: a hub with room among its drivers takes orders that
+//!   have waited `ready` at other hubs for [`GroupConfig::take_after`] (their
+//!   hub has no driver free), so a shop whose hub has no courier is served by
+//!   couriers on other hubs. A named driver's packages follow it to the hub
+//!   it connects to ([`Group::claim_driver`]).
+//! - **the bridge**: what a hub tells a store's room or the viewers is also
+//!   published with `NOTIFY`, and every other hub repeats it to its own
+//!   sockets, so a vendor hears of a delivery made on any hub. The bridge is
+//!   a fast path, not the truth: delivery notices stay queued in the
+//!   database until acknowledged, a listener that lost its connection
+//!   reconnects and then re-sends the notices queued meanwhile, and `getAll`
+//!   always reads the queue.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use socketioxide::SocketIo;
+use sqlx::postgres::PgListener;
+use tokio::sync::mpsc;
+
+use super::domain::rooms;
+use super::postgres::Pg;
+use super::sequencer::SequencerHandle;
+use crate::protocol::{DeliveryNotice, DriverName, Event, NAMESPACE, StoreId};
+
+/// The `NOTIFY` channel of the bridge.
+const CHANNEL: &str = "caps_bridge";
+/// NOTIFY refuses payloads of 8,000 bytes or more; larger messages are not
+/// bridged (a delivery notice then arrives through the queue).
+const MAX_BRIDGED: usize = 7_900;
+/// Messages published in one statement at most.
+const PUBLISH_BATCH: usize = 200;
+/// How far back a listener that lost its connection re-sends notices: the
+/// loss is noticed a moment after it happens.
+const RESEND_MARGIN: Duration = Duration::from_secs(30);
+/// Orders taken from other hubs in one go at most.
+const TAKE_AT_ONCE: usize = 100;
+
+/// Timing of the group's chores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// How often a hub records that it is alive.
+    pub beat_every: Duration,
+    /// A hub silent this long is dead: its orders are taken over.
+    pub dead_after: Duration,
+    /// A `ready` order waiting this long at its hub may be taken by a hub
+    /// with a driver free.
+    pub take_after: Duration,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            beat_every: Duration::from_secs(1),
+            dead_after: Duration::from_secs(10),
+            take_after: Duration::from_millis(500),
+        }
+    }
+}
+
+/// One message on the bridge.
+#[derive(Serialize, Deserialize)]
+struct Bridged {
+    /// The hub that sent it (which has told its own sockets already).
+    from: String,
+    #[serde(flatten)]
+    what: BridgedWhat,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum BridgedWhat {
+    /// Tell a store's room (or, with no store, the viewers) of `event`.
+    Tell {
+        store: Option<StoreId>,
+        event: Event,
+        message: serde_json::Value,
+    },
+    /// The sender could not publish since `since`: every hub re-sends the
+    /// delivery notices queued since then to its own vendors.
+    ResendSince { resend_since: DateTime<Utc> },
+}
+
+/// The outbox's end of the bridge: publishes what this hub tells its rooms.
+#[derive(Clone)]
+pub struct Bridge {
+    hub: Arc<str>,
+    outgoing: mpsc::UnboundedSender<String>,
+}
+
+impl Bridge {
+    /// Publishes `message` for `store`'s room, or the viewers' (`None`).
+    pub fn publish(&self, store: Option<&StoreId>, event: Event, message: &impl Serialize) {
+        let Ok(message) = serde_json::to_value(message) else {
+            return;
+        };
+        let bridged = Bridged {
+            from: self.hub.to_string(),
+            what: BridgedWhat::Tell {
+                store: store.cloned(),
+                event,
+                message,
+            },
+        };
+        match serde_json::to_string(&bridged) {
+            Ok(text) if text.len() <= MAX_BRIDGED => {
+                let _ = self.outgoing.send(text);
+            }
+            Ok(text) => log::debug!(
+                "not bridging {event} of {} bytes (over NOTIFY's limit); it stays queued",
+                text.len()
+            ),
+            Err(_) => {}
+        }
+    }
+}
+
+/// The handle the hub keeps: claims for connecting drivers.
+#[derive(Clone)]
+pub struct Group {
+    pg: Pg,
+    sequencer: SequencerHandle,
+}
+
+impl Group {
+    /// The handle of hub `pg`, whose sequencer is `sequencer`.
+    pub fn new(pg: Pg, sequencer: SequencerHandle) -> Self {
+        Group { pg, sequencer }
+    }
+
+    /// Starts the group's chores on the database runtime: heartbeats and
+    /// take-overs, the bridge's publisher (fed by `published`) and listener.
+    /// The returned task ends only with an error: this hub was taken over
+    /// and must stop.
+    pub fn start(
+        self,
+        config: GroupConfig,
+        io: SocketIo,
+        published: mpsc::UnboundedReceiver<String>,
+    ) -> tokio::task::JoinHandle<anyhow::Error> {
+        let Group { pg, sequencer } = self;
+        let (resend, resends) = mpsc::unbounded_channel();
+        pg.spawn(publish(pg.clone(), published));
+        pg.spawn(listen(pg.clone(), io.clone(), resend));
+        pg.spawn(resend_notices(pg.clone(), io, resends));
+        pg.spawn(keep_up(pg.clone(), config, sequencer))
+    }
+
+    /// Brings `driver`'s packages held at other hubs here, before it is told
+    /// anything: it has just connected to this hub.
+    pub async fn claim_driver(&self, driver: &DriverName) {
+        let pg = self.pg.clone();
+        let name = driver.clone();
+        let claimed = self
+            .pg
+            .spawn(async move { pg.claim_driver(&name).await })
+            .await;
+        match claimed {
+            Ok(Ok(orders)) => {
+                if !orders.is_empty() {
+                    log::info!(
+                        "driver={driver} moved here: took over its {} packages",
+                        orders.len()
+                    );
+                }
+                self.sequencer.adopt(orders);
+            }
+            Ok(Err(error)) => log::warn!(
+                "cannot claim the packages of driver={driver} from other hubs: {error:#}"
+            ),
+            Err(error) => log::warn!("claiming driver={driver}'s packages failed: {error}"),
+        }
+    }
+}
+
+/// The bridge's two ends, made before the sequencer starts.
+pub fn bridge(pg: &Pg) -> (Bridge, mpsc::UnboundedReceiver<String>) {
+    let (outgoing, incoming) = mpsc::unbounded_channel();
+    (
+        Bridge {
+            hub: pg.hub_id().into(),
+            outgoing,
+        },
+        incoming,
+    )
+}
+
+/// Heartbeats, taking over dead hubs, and taking orders that wait elsewhere.
+async fn keep_up(pg: Pg, config: GroupConfig, sequencer: SequencerHandle) -> anyhow::Error {
+    let mut ticker = tokio::time::interval(config.beat_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unreachable_since: Option<std::time::Instant> = None;
+    loop {
+        ticker.tick().await;
+        match pg.beat().await {
+            Ok(true) => unreachable_since = None,
+            Ok(false) => {
+                return anyhow::anyhow!(
+                    "the group took this hub's orders over (it was silent for over {:?}); stopping",
+                    config.dead_after
+                );
+            }
+            Err(error) => {
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                log::warn!(
+                    "cannot reach the database for {:?}: {error:#}",
+                    since.elapsed()
+                );
+                continue;
+            }
+        }
+        match pg.take_over_dead_hubs(config.dead_after).await {
+            Ok(taken) => {
+                for (hub, orders) in taken {
+                    log::warn!(
+                        "hub {hub} is silent: took over its {} open orders",
+                        orders.len()
+                    );
+                    sequencer.adopt(orders);
+                }
+            }
+            Err(error) => log::warn!("cannot look for silent hubs: {error:#}"),
+        }
+        let Some((room, waiting)) = sequencer.spare().await else {
+            return anyhow::anyhow!("the sequencer stopped");
+        };
+        if room > waiting {
+            let wanted = (room - waiting).min(TAKE_AT_ONCE);
+            match pg.take_waiting(wanted, config.take_after).await {
+                Ok(orders) => {
+                    if !orders.is_empty() {
+                        log::info!("took {} orders waiting at other hubs", orders.len());
+                    }
+                    sequencer.adopt(orders);
+                }
+                Err(error) => log::warn!("cannot take waiting orders: {error:#}"),
+            }
+        }
+    }
+}
+
+/// Publishes what the outbox hands over, many messages per statement. After
+/// a failure, once it can publish again, it asks every hub to re-send the
+/// notices queued since.
+async fn publish(pg: Pg, mut published: mpsc::UnboundedReceiver<String>) {
+    let mut failed_since: Option<DateTime<Utc>> = None;
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while published.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        if let Some(since) = failed_since {
+            let resend = Bridged {
+                from: pg.hub_id().to_owned(),
+                what: BridgedWhat::ResendSince {
+                    resend_since: since,
+                },
+            };
+            if let Ok(text) = serde_json::to_string(&resend) {
+                batch.push(text);
+            }
+        }
+        let sent = sqlx::query("SELECT pg_notify($1, message) FROM unnest($2::TEXT[]) AS message")
+            .bind(CHANNEL)
+            .bind(&batch)
+            .execute(pg.pool())
+            .await;
+        match sent {
+            Ok(_) => failed_since = None,
+            Err(error) => {
+                log::warn!(
+                    "cannot tell the other hubs ({error}); {} messages stay in the queues",
+                    batch.len()
+                );
+                failed_since.get_or_insert_with(|| Utc::now() - RESEND_MARGIN);
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Repeats what other hubs publish to this hub's sockets; reconnects when
+/// its connection is lost, then has the notices queued meanwhile re-sent.
+async fn listen(pg: Pg, io: SocketIo, resend: mpsc::UnboundedSender<DateTime<Utc>>) {
+    let mut pause = Duration::from_millis(100);
+    let mut lost_at: Option<DateTime<Utc>> = None;
+    loop {
+        let mut listener = match PgListener::connect(pg.url()).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                log::warn!("the bridge cannot connect ({error}); trying again");
+                lost_at.get_or_insert_with(Utc::now);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(error) = listener.listen(CHANNEL).await {
+            log::warn!("the bridge cannot listen ({error}); trying again");
+            lost_at.get_or_insert_with(Utc::now);
+            tokio::time::sleep(pause).await;
+            continue;
+        }
+        pause = Duration::from_millis(100);
+        if let Some(lost) = lost_at.take() {
+            log::info!("the bridge is back; re-sending notices queued since the loss");
+            let _ = resend.send(lost - RESEND_MARGIN);
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => repeat(&pg, &io, notification.payload(), &resend).await,
+                Ok(None) => {
+                    // Lost and already reconnected (and listening again).
+                    log::warn!("the bridge lost its connection; re-sending recent notices");
+                    let _ = resend.send(Utc::now() - RESEND_MARGIN);
+                }
+                Err(error) => {
+                    log::warn!("the bridge lost its connection ({error}); reconnecting");
+                    lost_at = Some(Utc::now());
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Tells this hub's sockets what another hub published.
+async fn repeat(
+    pg: &Pg,
+    io: &SocketIo,
+    payload: &str,
+    resend: &mpsc::UnboundedSender<DateTime<Utc>>,
+) {
+    let Ok(bridged) = serde_json::from_str::<Bridged>(payload) else {
+        log::debug!("ignored a bridge message this hub cannot read");
+        return;
+    };
+    match bridged.what {
+        BridgedWhat::ResendSince { resend_since } => {
+            let _ = resend.send(resend_since);
+        }
+        BridgedWhat::Tell { .. } if bridged.from == pg.hub_id() => {}
+        BridgedWhat::Tell {
+            store,
+            event,
+            message,
+        } => {
+            let Some(ns) = io.of(NAMESPACE) else {
+                return;
+            };
+            let room = match &store {
+                Some(store) => rooms::store(store),
+                None => rooms::VIEWERS.to_owned(),
+            };
+            if let Err(error) = ns.to(room).emit(event.name(), &message).await {
+                log::debug!("cannot repeat {event} from hub {}: {error}", bridged.from);
+            }
+        }
+    }
+}
+
+/// Re-sends the delivery notices queued since each time it is given to the
+/// vendors connected here (their stores' rooms).
+async fn resend_notices(pg: Pg, io: SocketIo, mut resends: mpsc::UnboundedReceiver<DateTime<Utc>>) {
+    while let Some(mut since) = resends.recv().await {
+        // Requests that piled up are one request, from the earliest.
+        while let Ok(earlier) = resends.try_recv() {
+            since = since.min(earlier);
+        }
+        let Some(ns) = io.of(NAMESPACE) else {
+            continue;
+        };
+        let stores: HashSet<StoreId> = match ns.rooms().await {
+            Ok(rooms) => rooms
+                .iter()
+                .filter_map(|room| room.strip_prefix("store:"))
+                .filter_map(|store| StoreId::new(store).ok())
+                .collect(),
+            Err(_) => continue,
+        };
+        let mut resent = 0;
+        for store in stores {
+            match pg.notices_since(&store, since).await {
+                Ok(notices) => {
+                    for notice in notices {
+                        let message = DeliveryNotice::new(notice.order, notice.message_id);
+                        let Some(ns) = io.of(NAMESPACE) else {
+                            break;
+                        };
+                        let room = rooms::store(&store);
+                        if ns
+                            .to(room)
+                            .emit(Event::Delivered.name(), &message)
+                            .await
+                            .is_ok()
+                        {
+                            resent += 1;
+                        }
+                    }
+                }
+                Err(error) => log::warn!("cannot read store={store}'s queued notices: {error:#}"),
+            }
+        }
+        if resent > 0 {
+            log::info!("re-sent {resent} queued delivery notices queued since {since}");
+        }
+    }
+}

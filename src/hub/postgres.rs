@@ -1,0 +1,1014 @@
+//! The shared store of a group of hubs: one PostgreSQL database.
+//!
+//! Every hub of a group points at the same database. An open order belongs
+//! to one hub at a time (`orders.hub`): the hub whose desk dispatches it.
+//! Every change a hub records is conditional on the order's version *and* on
+//! the hub still owning it, so a hub that holds a stale copy (the order was
+//! taken over while it was away, or handed to a driver elsewhere) can never
+//! change it: its change is refused, and it reads the record back.
+//! Ownership moves only by conditional updates that bump the version
+//! ([`Pg::take_over_dead_hubs`], [`Pg::take_waiting`], [`Pg::claim_driver`]).
+//!
+//! Arrival numbers are unique across the group without a round trip per
+//! order: each hub has a slot (0..[`SLOTS`]) and numbers its orders
+//! `n * SLOTS + slot`.
+//!
+//! sqlx is asynchronous and the storage seam ([`Backend`], [`Records`]) is
+//! not: every call runs on this module's own small runtime, and the caller
+//! (the journal's writer thread, a reader thread, the sequencer) waits for
+//! it, as it waits for SQLite.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
+
+use super::domain::{
+    Change, DriverKey, OrderKey, OrderQuery, OrderState, Snapshot, StoredNotice, StoredOrder,
+    Transition, payload_digest,
+};
+use super::journal::{Backend, Records, Step};
+use super::sqlite::{REMOVED, driver_column, driver_from_column, order_from, parse_state};
+use crate::api::OrderCounts;
+use crate::protocol::{DriverName, MessageId, OrderId, StoreId};
+
+/// Hubs in one group at most; also the step between a hub's arrival numbers.
+pub const SLOTS: u64 = 256;
+
+/// Numbered schema migrations; `caps_schema.version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: orders (with the hub that owns each open one), their history, the
+    // stores' notice queues, deliveries counted per hub, and the hubs.
+    "CREATE TABLE orders (
+        store TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        seq BIGINT NOT NULL UNIQUE,
+        customer TEXT NOT NULL,
+        address TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('ready', 'assigned', 'in-transit', 'delivered')),
+        driver TEXT,
+        told_in_transit BOOLEAN NOT NULL DEFAULT false,
+        updated_at TIMESTAMPTZ NOT NULL,
+        version BIGINT NOT NULL DEFAULT 1,
+        digest TEXT,
+        hub TEXT,
+        PRIMARY KEY (store, order_id)
+    );
+    CREATE INDEX orders_by_id ON orders (order_id);
+    CREATE INDEX open_orders ON orders (seq) WHERE state <> 'delivered';
+    CREATE INDEX open_orders_of_hub ON orders (hub, seq) WHERE state <> 'delivered';
+    CREATE INDEX held_by_driver ON orders (driver) WHERE state IN ('assigned', 'in-transit');
+    CREATE INDEX compactable ON orders (updated_at) WHERE state = 'delivered' AND digest IS NULL;
+    CREATE TABLE transitions (
+        id BIGSERIAL PRIMARY KEY,
+        store TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        driver TEXT,
+        at TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX transitions_by_order ON transitions (store, order_id);
+    CREATE TABLE notices (
+        id BIGSERIAL PRIMARY KEY,
+        message_id TEXT NOT NULL UNIQUE,
+        store TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        queued_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX notices_by_store ON notices (store, id);
+    CREATE INDEX notices_by_order ON notices (store, order_id);
+    CREATE TABLE deliveries (hub TEXT PRIMARY KEY, delivered BIGINT NOT NULL);
+    CREATE TABLE hubs (
+        id TEXT PRIMARY KEY,
+        slot INTEGER NOT NULL UNIQUE,
+        started_at TIMESTAMPTZ NOT NULL,
+        beat_at TIMESTAMPTZ NOT NULL
+    );",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Serialises schema migrations and slot choice between hubs starting at once.
+const SCHEMA_LOCK: i64 = 0x4341_5053_0001;
+
+/// Connections of a hub's pool: the writer, the readers, the group's chores.
+const POOL_SIZE: u32 = 6;
+
+/// How long a statement waits for a connection before it fails (and the
+/// caller refuses `busy`, or the writer tries again).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long the writer keeps trying one batch while the database is away
+/// before the hub gives up and stops (a supervisor restarts it).
+const OUTAGE_LIMIT: Duration = Duration::from_secs(300);
+
+/// One hub's way into the group's database; clone it freely.
+#[derive(Clone)]
+pub struct Pg {
+    runtime: Arc<tokio::runtime::Runtime>,
+    pool: PgPool,
+    /// This hub's id and slot.
+    hub: Arc<str>,
+    slot: u64,
+    url: Arc<str>,
+    /// Holds the advisory lock that keeps a second process off this hub id.
+    _id_lock: Arc<tokio::sync::Mutex<PgConnection>>,
+}
+
+impl Pg {
+    /// Connects to `url` as hub `hub_id`: migrates the schema (safely when
+    /// several hubs start at once), refuses a hub id already running, and
+    /// registers the hub with its slot.
+    pub fn connect(url: &str, hub_id: &str) -> anyhow::Result<Pg> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("caps-postgres")
+            .enable_all()
+            .build()
+            .context("starting the database runtime")?;
+        let options: PgConnectOptions = url
+            .parse()
+            .with_context(|| format!("bad --database URL {}", redact(url)))?;
+        let hub: Arc<str> = hub_id.into();
+        let opened = {
+            let hub = Arc::clone(&hub);
+            let options = options.clone();
+            wait_on(&runtime, async move {
+                let pool = PgPoolOptions::new()
+                    .max_connections(POOL_SIZE)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_with(options.clone())
+                    .await
+                    .context("connecting to the database")?;
+                migrate(&pool).await?;
+                let mut id_lock = PgConnection::connect_with(&options).await?;
+                let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+                    .bind(format!("caps-hub:{hub}"))
+                    .fetch_one(&mut id_lock)
+                    .await?;
+                if !free {
+                    bail!(
+                        "hub id {hub} is in use by another running hub; give each hub its own --hub-id"
+                    );
+                }
+                let slot = register(&pool, &hub).await?;
+                anyhow::Ok((pool, id_lock, slot))
+            })
+        };
+        let (pool, id_lock, slot) = opened?;
+        log::info!(
+            "hub {hub} joined the group on {} (slot {slot})",
+            redact(url)
+        );
+        Ok(Pg {
+            runtime: Arc::new(runtime),
+            pool,
+            hub,
+            slot,
+            url: url.into(),
+            _id_lock: Arc::new(tokio::sync::Mutex::new(id_lock)),
+        })
+    }
+
+    /// This hub's id.
+    pub fn hub_id(&self) -> &str {
+        &self.hub
+    }
+
+    /// The database URL (for a listener of its own).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The pool (for the group's chores, which run on [`Self::spawn`]).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Runs `task` on the database runtime.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime.spawn(task)
+    }
+
+    /// Runs `work` on the database runtime and waits for it, from any thread.
+    fn wait<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> T {
+        wait_on(&self.runtime, work)
+    }
+
+    /// Records that this hub is alive. `false`: the group thinks it dead and
+    /// took its orders over, so it must stop (it no longer owns anything).
+    pub async fn beat(&self) -> anyhow::Result<bool> {
+        let beat = sqlx::query("UPDATE hubs SET beat_at = now() WHERE id = $1")
+            .bind(&*self.hub)
+            .execute(&self.pool)
+            .await?;
+        Ok(beat.rows_affected() == 1)
+    }
+
+    /// Takes over the open orders of every hub silent for `dead_after`; each
+    /// dead hub is taken over by exactly one hub. Returns the orders taken.
+    pub async fn take_over_dead_hubs(
+        &self,
+        dead_after: Duration,
+    ) -> anyhow::Result<Vec<(String, Vec<StoredOrder>)>> {
+        let dead: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM hubs WHERE id <> $1 AND beat_at < now() - make_interval(secs => $2)",
+        )
+        .bind(&*self.hub)
+        .bind(dead_after.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut taken = Vec::new();
+        for hub in dead {
+            let mut tx = self.pool.begin().await?;
+            let gone = sqlx::query(
+                "DELETE FROM hubs WHERE id = $1 AND beat_at < now() - make_interval(secs => $2)",
+            )
+            .bind(&hub)
+            .bind(dead_after.as_secs_f64())
+            .execute(&mut *tx)
+            .await?;
+            if gone.rows_affected() == 0 {
+                continue; // another hub was first, or it came back
+            }
+            let orders = self
+                .take(
+                    &mut tx,
+                    "UPDATE orders SET hub = $1, version = version + 1
+                     WHERE hub = $2 AND state <> 'delivered'
+                     RETURNING store, order_id",
+                    &hub,
+                )
+                .await?;
+            tx.commit().await?;
+            taken.push((hub, orders));
+        }
+        Ok(taken)
+    }
+
+    /// Takes up to `limit` orders that have waited `ready` at other hubs for
+    /// `waited` (their hubs have no driver free), oldest first.
+    pub async fn take_waiting(
+        &self,
+        limit: usize,
+        waited: Duration,
+    ) -> anyhow::Result<Vec<StoredOrder>> {
+        let mut tx = self.pool.begin().await?;
+        let keys: Vec<(String, String)> = sqlx::query_as(
+            "WITH waiting AS (
+                SELECT store, order_id FROM orders
+                WHERE state = 'ready' AND hub IS DISTINCT FROM $1
+                  AND updated_at < now() - make_interval(secs => $2)
+                ORDER BY seq LIMIT $3
+                FOR UPDATE SKIP LOCKED)
+             UPDATE orders o SET hub = $1, version = o.version + 1
+             FROM waiting w WHERE o.store = w.store AND o.order_id = w.order_id
+             RETURNING o.store, o.order_id",
+        )
+        .bind(&*self.hub)
+        .bind(waited.as_secs_f64())
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let orders = read_orders(&mut tx, keys).await?;
+        tx.commit().await?;
+        Ok(orders)
+    }
+
+    /// Takes the packages `driver` holds at other hubs: it has just
+    /// connected here.
+    pub async fn claim_driver(&self, driver: &DriverName) -> anyhow::Result<Vec<StoredOrder>> {
+        let mut tx = self.pool.begin().await?;
+        let orders = self
+            .take(
+                &mut tx,
+                "UPDATE orders SET hub = $1, version = version + 1
+                 WHERE driver = $2 AND state IN ('assigned', 'in-transit')
+                   AND hub IS DISTINCT FROM $1
+                 RETURNING store, order_id",
+                &driver_column(&DriverKey::Named(driver.clone())),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(orders)
+    }
+
+    /// Runs an ownership update (`$1` this hub, `$2` the argument) and reads
+    /// back the orders it moved.
+    async fn take(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        update: &'static str,
+        argument: &str,
+    ) -> anyhow::Result<Vec<StoredOrder>> {
+        let keys: Vec<(String, String)> = sqlx::query_as(update)
+            .bind(&*self.hub)
+            .bind(argument)
+            .fetch_all(&mut **tx)
+            .await?;
+        read_orders(tx, keys).await
+    }
+
+    /// Delivery notices queued since `since` for `store`, oldest first.
+    pub async fn notices_since(
+        &self,
+        store: &StoreId,
+        since: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<StoredNotice>> {
+        notices_of(&self.pool, store, Some(since)).await
+    }
+}
+
+/// Runs `work` on `runtime` and waits for it: from a plain thread, or from a
+/// worker of the hub's own runtime (which then lets its other tasks move to
+/// another worker while this one waits).
+fn wait_on<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    work: impl Future<Output = T> + Send + 'static,
+) -> T {
+    let (done, outcome) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let _ = done.send(work.await);
+    });
+    let receive = move || outcome.recv().expect("the database runtime stopped");
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(receive)
+        }
+        _ => receive(),
+    }
+}
+
+/// The database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SCHEMA_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS caps_schema (version BIGINT NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    let version: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM caps_schema")
+        .fetch_one(&mut *tx)
+        .await?;
+    let version = version.unwrap_or(0);
+    if version > SCHEMA_VERSION {
+        bail!(
+            "refusing the database: it was written by a newer caps (schema version {version}; this build knows up to {SCHEMA_VERSION}); nothing was changed"
+        );
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let number = index as i64 + 1;
+        sqlx::raw_sql(*migration)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("applying schema migration {number}"))?;
+        sqlx::query("DELETE FROM caps_schema")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO caps_schema (version) VALUES ($1)")
+            .bind(number)
+            .execute(&mut *tx)
+            .await?;
+        log::info!("database schema migrated to version {number}");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Registers hub `hub` (again, if it restarts) and returns its slot.
+async fn register(pool: &PgPool, hub: &str) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SCHEMA_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let slot: Option<i32> = sqlx::query_scalar(
+        "INSERT INTO hubs (id, slot, started_at, beat_at)
+         SELECT $1, min(s), now(), now() FROM generate_series(0, $2 - 1) s
+         WHERE s NOT IN (SELECT slot FROM hubs)
+         ON CONFLICT (id) DO UPDATE SET started_at = now(), beat_at = now()
+         RETURNING slot",
+    )
+    .bind(hub)
+    .bind(SLOTS as i32)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    match slot {
+        Some(slot) => Ok(slot as u64),
+        None => bail!("the group has {SLOTS} hubs already"),
+    }
+}
+
+/// The columns [`read_order`] reads, in its order.
+const ORDER_COLUMNS: &str = "store, order_id, seq, customer, address, state, driver, \
+     told_in_transit, (extract(epoch FROM updated_at) * 1000000)::BIGINT, version, digest";
+
+fn read_order(row: &PgRow) -> anyhow::Result<StoredOrder> {
+    let store: String = row.try_get(0)?;
+    let order_id: String = row.try_get(1)?;
+    let seq: i64 = row.try_get(2)?;
+    let customer: String = row.try_get(3)?;
+    let address: String = row.try_get(4)?;
+    let state: String = row.try_get(5)?;
+    let driver: Option<String> = row.try_get(6)?;
+    let told_in_transit: bool = row.try_get(7)?;
+    let since: i64 = row.try_get(8)?;
+    let version: i64 = row.try_get(9)?;
+    let digest: Option<String> = row.try_get(10)?;
+    let state = parse_state(&state).with_context(|| format!("unknown order state {state:?}"))?;
+    let order = match &digest {
+        Some(_) => order_from(store, order_id, REMOVED.into(), REMOVED.into())?,
+        None => order_from(store, order_id, customer, address)?,
+    };
+    Ok(StoredOrder {
+        order,
+        digest,
+        seq: seq as u64,
+        state,
+        driver: driver.as_deref().and_then(driver_from_column),
+        told_in_transit,
+        version: version as u64,
+        since: DateTime::from_timestamp_micros(since).unwrap_or_else(Utc::now),
+        history: Vec::new(),
+    })
+}
+
+/// Every state `key` entered, oldest first.
+async fn history<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    key: &OrderKey,
+) -> anyhow::Result<Vec<Transition>> {
+    let rows = sqlx::query(
+        "SELECT state, driver, (extract(epoch FROM at) * 1000000)::BIGINT
+         FROM transitions WHERE store = $1 AND order_id = $2 ORDER BY id",
+    )
+    .bind(key.store.as_str())
+    .bind(key.order_id.as_str())
+    .fetch_all(conn)
+    .await?;
+    let mut steps = Vec::new();
+    for row in rows {
+        let state: String = row.try_get(0)?;
+        let driver: Option<String> = row.try_get(1)?;
+        let at: i64 = row.try_get(2)?;
+        if let Some(state) = parse_state(&state) {
+            steps.push(Transition {
+                state,
+                driver: driver.as_deref().and_then(driver_from_column),
+                at: DateTime::from_timestamp_micros(at).unwrap_or_else(Utc::now),
+            });
+        }
+    }
+    Ok(steps)
+}
+
+/// The orders `keys` with their histories, read in `tx`.
+async fn read_orders(
+    tx: &mut Transaction<'static, Postgres>,
+    keys: Vec<(String, String)>,
+) -> anyhow::Result<Vec<StoredOrder>> {
+    let mut orders = Vec::with_capacity(keys.len());
+    for (store, order_id) in keys {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE store = $1 AND order_id = $2"
+        )))
+        .bind(&store)
+        .bind(&order_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        let mut order = read_order(&row)?;
+        order.history = history(&mut **tx, &OrderKey::of(&order.order)).await?;
+        orders.push(order);
+    }
+    orders.sort_by_key(|order| order.seq);
+    Ok(orders)
+}
+
+async fn notices_of(
+    pool: &PgPool,
+    store: &StoreId,
+    since: Option<DateTime<Utc>>,
+) -> anyhow::Result<Vec<StoredNotice>> {
+    let rows = sqlx::query(
+        "SELECT n.message_id, o.store, o.order_id, o.customer, o.address
+         FROM notices n JOIN orders o ON o.store = n.store AND o.order_id = n.order_id
+         WHERE n.store = $1 AND ($2::TEXT IS NULL OR n.queued_at >= $2::TIMESTAMPTZ)
+         ORDER BY n.id",
+    )
+    .bind(store.as_str())
+    .bind(since.map(|since| since.to_rfc3339()))
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(StoredNotice {
+                message_id: MessageId::new(row.try_get::<String, _>(0)?)
+                    .map_err(anyhow::Error::msg)?,
+                order: order_from(
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                    row.try_get(4)?,
+                )?,
+            })
+        })
+        .collect()
+}
+
+/// The journal's backend on the group's database.
+pub struct PgBackend {
+    pg: Pg,
+}
+
+impl PgBackend {
+    /// The backend of hub `pg`.
+    pub fn new(pg: Pg) -> Self {
+        PgBackend { pg }
+    }
+}
+
+/// Whether a failed commit may be tried again: the database was away or
+/// faulted, rather than refusing the statements. Trying a batch again is
+/// safe: its changes are conditional, so one that did commit before the
+/// answer was lost is refused the second time, not doubled.
+fn transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(error) => {
+            // Integrity (23) and syntax or access (42) errors will not pass
+            // by waiting.
+            !error
+                .code()
+                .is_some_and(|code| code.starts_with("23") || code.starts_with("42"))
+        }
+        _ => true,
+    }
+}
+
+impl Backend for PgBackend {
+    fn load(&mut self) -> anyhow::Result<Snapshot> {
+        let pg = self.pg.clone();
+        self.pg.wait(async move {
+            let pool = &pg.pool;
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {ORDER_COLUMNS} FROM orders
+                 WHERE hub = $1 AND state <> 'delivered' ORDER BY seq"
+            )))
+            .bind(&*pg.hub)
+            .fetch_all(pool)
+            .await?;
+            let mut orders = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let mut order = read_order(row)?;
+                order.history = history(pool, &OrderKey::of(&order.order)).await?;
+                orders.push(order);
+            }
+            let delivered_total: i64 =
+                sqlx::query_scalar("SELECT coalesce(sum(delivered), 0)::BIGINT FROM deliveries")
+                    .fetch_one(pool)
+                    .await?;
+            let highest: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM orders")
+                .fetch_one(pool)
+                .await?;
+            let round = highest.map_or(0, |seq| seq as u64 / SLOTS + 1);
+            let queue_counts: Vec<(String, i64)> =
+                sqlx::query_as("SELECT store, count(*) FROM notices GROUP BY store ORDER BY store")
+                    .fetch_all(pool)
+                    .await?;
+            Ok(Snapshot {
+                orders,
+                delivered_total: delivered_total as u64,
+                next_seq: round * SLOTS + pg.slot,
+                seq_stride: SLOTS,
+                queue_counts: queue_counts
+                    .into_iter()
+                    .map(|(store, count)| {
+                        Ok((
+                            StoreId::new(store).map_err(anyhow::Error::msg)?,
+                            count as u64,
+                        ))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+            })
+        })
+    }
+
+    fn records(&self) -> anyhow::Result<Box<dyn Records>> {
+        Ok(Box::new(PgRecords {
+            pg: self.pg.clone(),
+        }))
+    }
+
+    fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Vec<u64>> {
+        let began = std::time::Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let pg = self.pg.clone();
+            let batch = steps.to_vec();
+            match self.pg.wait(async move { commit_batch(&pg, &batch).await }) {
+                Ok(refused) => return Ok(refused),
+                Err(error) if transient(&error) && began.elapsed() < OUTAGE_LIMIT => {
+                    log::warn!("cannot commit to the database ({error}); trying again");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => {
+                    return Err(anyhow::Error::new(error).context("committing to the database"));
+                }
+            }
+        }
+    }
+
+    fn close(&mut self) -> anyhow::Result<()> {
+        // Let the group take this hub's open orders over at once, rather
+        // than after it is found silent.
+        let pg = self.pg.clone();
+        self.pg.wait(async move {
+            sqlx::query("UPDATE hubs SET beat_at = 'epoch' WHERE id = $1")
+                .bind(&*pg.hub)
+                .execute(&pg.pool)
+                .await
+                .context("leaving the group")?;
+            anyhow::Ok(())
+        })
+    }
+
+    fn compact(&mut self, delivered_before: DateTime<Utc>, limit: usize) -> anyhow::Result<usize> {
+        let pg = self.pg.clone();
+        self.pg.wait(async move {
+            let mut tx = pg.pool.begin().await?;
+            let old: Vec<(String, String, String, String)> = sqlx::query_as(
+                "SELECT store, order_id, customer, address FROM orders
+                 WHERE state = 'delivered' AND digest IS NULL AND updated_at < $1::TIMESTAMPTZ
+                 ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(delivered_before.to_rfc3339())
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (store, order_id, customer, address) in &old {
+                sqlx::query(
+                    "UPDATE orders SET customer = '', address = '', digest = $3
+                     WHERE store = $1 AND order_id = $2",
+                )
+                .bind(store)
+                .bind(order_id)
+                .bind(payload_digest(customer, address))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM transitions WHERE store = $1 AND order_id = $2")
+                    .bind(store)
+                    .bind(order_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await.context("compacting the database")?;
+            Ok(old.len())
+        })
+    }
+}
+
+/// Commits `steps` in one transaction: first all together; if a condition
+/// fails, again with each step in a savepoint, leaving refused ones out.
+async fn commit_batch(pg: &Pg, steps: &[Step]) -> Result<Vec<u64>, sqlx::Error> {
+    {
+        let mut tx = pg.pool.begin().await?;
+        let mut held = true;
+        for step in steps {
+            if !apply(&mut tx, &pg.hub, &step.changes).await? {
+                held = false;
+                break;
+            }
+        }
+        if held {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        tx.rollback().await?;
+    }
+    let mut tx = pg.pool.begin().await?;
+    let mut refused = Vec::new();
+    for step in steps {
+        let mut savepoint = tx.begin().await?;
+        if apply(&mut savepoint, &pg.hub, &step.changes).await? {
+            savepoint.commit().await?;
+        } else {
+            savepoint.rollback().await?;
+            refused.push(step.seq);
+        }
+    }
+    tx.commit().await?;
+    Ok(refused)
+}
+
+/// Applies one step's changes as hub `hub`; `false` if a condition failed.
+async fn apply(tx: &mut PgConnection, hub: &str, changes: &[Change]) -> Result<bool, sqlx::Error> {
+    for change in changes {
+        match change {
+            Change::NewOrder { order, seq, at } => {
+                let inserted = sqlx::query(
+                    "INSERT INTO orders (store, order_id, seq, customer, address, state, updated_at, version, hub)
+                     VALUES ($1, $2, $3, $4, $5, 'ready', $6::TIMESTAMPTZ, 1, $7) ON CONFLICT DO NOTHING",
+                )
+                .bind(order.store.as_str())
+                .bind(order.order_id.as_str())
+                .bind(*seq as i64)
+                .bind(order.customer.as_str())
+                .bind(order.address.as_str())
+                .bind(at.to_rfc3339())
+                .bind(hub)
+                .execute(&mut *tx)
+                .await?;
+                if inserted.rows_affected() == 0 {
+                    log::warn!(
+                        "not recording store={} order={}: already recorded",
+                        order.store,
+                        order.order_id
+                    );
+                    return Ok(false);
+                }
+                record_transition(tx, &OrderKey::of(order), OrderState::Ready, None, at).await?;
+            }
+            Change::Transition {
+                key,
+                version,
+                state,
+                driver,
+                told_in_transit,
+                at,
+            } => {
+                let driver = driver.as_ref().map(driver_column);
+                let updated = sqlx::query(
+                    "UPDATE orders SET state = $3, driver = $4, told_in_transit = $5,
+                            updated_at = $6::TIMESTAMPTZ, version = version + 1
+                     WHERE store = $1 AND order_id = $2 AND version = $7 AND hub = $8",
+                )
+                .bind(key.store.as_str())
+                .bind(key.order_id.as_str())
+                .bind(state.name())
+                .bind(driver.as_deref())
+                .bind(*told_in_transit)
+                .bind(at.to_rfc3339())
+                .bind(*version as i64)
+                .bind(hub)
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() == 0 {
+                    log::warn!(
+                        "not recording {key} {state}: it is no longer at version {version} on this hub"
+                    );
+                    return Ok(false);
+                }
+                record_transition(tx, key, *state, driver.as_deref(), at).await?;
+                if *state == OrderState::Delivered {
+                    sqlx::query(
+                        "INSERT INTO deliveries (hub, delivered) VALUES ($1, 1)
+                         ON CONFLICT (hub) DO UPDATE SET delivered = deliveries.delivered + 1",
+                    )
+                    .bind(hub)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            Change::NoticeQueued {
+                message_id,
+                order,
+                at,
+            } => {
+                sqlx::query(
+                    "INSERT INTO notices (message_id, store, order_id, queued_at)
+                     VALUES ($1, $2, $3, $4::TIMESTAMPTZ) ON CONFLICT DO NOTHING",
+                )
+                .bind(message_id.as_str())
+                .bind(order.store.as_str())
+                .bind(order.order_id.as_str())
+                .bind(at.to_rfc3339())
+                .execute(&mut *tx)
+                .await?;
+            }
+            Change::NoticeRemoved { message_id } => {
+                sqlx::query("DELETE FROM notices WHERE message_id = $1")
+                    .bind(message_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Change::NoticesTrimmed { store, keep } => {
+                sqlx::query(
+                    "DELETE FROM notices WHERE store = $1 AND id NOT IN (
+                         SELECT id FROM notices WHERE store = $1 ORDER BY id DESC LIMIT $2)",
+                )
+                .bind(store.as_str())
+                .bind(*keep as i64)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    Ok(true)
+}
+
+async fn record_transition(
+    tx: &mut PgConnection,
+    key: &OrderKey,
+    state: OrderState,
+    driver: Option<&str>,
+    at: &DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO transitions (store, order_id, state, driver, at)
+         VALUES ($1, $2, $3, $4, $5::TIMESTAMPTZ)",
+    )
+    .bind(key.store.as_str())
+    .bind(key.order_id.as_str())
+    .bind(state.name())
+    .bind(driver)
+    .bind(at.to_rfc3339())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Reads of the group's committed orders.
+struct PgRecords {
+    pg: Pg,
+}
+
+impl PgRecords {
+    /// Runs `read` with the pool and waits for it.
+    fn read<T: Send + 'static, F>(&self, read: impl FnOnce(Pg) -> F) -> anyhow::Result<T>
+    where
+        F: Future<Output = anyhow::Result<T>> + Send + 'static,
+    {
+        self.pg.wait(read(self.pg.clone()))
+    }
+}
+
+impl Records for PgRecords {
+    fn order(&self, key: &OrderKey) -> anyhow::Result<Option<StoredOrder>> {
+        let key = key.clone();
+        self.read(|pg| async move { order_of(&pg, &key, false).await })
+    }
+
+    fn held(&self, key: &OrderKey) -> anyhow::Result<Option<StoredOrder>> {
+        let key = key.clone();
+        self.read(|pg| async move { order_of(&pg, &key, true).await })
+    }
+
+    fn stores_of(&self, order_id: &OrderId) -> anyhow::Result<Vec<StoreId>> {
+        let order_id = order_id.clone();
+        self.read(|pg| async move {
+            let stores: Vec<String> =
+                sqlx::query_scalar("SELECT store FROM orders WHERE order_id = $1 ORDER BY store")
+                    .bind(order_id.as_str())
+                    .fetch_all(&pg.pool)
+                    .await?;
+            stores
+                .into_iter()
+                .map(|store| StoreId::new(store).map_err(anyhow::Error::msg))
+                .collect()
+        })
+    }
+
+    fn page(&self, query: &OrderQuery) -> anyhow::Result<Vec<StoredOrder>> {
+        let query = query.clone();
+        self.read(|pg| async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {ORDER_COLUMNS} FROM orders
+                 WHERE seq > $1 AND ($2::TEXT IS NULL OR store = $2)
+                   AND ($3::TEXT IS NULL OR state = $3)
+                 ORDER BY seq LIMIT $4"
+            )))
+            .bind(query.after.map_or(-1, |after| after as i64))
+            .bind(query.store.as_ref().map(StoreId::as_str))
+            .bind(query.state.map(OrderState::name))
+            .bind(query.limit as i64)
+            .fetch_all(&pg.pool)
+            .await?;
+            rows.iter().map(read_order).collect()
+        })
+    }
+
+    fn notices(&self, store: &StoreId) -> anyhow::Result<Vec<StoredNotice>> {
+        let store = store.clone();
+        self.read(|pg| async move { notices_of(&pg.pool, &store, None).await })
+    }
+
+    fn notice_id(&self, store: &StoreId, id: &str) -> anyhow::Result<Option<MessageId>> {
+        let (store, id) = (store.clone(), id.to_owned());
+        self.read(|pg| async move {
+            let found: Option<String> = sqlx::query_scalar(
+                "(SELECT message_id FROM notices WHERE message_id = $2 AND store = $1)
+                 UNION ALL
+                 (SELECT message_id FROM notices WHERE store = $1 AND order_id = $2)
+                 LIMIT 1",
+            )
+            .bind(store.as_str())
+            .bind(&id)
+            .fetch_optional(&pg.pool)
+            .await?;
+            found
+                .map(|id| MessageId::new(id).map_err(anyhow::Error::msg))
+                .transpose()
+        })
+    }
+
+    fn open_orders(&self, limit: usize) -> anyhow::Result<Vec<StoredOrder>> {
+        self.read(|pg| async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE state <> 'delivered' ORDER BY seq LIMIT $1"
+            )))
+            .bind(limit as i64)
+            .fetch_all(&pg.pool)
+            .await?;
+            rows.iter().map(read_order).collect()
+        })
+    }
+
+    fn counts(&self) -> anyhow::Result<OrderCounts> {
+        self.read(|pg| async move {
+            let open: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT state, count(*) FROM orders WHERE state <> 'delivered' GROUP BY state",
+            )
+            .fetch_all(&pg.pool)
+            .await?;
+            let mut counts = OrderCounts::default();
+            for (state, count) in open {
+                let count = count as u64;
+                match parse_state(&state) {
+                    Some(OrderState::Ready) => counts.ready = count,
+                    Some(OrderState::Assigned) => counts.assigned = count,
+                    Some(OrderState::InTransit) => counts.in_transit = count,
+                    Some(OrderState::Delivered) | None => {}
+                }
+            }
+            let delivered: i64 =
+                sqlx::query_scalar("SELECT coalesce(sum(delivered), 0)::BIGINT FROM deliveries")
+                    .fetch_one(&pg.pool)
+                    .await?;
+            counts.delivered = delivered as u64;
+            Ok(counts)
+        })
+    }
+
+    fn queues(&self) -> anyhow::Result<Vec<(StoreId, u64)>> {
+        self.read(|pg| async move {
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as("SELECT store, count(*) FROM notices GROUP BY store ORDER BY store")
+                    .fetch_all(&pg.pool)
+                    .await?;
+            rows.into_iter()
+                .map(|(store, count)| {
+                    Ok((
+                        StoreId::new(store).map_err(anyhow::Error::msg)?,
+                        count as u64,
+                    ))
+                })
+                .collect()
+        })
+    }
+}
+
+/// One order with its history; with `held`, only if this hub may act on it
+/// (it owns the order, or the order is delivered and so nobody's).
+async fn order_of(pg: &Pg, key: &OrderKey, held: bool) -> anyhow::Result<Option<StoredOrder>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE store = $1 AND order_id = $2
+           AND (NOT $3 OR state = 'delivered' OR hub = $4)"
+    )))
+    .bind(key.store.as_str())
+    .bind(key.order_id.as_str())
+    .bind(held)
+    .bind(&*pg.hub)
+    .fetch_optional(&pg.pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let mut order = read_order(&row)?;
+    order.history = history(&pg.pool, key).await?;
+    Ok(Some(order))
+}

@@ -1,0 +1,161 @@
+//! Several hubs as one, on a private PostgreSQL cluster: the built binary's
+//! hubs, vendors and drivers as child processes, each hub on its own port.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::postgres::PgCluster;
+use common::{Proc, driver, ids_after, start_hub_with, vendor};
+
+const PLACED: &str = "VENDOR: order ";
+const THANKS: &str = "VENDOR: Thank you for delivering ";
+
+/// Hub `id` of the group on `cluster`, quick to notice a silent hub and to
+/// take orders waiting elsewhere.
+fn group_hub(cluster: &PgCluster, id: &str, extra: &[&str]) -> (Proc, String) {
+    let url = cluster.url();
+    let mut args = vec![
+        "--port",
+        "0",
+        "--database",
+        &url,
+        "--hub-id",
+        id,
+        "--hub-dead-after",
+        "2s",
+        "--take-after",
+        "100ms",
+    ];
+    args.extend_from_slice(extra);
+    start_hub_with(&args)
+}
+
+/// How often each id was thanked.
+fn thanks(vendor: &Proc) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for id in ids_after(&vendor.stdout(), THANKS) {
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The vendor exits 0 within `limit`, having thanked each order it placed
+/// exactly once; returns the ids.
+fn placed_and_thanked_once(
+    vendor: &mut Proc,
+    limit: Duration,
+    others: &[&Proc],
+) -> HashSet<String> {
+    let status = vendor.wait_exit_within(limit, others);
+    assert!(status.success(), "vendor failed\n{}", vendor.describe());
+    let placed: HashSet<String> = ids_after(&vendor.stdout(), PLACED).into_iter().collect();
+    let thanked = thanks(vendor);
+    assert!(
+        thanked.values().all(|n| *n == 1),
+        "thanked twice: {thanked:?}"
+    );
+    assert_eq!(
+        thanked.into_keys().collect::<HashSet<_>>(),
+        placed,
+        "thanked for other orders than placed"
+    );
+    placed
+}
+
+/// The group's invariants, in SQL: nothing open, one `delivered` transition
+/// per order, each delivered order with a driver, and no notice queued.
+fn assert_group_settled(cluster: &PgCluster, orders: usize) {
+    assert_eq!(
+        cluster.query("SELECT count(*) FROM orders WHERE state <> 'delivered'"),
+        "0",
+        "orders left open: {}",
+        cluster.query(
+            "SELECT store, order_id, state, driver, hub FROM orders WHERE state <> 'delivered'"
+        )
+    );
+    assert_eq!(
+        cluster.query("SELECT count(*) FROM orders"),
+        orders.to_string()
+    );
+    assert_eq!(
+        cluster.query(
+            "SELECT count(*) FROM (SELECT store, order_id FROM transitions
+             WHERE state = 'delivered' GROUP BY store, order_id HAVING count(*) <> 1) AS twice"
+        ),
+        "0",
+        "a delivered transition recorded twice"
+    );
+    assert_eq!(
+        cluster.query(
+            "SELECT count(DISTINCT (store, order_id)) FROM transitions WHERE state = 'delivered'"
+        ),
+        orders.to_string()
+    );
+    assert_eq!(
+        cluster.query("SELECT count(*) FROM orders WHERE driver IS NULL"),
+        "0",
+        "a delivered order without its driver"
+    );
+    assert_eq!(
+        cluster.query("SELECT count(*) FROM notices"),
+        "0",
+        "notices left queued"
+    );
+}
+
+#[test]
+fn a_vendor_on_one_hub_hears_deliveries_made_on_another_live_and_with_the_bridge_cut() {
+    let cluster = PgCluster::start();
+    let (hub_a, url_a) = group_hub(&cluster, "a", &[]);
+    let (hub_b, url_b) = group_hub(&cluster, "b", &[]);
+    let dana = driver(&url_b, "dana", "1ms", "1ms", &[]);
+    dana.wait_for_log("connected");
+
+    // Live: the vendor never re-sends within the test, so every thank-you
+    // came through the bridge from hub B.
+    let mut live = vendor(&url_a, "acme", "20ms", 20, &["--resend-after", "10m"]);
+    let first =
+        placed_and_thanked_once(&mut live, Duration::from_secs(30), &[&hub_a, &hub_b, &dana]);
+    assert_eq!(first.len(), 20);
+
+    // The bridge's listeners are cut again and again: deliveries still
+    // arrive (the queue is the truth: a listener that comes back re-sends
+    // what was queued meanwhile, and an order the vendor sends again is
+    // answered with its notice).
+    let cutting = AtomicBool::new(true);
+    let cuts = std::thread::scope(|scope| {
+        let cutter = scope.spawn(|| {
+            let mut cuts = 0;
+            while cutting.load(Ordering::Relaxed) {
+                let cut = cluster.query(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                     WHERE query LIKE 'LISTEN%'",
+                );
+                cuts += cut.parse::<usize>().unwrap_or(0);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            cuts
+        });
+        let mut cut = vendor(&url_a, "bolt", "20ms", 20, &["--resend-after", "1s"]);
+        let second =
+            placed_and_thanked_once(&mut cut, Duration::from_secs(60), &[&hub_a, &hub_b, &dana]);
+        assert_eq!(second.len(), 20);
+        cutting.store(false, Ordering::Relaxed);
+        cutter.join().unwrap()
+    });
+    assert!(cuts >= 2, "the listeners were cut {cuts} times");
+    hub_a.wait_for_log("the bridge lost its connection");
+
+    // Afterwards the bridge carries deliveries live again.
+    let mut after = vendor(&url_a, "cora", "20ms", 10, &["--resend-after", "10m"]);
+    let third = placed_and_thanked_once(
+        &mut after,
+        Duration::from_secs(30),
+        &[&hub_a, &hub_b, &dana],
+    );
+    assert_eq!(third.len(), 10);
+    assert_group_settled(&cluster, 50);
+}
