@@ -301,9 +301,9 @@ pub(super) struct ReclaimArgs {
 /// How a vendor or driver reaches its hub.
 #[derive(Debug, Args)]
 pub(super) struct LinkArgs {
-    /// The hub's URL; a trailing `/caps` (the namespace, as the lab writes it) is accepted.
-    #[arg(long, env = "CAPS_HUB", default_value = "http://127.0.0.1:3000", value_parser = parse_hub_url)]
-    pub(super) hub: String,
+    /// The hub's URL; a trailing `/caps` (the namespace, as the lab writes it) is accepted. Several, comma-separated (the hubs of one group): the client moves to the next when it cannot reach or loses the one it is on.
+    #[arg(long, env = "CAPS_HUB", default_value = "http://127.0.0.1:3000", value_delimiter = ',', value_parser = parse_hub_url)]
+    pub(super) hub: Vec<String>,
     /// How long to keep trying to reach the hub at start before giving up.
     #[arg(long, env = "CAPS_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(super) connect_timeout: Duration,

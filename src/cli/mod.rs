@@ -31,7 +31,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vendor(args) => {
             let config = VendorConfig {
                 token: args.link.token_source(),
-                hub_url: args.link.hub,
+                hubs: args.link.hub,
                 connect_timeout: args.link.connect_timeout,
                 store: args.store,
                 interval: args.interval,
@@ -59,7 +59,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let config = DriverConfig {
                 token: args.link.token_source(),
-                hub_url: args.link.hub,
+                hubs: args.link.hub,
                 connect_timeout: args.link.connect_timeout,
                 name,
                 capacity: Some(args.capacity),

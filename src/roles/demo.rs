@@ -57,7 +57,7 @@ pub async fn run(config: DemoConfig, shutdown: impl Future<Output = ()>) -> anyh
     for index in 0..config.drivers {
         let name = pick_name(&DRIVERS, index, "driver");
         let driver_config = DriverConfig {
-            hub_url: hub_url.clone(),
+            hubs: vec![hub_url.clone()],
             connect_timeout: Duration::from_secs(10),
             token: None,
             name: DriverName::new(name.clone()).map_err(anyhow::Error::msg)?,
@@ -75,7 +75,7 @@ pub async fn run(config: DemoConfig, shutdown: impl Future<Output = ()>) -> anyh
     for index in 0..config.vendors {
         let store = pick_name(&STORES, index, "store");
         let vendor_config = VendorConfig {
-            hub_url: hub_url.clone(),
+            hubs: vec![hub_url.clone()],
             connect_timeout: Duration::from_secs(10),
             token: None,
             store: StoreId::new(store.clone()).map_err(anyhow::Error::msg)?,

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use futures_util::FutureExt;
-use rust_socketio::Payload;
 use rust_socketio::asynchronous::{Client, ClientBuilder};
+use rust_socketio::{Payload, TransportType};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout_at};
@@ -61,8 +61,10 @@ const OUTBOX_LIMIT: usize = 10_000;
 /// How to reach a hub.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// The hub's base URL, e.g. `http://127.0.0.1:3000` (the namespace is added).
-    pub hub_url: String,
+    /// The hub's base URL, e.g. `http://127.0.0.1:3000` (the namespace is
+    /// added); with several (the hubs of one group), the link moves to the
+    /// next whenever it cannot reach or loses the one it is on.
+    pub hubs: Vec<String>,
     /// Who we are, sent in the handshake `auth`.
     pub handshake: Handshake,
     /// How long the first connection may take, retries included.
@@ -81,6 +83,21 @@ pub enum TokenSource {
     /// The token in this file, read again at every (re)connection, so that
     /// whoever renews it renews the client's identity.
     File(std::path::PathBuf),
+}
+
+impl LinkConfig {
+    /// The hub to try at attempt `n`: each in turn.
+    fn hub(&self, n: u64) -> &str {
+        match self.hubs.len() {
+            0 => "",
+            len => &self.hubs[(n % len as u64) as usize],
+        }
+    }
+
+    /// The hubs, for messages.
+    pub fn hubs_named(&self) -> String {
+        self.hubs.join(",")
+    }
 }
 
 impl TokenSource {
@@ -211,6 +228,7 @@ impl HubLink {
     ) -> anyhow::Result<(HubLink, mpsc::UnboundedReceiver<Inbound>)> {
         let deadline = Instant::now() + config.connect_timeout;
         let mut delay = Duration::from_millis(100);
+        let mut attempt_number = 0;
         loop {
             let (events, mut inbound) = mpsc::unbounded_channel();
             let shared = Arc::new(Shared {
@@ -219,7 +237,9 @@ impl HubLink {
                 slot: Mutex::new(Slot::default()),
                 generation: AtomicU64::new(0),
             });
-            let attempt = timeout_at(deadline, builder(&shared, 0).connect()).await;
+            let hub = config.hub(attempt_number);
+            attempt_number += 1;
+            let attempt = timeout_at(deadline, builder(&shared, 0, hub).connect()).await;
             let error = match attempt {
                 Err(_elapsed) => anyhow!("timed out"),
                 Ok(Err(error)) => anyhow!(error),
@@ -231,8 +251,7 @@ impl HubLink {
                         if let Some(client) = client {
                             let _ = client.disconnect().await;
                         }
-                        return Err(error)
-                            .with_context(|| format!("cannot join {}{NAMESPACE}", config.hub_url));
+                        return Err(error).with_context(|| format!("cannot join {hub}{NAMESPACE}"));
                     }
                     let link = HubLink {
                         shared,
@@ -248,11 +267,11 @@ impl HubLink {
             if Instant::now() + delay >= deadline {
                 bail!(
                     "cannot reach hub at {} within {}: {error}",
-                    config.hub_url,
+                    config.hubs_named(),
                     humantime::format_duration(config.connect_timeout)
                 );
             }
-            log::debug!("hub not reachable yet ({error}); retrying in {delay:?}");
+            log::debug!("hub {hub} not reachable yet ({error}); retrying in {delay:?}");
             sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }
@@ -388,7 +407,7 @@ async fn wait_for_open(
 
 /// A rust_socketio builder for build `generation` of the link's client,
 /// whose callbacks forward into the link's channel while it is in use.
-fn builder(shared: &Arc<Shared>, generation: u64) -> ClientBuilder {
+fn builder(shared: &Arc<Shared>, generation: u64, hub: &str) -> ClientBuilder {
     let config = &shared.config;
     let mut handshake = config.handshake.clone();
     if let Some(token) = config.token.as_ref().and_then(TokenSource::current) {
@@ -396,8 +415,12 @@ fn builder(shared: &Arc<Shared>, generation: u64) -> ClientBuilder {
     }
     let presented = handshake.token.clone();
     let handshake = serde_json::to_value(&handshake).unwrap_or_default();
-    let mut builder = ClientBuilder::new(config.hub_url.as_str())
+    let mut builder = ClientBuilder::new(hub)
         .namespace(NAMESPACE)
+        // A WebSocket from the start: one connection per client, and no
+        // session a load balancer must keep on one hub of a group (a polling
+        // handshake upgraded later needs sticky sessions).
+        .transport_type(TransportType::Websocket)
         .auth(handshake)
         .reconnect(true)
         // A drop from the namespace is handled by rebuilding (see above).
@@ -435,6 +458,12 @@ fn builder(shared: &Arc<Shared>, generation: u64) -> ClientBuilder {
                 ))
             }
             Some(reason) => Inbound::ConnectRefused(connect_error_message(reason)),
+            // With other hubs of the group to go to, go rather than wait
+            // for this one to come back.
+            None if failed.config.hubs.len() > 1 => {
+                tokio::spawn(rebuild(Arc::clone(&failed), generation));
+                Inbound::ConnectionLost(format!("{text}; trying the next hub"))
+            }
             None => Inbound::ConnectionLost(text),
         };
         failed.forward(generation, inbound);
@@ -472,9 +501,10 @@ fn builder(shared: &Arc<Shared>, generation: u64) -> ClientBuilder {
     })
 }
 
-/// Replaces client `dropped` (which the hub dropped from the namespace) with
-/// a new one, trying with backoff until one connects; its `open` tells the
-/// role it is back.
+/// Replaces client `dropped` (which the hub dropped from the namespace, or
+/// whose hub went away while others of its group are listed) with a new
+/// one, trying with backoff until one connects; its `open` tells the role it
+/// is back.
 async fn rebuild(shared: Arc<Shared>, dropped: u64) {
     let next = dropped + 1;
     if shared
@@ -496,11 +526,15 @@ async fn rebuild(shared: Arc<Shared>, dropped: u64) {
         let _ = old.disconnect().await;
     }
     let mut delay = Duration::from_millis(100);
+    // The hub after the one we were on, then each in turn.
+    let mut attempt = next;
     loop {
         if !shared.is_current(next) {
             return;
         }
-        match builder(&shared, next).connect().await {
+        let hub = shared.config.hub(attempt);
+        attempt += 1;
+        match builder(&shared, next, hub).connect().await {
             Ok(client) => {
                 if shared.is_current(next) {
                     shared.install(next, client);

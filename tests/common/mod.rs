@@ -375,7 +375,7 @@ impl StoreWatcher {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let (ready, is_ready) = std::sync::mpsc::channel::<()>();
         let config = LinkConfig {
-            hub_url: url.to_owned(),
+            hubs: vec![url.to_owned()],
             handshake: Handshake::vendor(StoreId::new(store).unwrap()),
             connect_timeout: Duration::from_secs(10),
             listen: vec![Event::Pickup, Event::InTransit, Event::Delivered],

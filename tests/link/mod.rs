@@ -20,7 +20,7 @@ pub async fn connect(
     listen: Vec<Event>,
 ) -> (HubLink, UnboundedReceiver<Inbound>) {
     let config = LinkConfig {
-        hub_url: url.to_owned(),
+        hubs: vec![url.to_owned()],
         handshake,
         connect_timeout: WAIT,
         listen,

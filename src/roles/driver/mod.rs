@@ -37,7 +37,7 @@ const REMEMBERED_DELIVERIES: usize = 100_000;
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
     /// Where the hub is.
-    pub hub_url: String,
+    pub hubs: Vec<String>,
     /// How long the first connection may take.
     pub connect_timeout: Duration,
     /// A token (or a file to read it from), for a hub that requires one.
@@ -84,7 +84,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<u64> {
     let link_config = LinkConfig {
-        hub_url: config.hub_url.clone(),
+        hubs: config.hubs.clone(),
         handshake: Handshake::driver(config.name.clone(), config.capacity),
         connect_timeout: config.connect_timeout,
         token: config.token.clone(),
@@ -94,7 +94,7 @@ pub async fn run(
     log::info!(
         "driver connected name={} hub={}",
         config.name,
-        config.hub_url
+        config.hubs.join(",")
     );
 
     let mut timelines: JoinSet<Step> = JoinSet::new();

@@ -35,7 +35,7 @@ use ledger::Ledger;
 #[derive(Debug, Clone)]
 pub struct VendorConfig {
     /// Where the hub is.
-    pub hub_url: String,
+    pub hubs: Vec<String>,
     /// How long the first connection may take.
     pub connect_timeout: Duration,
     /// A token (or a file to read it from), for a hub that requires one.
@@ -79,7 +79,7 @@ pub async fn run(
         None => Ledger::in_memory(),
     };
     let link_config = LinkConfig {
-        hub_url: config.hub_url.clone(),
+        hubs: config.hubs.clone(),
         handshake: Handshake::vendor(config.store.clone()),
         connect_timeout: config.connect_timeout,
         token: config.token.clone(),
@@ -89,7 +89,7 @@ pub async fn run(
     log::info!(
         "vendor connected store={} hub={} placed_before={} outstanding={}",
         config.store,
-        config.hub_url,
+        config.hubs.join(","),
         ledger.placed(),
         ledger.outstanding_count()
     );
