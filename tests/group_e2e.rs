@@ -159,3 +159,137 @@ fn a_vendor_on_one_hub_hears_deliveries_made_on_another_live_and_with_the_bridge
     assert_eq!(third.len(), 10);
     assert_group_settled(&cluster, 50);
 }
+
+/// `urls` starting from the `first`-th: a client's own hub, then the others.
+fn hubs_from(urls: &[String], first: usize) -> String {
+    (0..urls.len())
+        .map(|i| urls[(first + i) % urls.len()].clone())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Three hubs, nine drivers and three vendors spread across them: every
+/// process at its default limits, the vendors with state files.
+struct Fleet {
+    hubs: Vec<Option<Proc>>,
+    urls: Vec<String>,
+    drivers: Vec<Proc>,
+    vendors: Vec<Proc>,
+    _state: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn start(cluster: &PgCluster, orders_per_vendor: usize) -> Fleet {
+        let mut hubs = Vec::new();
+        let mut urls = Vec::new();
+        for id in ["a", "b", "c"] {
+            let (hub, url) = group_hub(cluster, id, &[]);
+            hubs.push(Some(hub));
+            urls.push(url);
+        }
+        let drivers = (0..9)
+            .map(|i| {
+                let hub = hubs_from(&urls, i % 3);
+                driver(&hub, &format!("d{i}"), "1ms", "1ms", &[])
+            })
+            .collect();
+        let state = tempfile::tempdir().unwrap();
+        let vendors = (0..3)
+            .map(|i| {
+                let hub = hubs_from(&urls, i);
+                let file = state.path().join(format!("s{i}.state"));
+                vendor(
+                    &hub,
+                    &format!("s{i}"),
+                    "5ms",
+                    orders_per_vendor,
+                    &[
+                        "--resend-after",
+                        "5s",
+                        "--state-file",
+                        file.to_str().unwrap(),
+                    ],
+                )
+            })
+            .collect();
+        Fleet {
+            hubs,
+            urls,
+            drivers,
+            vendors,
+            _state: state,
+        }
+    }
+
+    fn thanked(&self) -> usize {
+        self.vendors.iter().map(|vendor| thanks(vendor).len()).sum()
+    }
+
+    fn wait_for_thanks(&self, at_least: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while self.thanked() < at_least {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than {at_least} thank-yous: {}\n{}",
+                self.thanked(),
+                self.describe()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.hubs
+            .iter()
+            .flatten()
+            .chain(&self.vendors)
+            .map(Proc::describe)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every vendor exits 0 with each order it placed thanked once; the
+    /// number of orders.
+    fn finish(&mut self) -> usize {
+        let others: Vec<&Proc> = self.hubs.iter().flatten().chain(&self.drivers).collect();
+        let mut orders = 0;
+        for vendor in &mut self.vendors {
+            orders += placed_and_thanked_once(vendor, Duration::from_secs(240), &others).len();
+        }
+        orders
+    }
+}
+
+#[test]
+#[ignore = "scale suite: make test"]
+fn three_hubs_lose_one_to_sigkill_and_every_order_is_delivered_once_by_one_driver() {
+    let cluster = PgCluster::start();
+    let mut fleet = Fleet::start(&cluster, 1_000);
+    fleet.wait_for_thanks(1_000);
+    let mut b = fleet.hubs[1].take().unwrap();
+    b.kill();
+    // Another hub takes b's orders over, and b's clients move on.
+    let survivors: Vec<&Proc> = fleet.hubs.iter().flatten().collect();
+    let took_over = std::time::Instant::now() + Duration::from_secs(30);
+    while !survivors.iter().any(|hub| {
+        hub.stderr()
+            .iter()
+            .any(|line| line.contains("hub b is silent"))
+    }) {
+        assert!(
+            std::time::Instant::now() < took_over,
+            "nobody took b over\n{}",
+            fleet.describe()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let orders = fleet.finish();
+    assert_eq!(orders, 3_000);
+    assert_group_settled(&cluster, 3_000);
+    assert_eq!(
+        cluster.query("SELECT count(*) FROM hubs"),
+        "2",
+        "b is no longer in the group"
+    );
+    let _ = &fleet.urls;
+}

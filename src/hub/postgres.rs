@@ -56,6 +56,7 @@ const MIGRATIONS: &[&str] = &[
         version BIGINT NOT NULL DEFAULT 1,
         digest TEXT,
         hub TEXT,
+        hub_since TIMESTAMPTZ NOT NULL DEFAULT now(),
         PRIMARY KEY (store, order_id)
     );
     CREATE INDEX orders_by_id ON orders (order_id);
@@ -243,7 +244,7 @@ impl Pg {
             let orders = self
                 .take(
                     &mut tx,
-                    "UPDATE orders SET hub = $1, version = version + 1
+                    "UPDATE orders SET hub = $1, hub_since = now(), version = version + 1
                      WHERE hub = $2 AND state <> 'delivered'
                      RETURNING store, order_id",
                     &hub,
@@ -268,9 +269,10 @@ impl Pg {
                 SELECT store, order_id FROM orders
                 WHERE state = 'ready' AND hub IS DISTINCT FROM $1
                   AND updated_at < now() - make_interval(secs => $2)
+                  AND hub_since < now() - make_interval(secs => $2)
                 ORDER BY seq LIMIT $3
                 FOR UPDATE SKIP LOCKED)
-             UPDATE orders o SET hub = $1, version = o.version + 1
+             UPDATE orders o SET hub = $1, hub_since = now(), version = o.version + 1
              FROM waiting w WHERE o.store = w.store AND o.order_id = w.order_id
              RETURNING o.store, o.order_id",
         )
@@ -291,7 +293,7 @@ impl Pg {
         let orders = self
             .take(
                 &mut tx,
-                "UPDATE orders SET hub = $1, version = version + 1
+                "UPDATE orders SET hub = $1, hub_since = now(), version = version + 1
                  WHERE driver = $2 AND state IN ('assigned', 'in-transit')
                    AND hub IS DISTINCT FROM $1
                  RETURNING store, order_id",

@@ -72,6 +72,9 @@ pub struct Reply {
     to: ReplyTo,
     /// The event answered.
     event: Event,
+    /// The order it carried: a refusal decided after the event was applied
+    /// (its commit refused) still names it, so the client can send it again.
+    order: Option<Order>,
     metrics: Arc<Metrics>,
     /// The event's place in the memory budget, given back when the reply
     /// is sent or dropped.
@@ -118,6 +121,7 @@ impl Reply {
                 wants_ack,
             },
             event,
+            order: None,
             metrics,
             pending: None,
         }
@@ -133,6 +137,7 @@ impl Reply {
         Reply {
             to: ReplyTo::Http { peer, answer },
             event,
+            order: None,
             metrics,
             pending: None,
         }
@@ -167,6 +172,7 @@ impl Reply {
     /// that asked for no ack (rust_socketio cannot), or the HTTP error.
     pub fn refuse(self, order: Option<&Order>, refusal: Refusal) {
         self.metrics.refusal(refusal.code.as_str());
+        let order = order.or(self.order.as_ref());
         let event = self.event;
         match self.to {
             ReplyTo::Socket {
@@ -296,6 +302,7 @@ impl SequencerHandle {
             return reply.refuse(event.order(), refusal);
         }
         reply.pending = Some(Pending(Arc::clone(&self.pending_events)));
+        reply.order = event.order().cloned();
         self.send(Command::Event(origin, event, reply));
     }
 
