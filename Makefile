@@ -17,7 +17,7 @@ test: setup
 	$(CARGO) test --locked
 	target/debug/caps bench --targets caps,node,echo --generators rust,node --vendors 2 --drivers 2 --orders 150
 	npm test
-	$(CARGO) test --locked --test scale_e2e -- --ignored
+	$(CARGO) test --locked --test scale_e2e --test group_e2e -- --ignored
 
 ## The benchmark of docs/BENCHMARKS.md (release build).
 bench: setup

@@ -293,3 +293,68 @@ fn three_hubs_lose_one_to_sigkill_and_every_order_is_delivered_once_by_one_drive
     );
     let _ = &fleet.urls;
 }
+
+/// Two hubs, a vendor on one and its driver on the other, while PostgreSQL
+/// goes away: `outage` takes it away and brings it back. Nothing is lost or
+/// doubled, both hubs stay up, and cross-hub delivery is live afterwards.
+fn survives_a_database_outage(outage: impl FnOnce(&PgCluster)) {
+    let cluster = PgCluster::start();
+    let (mut hub_a, url_a) = group_hub(&cluster, "a", &[]);
+    let (mut hub_b, url_b) = group_hub(&cluster, "b", &[]);
+    let dana = driver(&url_b, "dana", "1ms", "1ms", &[]);
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("acme.state");
+    let mut shop = vendor(
+        &url_a,
+        "acme",
+        "10ms",
+        300,
+        &[
+            "--resend-after",
+            "2s",
+            "--state-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while thanks(&shop).len() < 50 {
+        assert!(std::time::Instant::now() < deadline, "{}", shop.describe());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    outage(&cluster);
+    let placed = placed_and_thanked_once(
+        &mut shop,
+        Duration::from_secs(240),
+        &[&hub_a, &hub_b, &dana],
+    );
+    assert_eq!(placed.len(), 300);
+    assert!(hub_a.is_running() && hub_b.is_running(), "a hub stopped");
+    for hub in [&hub_a, &hub_b] {
+        // Its bridge noticed the loss and came back.
+        hub.wait_for_log("the bridge");
+    }
+
+    let mut after = vendor(&url_a, "bolt", "20ms", 10, &["--resend-after", "10m"]);
+    let live = placed_and_thanked_once(
+        &mut after,
+        Duration::from_secs(60),
+        &[&hub_a, &hub_b, &dana],
+    );
+    assert_eq!(live.len(), 10);
+    assert_group_settled(&cluster, 310);
+}
+
+#[test]
+fn a_fast_database_restart_loses_nothing() {
+    survives_a_database_outage(PgCluster::restart);
+}
+
+#[test]
+#[ignore = "scale suite: make test"]
+fn a_40_second_database_outage_loses_nothing_and_the_bridge_recovers() {
+    survives_a_database_outage(|cluster| {
+        cluster.stop();
+        std::thread::sleep(Duration::from_secs(40));
+        cluster.start_again();
+    });
+}

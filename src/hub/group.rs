@@ -203,10 +203,19 @@ async fn keep_up(pg: Pg, config: GroupConfig, sequencer: SequencerHandle) -> any
     let mut ticker = tokio::time::interval(config.beat_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unreachable_since: Option<std::time::Instant> = None;
+    // Since when this hub has reached the database without a break: after
+    // an outage every hub's heartbeat is old, and a hub back first must not
+    // take the others for dead before they have had time to beat again.
+    let mut reachable_since = std::time::Instant::now();
     loop {
         ticker.tick().await;
         match pg.beat().await {
-            Ok(true) => unreachable_since = None,
+            Ok(true) => {
+                if unreachable_since.take().is_some() {
+                    log::info!("the database is reachable again");
+                    reachable_since = std::time::Instant::now();
+                }
+            }
             Ok(false) => {
                 return anyhow::anyhow!(
                     "the group took this hub's orders over (it was silent for over {:?}); stopping",
@@ -222,17 +231,20 @@ async fn keep_up(pg: Pg, config: GroupConfig, sequencer: SequencerHandle) -> any
                 continue;
             }
         }
-        match pg.take_over_dead_hubs(config.dead_after).await {
-            Ok(taken) => {
-                for (hub, orders) in taken {
-                    log::warn!(
-                        "hub {hub} is silent: took over its {} open orders",
-                        orders.len()
-                    );
-                    sequencer.adopt(orders);
+        let settled = reachable_since.elapsed() >= config.dead_after + config.beat_every;
+        if settled {
+            match pg.take_over_dead_hubs(config.dead_after).await {
+                Ok(taken) => {
+                    for (hub, orders) in taken {
+                        log::warn!(
+                            "hub {hub} is silent: took over its {} open orders",
+                            orders.len()
+                        );
+                        sequencer.adopt(orders);
+                    }
                 }
+                Err(error) => log::warn!("cannot look for silent hubs: {error:#}"),
             }
-            Err(error) => log::warn!("cannot look for silent hubs: {error:#}"),
         }
         let Some((room, waiting)) = sequencer.spare().await else {
             return anyhow::anyhow!("the sequencer stopped");

@@ -20,6 +20,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -117,6 +118,10 @@ pub struct Pg {
     hub: Arc<str>,
     slot: u64,
     url: Arc<str>,
+    /// Whether the database answered lately: while it does not, reads fail
+    /// at once (`busy` to the client) instead of each waiting out a timeout
+    /// on the sequencer's thread. Set again by the group's heartbeat.
+    reachable: Arc<AtomicBool>,
     /// Holds the advisory lock that keeps a second process off this hub id.
     _id_lock: Arc<tokio::sync::Mutex<PgConnection>>,
 }
@@ -172,6 +177,7 @@ impl Pg {
             hub,
             slot,
             url: url.into(),
+            reachable: Arc::new(AtomicBool::new(true)),
             _id_lock: Arc::new(tokio::sync::Mutex::new(id_lock)),
         })
     }
@@ -211,8 +217,17 @@ impl Pg {
         let beat = sqlx::query("UPDATE hubs SET beat_at = now() WHERE id = $1")
             .bind(&*self.hub)
             .execute(&self.pool)
-            .await?;
-        Ok(beat.rows_affected() == 1)
+            .await;
+        self.reachable.store(beat.is_ok(), Ordering::Relaxed);
+        Ok(beat?.rows_affected() == 1)
+    }
+
+    /// Notes that a statement failed; a fault of the connection marks the
+    /// database unreachable until the next heartbeat gets through.
+    fn failed(&self, error: &sqlx::Error) {
+        if !matches!(error, sqlx::Error::Database(_) | sqlx::Error::RowNotFound) {
+            self.reachable.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Takes over the open orders of every hub silent for `dead_after`; each
@@ -634,6 +649,7 @@ impl Backend for PgBackend {
             match self.pg.wait(async move { commit_batch(&pg, &batch).await }) {
                 Ok(refused) => return Ok(refused),
                 Err(error) if transient(&error) && began.elapsed() < OUTAGE_LIMIT => {
+                    self.pg.failed(&error);
                     log::warn!("cannot commit to the database ({error}); trying again");
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(2));
@@ -865,7 +881,16 @@ impl PgRecords {
     where
         F: Future<Output = anyhow::Result<T>> + Send + 'static,
     {
-        self.pg.wait(read(self.pg.clone()))
+        if !self.pg.reachable.load(Ordering::Relaxed) {
+            bail!("the database is unreachable");
+        }
+        let outcome = self.pg.wait(read(self.pg.clone()));
+        if let Err(error) = &outcome
+            && let Some(error) = error.downcast_ref::<sqlx::Error>()
+        {
+            self.pg.failed(error);
+        }
+        outcome
     }
 }
 
