@@ -17,9 +17,13 @@ const THANKS: &str = "VENDOR: Thank you for delivering ";
 /// take orders waiting elsewhere.
 fn group_hub(cluster: &PgCluster, id: &str, extra: &[&str]) -> (Proc, String) {
     let url = cluster.url();
+    let port = extra
+        .iter()
+        .position(|arg| *arg == "--port")
+        .map_or("0", |at| extra[at + 1]);
     let mut args = vec![
         "--port",
-        "0",
+        port,
         "--database",
         &url,
         "--hub-id",
@@ -29,7 +33,14 @@ fn group_hub(cluster: &PgCluster, id: &str, extra: &[&str]) -> (Proc, String) {
         "--take-after",
         "100ms",
     ];
-    args.extend_from_slice(extra);
+    let mut rest = extra.iter().copied();
+    while let Some(arg) = rest.next() {
+        if arg == "--port" {
+            rest.next();
+        } else {
+            args.push(arg);
+        }
+    }
     start_hub_with(&args)
 }
 
@@ -291,7 +302,6 @@ fn three_hubs_lose_one_to_sigkill_and_every_order_is_delivered_once_by_one_drive
         "2",
         "b is no longer in the group"
     );
-    let _ = &fleet.urls;
 }
 
 /// Two hubs, a vendor on one and its driver on the other, while PostgreSQL
@@ -357,4 +367,30 @@ fn a_40_second_database_outage_loses_nothing_and_the_bridge_recovers() {
         std::thread::sleep(Duration::from_secs(40));
         cluster.start_again();
     });
+}
+
+#[test]
+#[ignore = "scale suite: make test"]
+fn a_rolling_restart_of_every_hub_under_load_loses_and_doubles_nothing() {
+    let cluster = PgCluster::start();
+    let mut fleet = Fleet::start(&cluster, 1_000);
+    let mut thanked = 300;
+    for (index, id) in ["a", "b", "c"].into_iter().enumerate() {
+        fleet.wait_for_thanks(thanked);
+        let mut hub = fleet.hubs[index].take().unwrap();
+        hub.signal("TERM");
+        let stopped = hub.wait_exit_within(Duration::from_secs(30), &[]);
+        assert!(
+            stopped.success(),
+            "hub {id} did not stop cleanly\n{}",
+            hub.describe()
+        );
+        let port = common::port_of(&fleet.urls[index]).to_string();
+        let (again, _) = group_hub(&cluster, id, &["--port", &port]);
+        fleet.hubs[index] = Some(again);
+        thanked += 600;
+    }
+    assert_eq!(fleet.finish(), 3_000);
+    assert_group_settled(&cluster, 3_000);
+    assert_eq!(cluster.query("SELECT count(*) FROM hubs"), "3");
 }

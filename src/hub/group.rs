@@ -31,6 +31,7 @@ use socketioxide::SocketIo;
 use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 
+use super::dispatch::Adoption;
 use super::domain::rooms;
 use super::postgres::Pg;
 use super::sequencer::SequencerHandle;
@@ -176,7 +177,7 @@ impl Group {
                         orders.len()
                     );
                 }
-                self.sequencer.adopt(orders);
+                self.sequencer.adopt(orders, Adoption::DriverMoved);
             }
             Ok(Err(error)) => log::warn!(
                 "cannot claim the packages of driver={driver} from other hubs: {error:#}"
@@ -240,7 +241,7 @@ async fn keep_up(pg: Pg, config: GroupConfig, sequencer: SequencerHandle) -> any
                             "hub {hub} is silent: took over its {} open orders",
                             orders.len()
                         );
-                        sequencer.adopt(orders);
+                        sequencer.adopt(orders, Adoption::Restart);
                     }
                 }
                 Err(error) => log::warn!("cannot look for silent hubs: {error:#}"),
@@ -256,7 +257,7 @@ async fn keep_up(pg: Pg, config: GroupConfig, sequencer: SequencerHandle) -> any
                     if !orders.is_empty() {
                         log::info!("took {} orders waiting at other hubs", orders.len());
                     }
-                    sequencer.adopt(orders);
+                    sequencer.adopt(orders, Adoption::Restart);
                 }
                 Err(error) => log::warn!("cannot take waiting orders: {error:#}"),
             }

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use futures_util::FutureExt;
-use rust_socketio::asynchronous::{Client, ClientBuilder};
+use rust_socketio::asynchronous::{Client, ClientBuilder, ReconnectSettings};
 use rust_socketio::{Payload, TransportType};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -409,12 +409,7 @@ async fn wait_for_open(
 /// whose callbacks forward into the link's channel while it is in use.
 fn builder(shared: &Arc<Shared>, generation: u64, hub: &str) -> ClientBuilder {
     let config = &shared.config;
-    let mut handshake = config.handshake.clone();
-    if let Some(token) = config.token.as_ref().and_then(TokenSource::current) {
-        handshake.token = Some(token);
-    }
-    let presented = handshake.token.clone();
-    let handshake = serde_json::to_value(&handshake).unwrap_or_default();
+    let (handshake, presented) = handshake_now(config);
     let mut builder = ClientBuilder::new(hub)
         .namespace(NAMESPACE)
         // A WebSocket from the start: one connection per client, and no
@@ -426,6 +421,19 @@ fn builder(shared: &Arc<Shared>, generation: u64, hub: &str) -> ClientBuilder {
         // A drop from the namespace is handled by rebuilding (see above).
         .reconnect_on_disconnect(false)
         .reconnect_delay(100, 2_000);
+    // rust_socketio reconnects by itself when the transport ends; each
+    // attempt goes to the next hub of the list (the same one when there is
+    // only one) with the token as it is now.
+    let reconnecting = Arc::clone(shared);
+    let mut attempts = 0;
+    builder = builder.on_reconnect(move || {
+        attempts += 1;
+        let config = &reconnecting.config;
+        let mut settings = ReconnectSettings::new();
+        settings.address(config.hub(generation + attempts));
+        settings.auth(handshake_now(config).0);
+        async move { settings }.boxed()
+    });
 
     let opened = Arc::clone(shared);
     builder = builder.on("open", move |_, _| {
@@ -458,12 +466,6 @@ fn builder(shared: &Arc<Shared>, generation: u64, hub: &str) -> ClientBuilder {
                 ))
             }
             Some(reason) => Inbound::ConnectRefused(connect_error_message(reason)),
-            // With other hubs of the group to go to, go rather than wait
-            // for this one to come back.
-            None if failed.config.hubs.len() > 1 => {
-                tokio::spawn(rebuild(Arc::clone(&failed), generation));
-                Inbound::ConnectionLost(format!("{text}; trying the next hub"))
-            }
             None => Inbound::ConnectionLost(text),
         };
         failed.forward(generation, inbound);
@@ -501,9 +503,22 @@ fn builder(shared: &Arc<Shared>, generation: u64, hub: &str) -> ClientBuilder {
     })
 }
 
-/// Replaces client `dropped` (which the hub dropped from the namespace, or
-/// whose hub went away while others of its group are listed) with a new
-/// one, trying with backoff until one connects; its `open` tells the role it
+/// The handshake to present now (the token file is read again), and the
+/// token in it.
+fn handshake_now(config: &LinkConfig) -> (serde_json::Value, Option<String>) {
+    let mut handshake = config.handshake.clone();
+    if let Some(token) = config.token.as_ref().and_then(TokenSource::current) {
+        handshake.token = Some(token);
+    }
+    let presented = handshake.token.clone();
+    (
+        serde_json::to_value(&handshake).unwrap_or_default(),
+        presented,
+    )
+}
+
+/// Replaces client `dropped` (which the hub dropped from the namespace) with
+/// a new one, on the next hub of the list, trying with backoff until one connects; its `open` tells the role it
 /// is back.
 async fn rebuild(shared: Arc<Shared>, dropped: u64) {
     let next = dropped + 1;

@@ -80,6 +80,15 @@ pub enum Effect<S> {
     },
 }
 
+/// Why orders are taken over (see [`Dispatch::adopt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adoption {
+    /// A (re)start, or a hub that stopped: nobody has the offers any more.
+    Restart,
+    /// Their driver is connecting here: its offers stand.
+    DriverMoved,
+}
+
 /// How a pickup was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PickupOutcome {
@@ -251,14 +260,20 @@ impl<S: Clone + PartialEq> Dispatch<S> {
         desk.delivered_total = delivered_total;
         desk.next_seq = next_seq;
         desk.seq_stride = seq_stride.max(1);
-        desk.adopt(snapshot_orders, now);
+        desk.adopt(snapshot_orders, Adoption::Restart, now);
         desk
     }
 
-    /// Takes over recorded orders as a restart does (see [`Self::restore`]):
-    /// those of a hub that stopped, or a driver's that moved here. Returns
-    /// the offers this makes possible.
-    pub fn adopt(&mut self, orders: Vec<StoredOrder>, now: Instant) -> Vec<Effect<S>> {
+    /// Takes over recorded orders: those of a hub that stopped (as a restart
+    /// does, see [`Self::restore`]), or a driver's that is connecting here
+    /// (its offers stand, with a new deadline). Returns the offers this
+    /// makes possible.
+    pub fn adopt(
+        &mut self,
+        orders: Vec<StoredOrder>,
+        adoption: Adoption,
+        now: Instant,
+    ) -> Vec<Effect<S>> {
         for stored in orders {
             let key = OrderKey::of(&stored.order);
             if stored.seq >= self.next_seq {
@@ -270,12 +285,20 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             let mut entry = OrderEntry::from_stored(stored);
             let returns = match (&entry.state, &entry.driver) {
                 (OrderState::InTransit, Some(DriverKey::Named(_))) => false,
+                (OrderState::Assigned, Some(DriverKey::Named(_))) => adoption == Adoption::Restart,
                 (OrderState::Assigned | OrderState::InTransit, _) => true,
                 (OrderState::Ready | OrderState::Delivered, _) => false,
             };
             if returns {
                 let change = entry.enter(&key, OrderState::Ready, None);
                 self.changes.push(change);
+            } else if entry.state == OrderState::Assigned {
+                // The driver has the offer already: it stands, timed from now.
+                entry.offer = self.next_offer;
+                self.next_offer += 1;
+                let deadline = (now + self.config.offer_timeout, entry.offer);
+                entry.offer_deadline = Some(deadline);
+                self.offer_deadlines.insert(deadline, key.clone());
             }
             self.place(key, entry, now);
         }

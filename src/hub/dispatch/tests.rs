@@ -403,7 +403,11 @@ fn hubs_sharing_a_database_number_orders_apart_and_adopt_each_others() {
         since: Utc::now(),
         history: Vec::new(),
     };
-    assert!(desk.adopt(vec![adopted], now).is_empty(), "no driver yet");
+    assert!(
+        desk.adopt(vec![adopted.clone()], Adoption::Restart, now)
+            .is_empty(),
+        "no driver yet"
+    );
     pickup(&mut desk, "after", now);
     let seqs: Vec<u64> = desk
         .take_changes()
@@ -422,6 +426,21 @@ fn hubs_sharing_a_database_number_orders_apart_and_adopt_each_others() {
     assert_eq!(desk.spare_capacity(), (0, 3));
     desk.driver_online(named("a"), 1, Some(5), now);
     assert_eq!(desk.spare_capacity(), (2, 0), "three offered, room for two");
+
+    // A driver connecting here keeps the offer it has.
+    let moved = StoredOrder {
+        order: order("moved"),
+        seq: 37,
+        driver: Some(named("b")),
+        ..adopted
+    };
+    desk.adopt(vec![moved], Adoption::DriverMoved, now);
+    assert_eq!(
+        offers(&desk.driver_online(named("b"), 2, None, now)),
+        [("b".to_string(), "moved".to_string())]
+    );
+    let key = OrderKey::of(&order("moved"));
+    assert!(desk.in_transit(&named("b"), &key).is_ok());
 }
 
 #[test]

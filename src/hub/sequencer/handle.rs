@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use socketioxide::extract::{AckSender, SocketRef};
 use tokio::sync::{mpsc, oneshot};
 
+use super::super::dispatch::Adoption;
 use super::super::domain::{DriverKey, OrderQuery, StoredOrder};
 use super::super::metrics::Metrics;
 use super::super::peer::Peer;
@@ -260,7 +261,7 @@ pub(in crate::hub) enum Command {
     /// with how many.
     Reclaim(DriverKey, oneshot::Sender<u64>),
     /// Take over recorded orders this hub now owns (see [`crate::hub::group`]).
-    Adopt(Vec<StoredOrder>),
+    Adopt(Vec<StoredOrder>, Adoption),
     /// How many more packages the online drivers could take, and how many
     /// orders wait for one.
     Spare(oneshot::Sender<(usize, usize)>),
@@ -360,9 +361,9 @@ impl SequencerHandle {
     }
 
     /// Hands the sequencer orders this hub has taken over in the database.
-    pub fn adopt(&self, orders: Vec<StoredOrder>) {
+    pub fn adopt(&self, orders: Vec<StoredOrder>, adoption: Adoption) {
         if !orders.is_empty() {
-            self.send(Command::Adopt(orders));
+            self.send(Command::Adopt(orders, adoption));
         }
     }
 

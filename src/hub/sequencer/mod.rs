@@ -323,9 +323,9 @@ impl Sequencer {
             Command::Metrics(reply) => {
                 let _ = reply.send((self.desk.counts(), self.connections()));
             }
-            Command::Adopt(orders) => {
+            Command::Adopt(orders, adoption) => {
                 log::info!("took over {} orders", orders.len());
-                let effects = self.desk.adopt(orders, Instant::now());
+                let effects = self.desk.adopt(orders, adoption, Instant::now());
                 self.add_effects(effects, &mut outputs);
             }
             Command::Spare(reply) => {
