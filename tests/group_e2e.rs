@@ -44,6 +44,22 @@ fn group_hub(cluster: &PgCluster, id: &str, extra: &[&str]) -> (Proc, String) {
     start_hub_with(&args)
 }
 
+/// The hub's `/metrics` text.
+fn metrics_text(url: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+}
+
 /// How often each id was thanked.
 fn thanks(vendor: &Proc) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -131,6 +147,28 @@ fn a_vendor_on_one_hub_hears_deliveries_made_on_another_live_and_with_the_bridge
     let first =
         placed_and_thanked_once(&mut live, Duration::from_secs(30), &[&hub_a, &hub_b, &dana]);
     assert_eq!(first.len(), 20);
+
+    // Either hub's board is the group's: the orders, and the driver on b.
+    for url in [&url_a, &url_b] {
+        common::wait_for_status(url, "the group's board", |status| {
+            status["orders"]["delivered"] == 20
+                && status["drivers"].as_array().is_some_and(|drivers| {
+                    drivers
+                        .iter()
+                        .any(|d| d["name"] == "dana" && d["online"] == true)
+                })
+        });
+    }
+    // Each hub's metrics say which hub they are.
+    for (url, id) in [(&url_a, "a"), (&url_b, "b")] {
+        let text = metrics_text(url);
+        assert!(
+            text.contains(&format!(
+                "caps_orders{{state=\"delivered\",hub=\"{id}\"}} 20"
+            )),
+            "{text}"
+        );
+    }
 
     // The bridge's listeners are cut again and again: deliveries still
     // arrive (the queue is the truth: a listener that comes back re-sends

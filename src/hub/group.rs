@@ -29,12 +29,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use socketioxide::SocketIo;
 use sqlx::postgres::PgListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::dispatch::Adoption;
 use super::domain::rooms;
 use super::postgres::Pg;
-use super::sequencer::SequencerHandle;
+use super::sequencer::{GroupPresence, PresenceView, SequencerHandle};
 use crate::protocol::{DeliveryNotice, DriverName, Event, NAMESPACE, StoreId};
 
 /// The `NOTIFY` channel of the bridge.
@@ -151,13 +151,14 @@ impl Group {
         config: GroupConfig,
         io: SocketIo,
         published: mpsc::UnboundedReceiver<String>,
+        board: Board,
     ) -> tokio::task::JoinHandle<anyhow::Error> {
         let Group { pg, sequencer } = self;
         let (resend, resends) = mpsc::unbounded_channel();
         pg.spawn(publish(pg.clone(), published));
         pg.spawn(listen(pg.clone(), io.clone(), resend));
         pg.spawn(resend_notices(pg.clone(), io, resends));
-        pg.spawn(keep_up(pg.clone(), config, sequencer))
+        pg.spawn(keep_up(pg.clone(), config, sequencer, board))
     }
 
     /// Brings `driver`'s packages held at other hubs here, before it is told
@@ -199,8 +200,52 @@ pub fn bridge(pg: &Pg) -> (Bridge, mpsc::UnboundedReceiver<String>) {
     )
 }
 
-/// Heartbeats, taking over dead hubs, and taking orders that wait elsewhere.
-async fn keep_up(pg: Pg, config: GroupConfig, sequencer: SequencerHandle) -> anyhow::Error {
+/// The group's board: who is online here (read), and at the other hubs
+/// (written, for the status page).
+pub struct Board {
+    /// This hub's presence, as the sequencer publishes it.
+    pub here: PresenceView,
+    /// The other hubs' presence, refreshed at every heartbeat.
+    pub others: watch::Sender<GroupPresence>,
+}
+
+/// Records this hub's presence in the database and reads the others'.
+async fn share_presence(pg: &Pg, config: &GroupConfig, board: &Board) {
+    let here = {
+        let presence = board.here.borrow();
+        GroupPresence {
+            drivers: presence.drivers.clone(),
+            stores: presence.stores.clone(),
+        }
+    };
+    if let Ok(text) = serde_json::to_string(&here)
+        && let Err(error) = pg.record_presence(&text).await
+    {
+        log::debug!("cannot record who is online here: {error:#}");
+    }
+    match pg.others_presence(config.dead_after).await {
+        Ok(others) => {
+            let mut merged = GroupPresence::default();
+            for text in others {
+                if let Ok(presence) = serde_json::from_str::<GroupPresence>(&text) {
+                    merged.drivers.extend(presence.drivers);
+                    merged.stores.extend(presence.stores);
+                }
+            }
+            board.others.send_replace(merged);
+        }
+        Err(error) => log::debug!("cannot read who is online at other hubs: {error:#}"),
+    }
+}
+
+/// Heartbeats, taking over dead hubs, taking orders that wait elsewhere,
+/// and the group's board.
+async fn keep_up(
+    pg: Pg,
+    config: GroupConfig,
+    sequencer: SequencerHandle,
+    board: Board,
+) -> anyhow::Error {
     let mut ticker = tokio::time::interval(config.beat_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unreachable_since: Option<std::time::Instant> = None;
@@ -247,6 +292,7 @@ async fn keep_up(pg: Pg, config: GroupConfig, sequencer: SequencerHandle) -> any
                 Err(error) => log::warn!("cannot look for silent hubs: {error:#}"),
             }
         }
+        share_presence(&pg, &config, &board).await;
         let Some((room, waiting)) = sequencer.spare().await else {
             return anyhow::anyhow!("the sequencer stopped");
         };

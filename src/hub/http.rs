@@ -26,7 +26,7 @@ use super::domain::{DriverKey, OrderKey, OrderQuery, StoredOrder};
 use super::journal::Records;
 use super::metrics::Metrics;
 use super::readers::{ReadError, Readers};
-use super::sequencer::{PresenceView, SequencerHandle};
+use super::sequencer::{GroupPresence, PresenceView, SequencerHandle};
 use crate::api::{
     MAX_PAGE, NewOrder, ORDERS_PATH, OrderPage, OrderView, QueueStatus, Reclaimed, STATUS_PATH,
     Status,
@@ -45,6 +45,8 @@ pub struct HttpState {
     pub readers: Option<Readers>,
     /// Who is online, as the sequencer last published it.
     pub presence: PresenceView,
+    /// In a group: who is online at the other hubs.
+    pub others: Option<tokio::sync::watch::Receiver<GroupPresence>>,
     /// The hub's metrics.
     pub metrics: Arc<Metrics>,
     /// How callers are identified.
@@ -174,6 +176,10 @@ async fn status(caller: Caller, State(state): State<HttpState>) -> Response {
         };
     };
     let presence = state.presence.borrow().clone();
+    let (drivers, stores) = match &state.others {
+        Some(others) => presence.with_others(&others.borrow()),
+        None => (presence.drivers, presence.stores),
+    };
     read_json(&readers, move |records| {
         Ok(Status {
             orders: records.counts()?,
@@ -182,8 +188,8 @@ async fn status(caller: Caller, State(state): State<HttpState>) -> Response {
                 .iter()
                 .map(StoredOrder::summary)
                 .collect(),
-            drivers: presence.drivers,
-            stores: presence.stores,
+            drivers,
+            stores,
             queues: records
                 .queues()?
                 .into_iter()

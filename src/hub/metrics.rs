@@ -33,7 +33,15 @@ impl Metrics {
     /// A fresh set, registered; `log_dropped` is the event log's count of
     /// dropped lines.
     pub fn new(log_dropped: Arc<AtomicU64>) -> Self {
-        let registry = Registry::new();
+        Metrics::labelled(log_dropped, None)
+    }
+
+    /// A fresh set whose every series carries `hub="<id>"` when the hub is
+    /// one of a group (each hub is scraped on its own; the orders are the
+    /// group's, the rest this hub's).
+    pub fn labelled(log_dropped: Arc<AtomicU64>, hub: Option<&str>) -> Self {
+        let labels = hub.map(|hub| [("hub".to_owned(), hub.to_owned())].into_iter().collect());
+        let registry = Registry::new_custom(None, labels).expect("a valid hub label");
         let events = IntCounterVec::new(
             Opts::new(
                 "caps_events_total",

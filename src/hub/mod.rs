@@ -289,7 +289,10 @@ impl Hub {
             ),
             None => (None, None, None),
         };
-        let metrics = Arc::new(Metrics::new(log.dropped_lines()));
+        let metrics = Arc::new(Metrics::labelled(
+            log.dropped_lines(),
+            group.as_ref().map(|(pg, _)| pg.hub_id()),
+        ));
         let (sequencer, inbox) = self::sequencer::channel(Arc::clone(&metrics));
         let group = group.map(|(pg, timing)| {
             let (bridge, published) = group::bridge(&pg);
@@ -352,12 +355,27 @@ impl Hub {
             bridge: group.as_ref().map(|(_, _, bridge, _)| bridge.clone()),
         };
         let task = tokio::spawn(self::sequencer::run(inbox, io.clone(), log, setup));
-        let chores =
-            group.map(|(group, timing, _, published)| group.start(timing, io.clone(), published));
+        let (others, others_view) = match group {
+            Some(_) => {
+                let (sender, view) = tokio::sync::watch::channel(Default::default());
+                (Some(sender), Some(view))
+            }
+            None => (None, None),
+        };
+        let chores = group
+            .zip(others)
+            .map(|((group, timing, _, published), others)| {
+                let board = group::Board {
+                    here: presence_view.clone(),
+                    others,
+                };
+                group.start(timing, io.clone(), published, board)
+            });
         let router = http::routes(http::HttpState {
             sequencer: sequencer.clone(),
             readers: api_records.map(Readers::start),
             presence: presence_view,
+            others: others_view,
             metrics,
             admission: config.admission,
             door: door.clone(),

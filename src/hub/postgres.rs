@@ -89,7 +89,8 @@ const MIGRATIONS: &[&str] = &[
         slot INTEGER NOT NULL UNIQUE,
         started_at TIMESTAMPTZ NOT NULL,
         beat_at TIMESTAMPTZ NOT NULL
-    );",
+    );
+    CREATE TABLE hub_presence (hub TEXT PRIMARY KEY, presence TEXT NOT NULL);",
 ];
 
 /// The schema version this build writes.
@@ -333,6 +334,31 @@ impl Pg {
             .fetch_all(&mut **tx)
             .await?;
         read_orders(tx, keys).await
+    }
+
+    /// Records who is online at this hub (JSON), for the group's board.
+    pub async fn record_presence(&self, presence: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO hub_presence (hub, presence) VALUES ($1, $2)
+             ON CONFLICT (hub) DO UPDATE SET presence = excluded.presence",
+        )
+        .bind(&*self.hub)
+        .bind(presence)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Who is online at the other live hubs (JSON, one per hub).
+    pub async fn others_presence(&self, dead_after: Duration) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT p.presence FROM hub_presence p JOIN hubs h ON h.id = p.hub
+             WHERE p.hub <> $1 AND h.beat_at >= now() - make_interval(secs => $2)",
+        )
+        .bind(&*self.hub)
+        .bind(dead_after.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Delivery notices queued since `since` for `store`, oldest first.

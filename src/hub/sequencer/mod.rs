@@ -34,7 +34,7 @@ pub use handle::{
 };
 use outbox::Outbox;
 pub use outbox::{Message, Output};
-pub use presence::{Connections, Presence, PresenceBoard, PresenceView};
+pub use presence::{Connections, GroupPresence, Presence, PresenceBoard, PresenceView};
 
 use super::dispatch::{Dispatch, DispatchConfig, Effect};
 use super::domain::{Change, DriverKey, OrderKey, Snapshot, StoredOrder};
