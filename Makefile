@@ -3,11 +3,17 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test setup build lint bench soak
+.PHONY: demo demo-group test setup build lint bench soak
 
 ## Build, then run a hub with two shops and two couriers in this terminal.
 demo: setup
 	$(CARGO) run --quiet -- demo
+
+## Three hubs on one PostgreSQL (a private cluster for the run), with shops
+## and couriers spread over them.
+demo-group: setup
+	$(CARGO) build --quiet
+	scripts/pg_cluster.sh target/debug/caps demo --hubs 3 --vendors 3 --drivers 3
 
 ## Build once, then run the Rust tests, the JavaScript tests, a small
 ## benchmark (it fails on any lost or duplicated order, never on a timing),

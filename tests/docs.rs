@@ -1,5 +1,6 @@
 //! The README must stay true to the code: its protocol table is the one in
-//! `src/protocol.rs`, and it documents every environment variable the CLI reads.
+//! `src/protocol.rs`, it documents every environment variable the CLI reads,
+//! and it shows the load balancer configuration the tests run.
 
 use std::fs;
 
@@ -43,4 +44,14 @@ fn the_readme_documents_every_environment_variable() {
             "README does not document {var}"
         );
     }
+}
+
+#[test]
+fn the_readme_shows_the_load_balancer_configuration_the_tests_run() {
+    let readme = read("README.md");
+    let config = read("deploy/haproxy.cfg");
+    assert!(
+        readme.contains(&format!("```text\n{config}```")),
+        "README's HAProxy block differs from deploy/haproxy.cfg"
+    );
 }

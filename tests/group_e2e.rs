@@ -432,3 +432,51 @@ fn a_rolling_restart_of_every_hub_under_load_loses_and_doubles_nothing() {
     assert_group_settled(&cluster, 3_000);
     assert_eq!(cluster.query("SELECT count(*) FROM hubs"), "3");
 }
+
+#[test]
+fn the_demo_runs_three_hubs_on_one_database() {
+    let cluster = PgCluster::start();
+    let url = cluster.url();
+    let mut demo = Proc::caps(
+        "demo",
+        &[
+            "demo",
+            "--hubs",
+            "3",
+            "--database",
+            &url,
+            "--vendors",
+            "3",
+            "--drivers",
+            "3",
+            "--orders",
+            "2",
+            "--interval",
+            "100ms",
+            "--pickup-delay",
+            "10ms",
+            "--deliver-delay",
+            "10ms",
+        ],
+    );
+    let status = demo.wait_exit_within(Duration::from_secs(60), &[]);
+    assert!(status.success(), "{}", demo.describe());
+    let out = demo.stdout();
+    assert!(
+        out.iter()
+            .any(|line| line == "demo finished: 6 orders placed, 6 delivered"),
+        "{}",
+        demo.describe()
+    );
+    for hub in ["[hub-1]", "[hub-2]", "[hub-3]"] {
+        assert!(
+            out.iter()
+                .any(|line| line.starts_with(hub) && line.contains("listening on")),
+            "{hub}"
+        );
+    }
+    assert_eq!(
+        cluster.query("SELECT count(*) FROM orders WHERE state = 'delivered'"),
+        "6"
+    );
+}

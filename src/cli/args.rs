@@ -396,6 +396,12 @@ pub(super) struct DemoArgs {
     /// Port for the demo's hub; 0 picks a free one.
     #[arg(long, env = "CAPS_PORT", default_value_t = 0)]
     pub(super) port: u16,
+    /// Run a group of this many hubs on --database, the shops and couriers spread over them.
+    #[arg(long, env = "CAPS_DEMO_HUBS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub(super) hubs: u64,
+    /// The PostgreSQL database of the demo's group of hubs (see --hubs).
+    #[arg(long, env = "CAPS_DATABASE")]
+    pub(super) database: Option<String>,
 }
 
 impl Cli {

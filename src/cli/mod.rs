@@ -82,6 +82,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 pickup_delay: args.pickup_delay,
                 deliver_delay: args.deliver_delay,
                 port: args.port,
+                hubs: args.hubs as usize,
+                database: args.database,
             };
             demo::run(config, shutdown_signal()).await
         }

@@ -1,5 +1,8 @@
 //! `caps demo`: a hub, shops and couriers in one process and one terminal,
 //! each line tagged with who said it, so a newcomer can watch packages move.
+//! With `--hubs 3 --database postgres://…`, a group of hubs on one database,
+//! the shops and couriers spread over them (each knows every hub, its own
+//! first).
 
 use std::future::Future;
 use std::time::Duration;
@@ -9,7 +12,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{self, EventLog, Hub, HubConfig};
+use crate::hub::group::GroupConfig;
+use crate::hub::{self, EventLog, Hub, HubConfig, Storage};
 use crate::protocol::{DriverName, StoreId};
 use crate::roles::console::Console;
 use crate::roles::driver::{self, DriverConfig};
@@ -35,29 +39,59 @@ pub struct DemoConfig {
     pub pickup_delay: Duration,
     /// A courier's time to deliver it.
     pub deliver_delay: Duration,
-    /// The hub's port; 0 picks a free one.
+    /// The (first) hub's port; 0 picks a free one.
     pub port: u16,
+    /// How many hubs; more than one needs `database`.
+    pub hubs: usize,
+    /// The PostgreSQL database of a group of hubs.
+    pub database: Option<String>,
 }
 
 /// Runs the demo until every shop's orders are delivered or `shutdown` completes.
 pub async fn run(config: DemoConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(("127.0.0.1", config.port))
-        .await
-        .with_context(|| format!("binding 127.0.0.1:{}", config.port))?;
-    let hub_url = hub::url_for(listener.local_addr()?);
-    let log = EventLog::tagged_stdout("hub");
-    log.line(format!("caps hub listening on {hub_url}"));
-
     let stop_hub = CancellationToken::new();
-    let hub = Hub::open(HubConfig::ephemeral())?;
-    let hub_task = tokio::spawn(hub.serve(listener, log, stop_hub.clone().cancelled_owned()));
+    let mut hub_tasks = JoinSet::new();
+    let mut hub_urls = Vec::new();
+    for index in 0..config.hubs.max(1) {
+        let port = if index == 0 { config.port } else { 0 };
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+        let hub_url = hub::url_for(listener.local_addr()?);
+        let (name, hub_config) = match (&config.database, config.hubs) {
+            (Some(url), hubs) if hubs > 1 => {
+                let id = format!("hub-{}", index + 1);
+                let mut hub_config = HubConfig::durable(std::path::PathBuf::new());
+                hub_config.storage = Storage::Database {
+                    url: url.clone(),
+                    hub_id: id.clone(),
+                    group: GroupConfig::default(),
+                };
+                (id, hub_config)
+            }
+            (None, hubs) if hubs > 1 => anyhow::bail!("--hubs {hubs} needs --database"),
+            _ => ("hub".to_owned(), HubConfig::ephemeral()),
+        };
+        let log = EventLog::tagged_stdout(&name);
+        log.line(format!("caps hub listening on {hub_url}"));
+        // Opening a group hub waits for the database: not on this runtime's thread.
+        let hub = tokio::task::spawn_blocking(move || Hub::open(hub_config)).await??;
+        hub_tasks.spawn(hub.serve(listener, log, stop_hub.clone().cancelled_owned()));
+        hub_urls.push(hub_url);
+    }
+    // Each client knows every hub, its own first.
+    let hubs_from = |first: usize| -> Vec<String> {
+        (0..hub_urls.len())
+            .map(|offset| hub_urls[(first + offset) % hub_urls.len()].clone())
+            .collect()
+    };
 
     let stop_roles = CancellationToken::new();
     let mut drivers = JoinSet::new();
     for index in 0..config.drivers {
         let name = pick_name(&DRIVERS, index, "driver");
         let driver_config = DriverConfig {
-            hubs: vec![hub_url.clone()],
+            hubs: hubs_from(index),
             connect_timeout: Duration::from_secs(10),
             token: None,
             name: DriverName::new(name.clone()).map_err(anyhow::Error::msg)?,
@@ -75,7 +109,7 @@ pub async fn run(config: DemoConfig, shutdown: impl Future<Output = ()>) -> anyh
     for index in 0..config.vendors {
         let store = pick_name(&STORES, index, "store");
         let vendor_config = VendorConfig {
-            hubs: vec![hub_url.clone()],
+            hubs: hubs_from(index),
             connect_timeout: Duration::from_secs(10),
             token: None,
             store: StoreId::new(store.clone()).map_err(anyhow::Error::msg)?,
@@ -127,7 +161,9 @@ pub async fn run(config: DemoConfig, shutdown: impl Future<Output = ()>) -> anyh
         }
     }
     stop_hub.cancel();
-    hub_task.await.context("the hub task failed")??;
+    while let Some(stopped) = hub_tasks.join_next().await {
+        stopped.context("a hub task failed")??;
+    }
 
     println!("demo finished: {placed} orders placed, {delivered} delivered");
     match first_error {
