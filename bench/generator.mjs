@@ -10,19 +10,21 @@
 //   {"phase":"ready"}                        vendors and drivers connected (stdin: go)
 //   {"phase":"done","sent":…,"delivered":…,"duplicates":…,"seconds":…,
 //    "p50Ms":…,"p99Ms":…,"maxMs":…}
-// Usage: node generator.mjs '{"url":…,"vendors":…,"drivers":…,"orders":…,
+// Usage: node generator.mjs '{"url":…,"urls":[…],"vendors":…,"drivers":…,"orders":…,
 //   "rate":null|n,"window":n,"conns":n,"patienceMs":n}'
 import { createInterface } from 'node:readline';
 import { randomUUID } from 'node:crypto';
 import { io } from 'socket.io-client';
 
 const config = JSON.parse(process.argv[2]);
-const namespace = `${config.url}/caps`;
+// Client n connects to urls[n % urls.length]: the hubs of a group in turn.
+const urls = config.urls ?? [config.url];
 const stdin = createInterface({ input: process.stdin });
 const nextLine = () => new Promise((resolve) => stdin.once('line', resolve));
 const say = (line) => process.stdout.write(`${JSON.stringify(line)}\n`);
 
-function connect(auth) {
+function connect(auth, index = 0) {
+  const namespace = `${urls[index % urls.length]}/caps`;
   return new Promise((resolve, reject) => {
     const socket = io(namespace, { transports: ['websocket'], reconnection: false, forceNew: true, auth });
     socket.once('connect', () => resolve(socket));
@@ -37,7 +39,7 @@ async function idleDrivers(count) {
   for (let first = 0; first < count; first += 500) {
     const batch = [];
     for (let index = first; index < Math.min(count, first + 500); index += 1) {
-      batch.push(connect({ role: 'driver', name: `idle-${index}`, capacity: 1 }));
+      batch.push(connect({ role: 'driver', name: `idle-${index}`, capacity: 1 }, index));
     }
     held.push(...(await Promise.all(batch)));
   }
@@ -55,7 +57,7 @@ async function main() {
 
   // Drivers take every offer at once.
   const drivers = await Promise.all(Array.from({ length: config.drivers }, (_, index) =>
-    connect({ role: 'driver', name: `bench-driver-${index}`, capacity: 10_000 })));
+    connect({ role: 'driver', name: `bench-driver-${index}`, capacity: 10_000 }, index)));
   for (const driver of drivers) {
     driver.on('pickup', (order) => {
       driver.emit('in-transit', order);
@@ -70,7 +72,7 @@ async function main() {
   let lastDelivery = 0;
   const total = config.vendors * config.orders;
   const vendors = await Promise.all(Array.from({ length: config.vendors }, (_, index) =>
-    connect({ role: 'vendor', store: `bench-store-${index}` })));
+    connect({ role: 'vendor', store: `bench-store-${index}` }, index)));
   say({ phase: 'ready' });
   await nextLine();
 

@@ -120,6 +120,9 @@ pub(super) struct BenchArgs {
         allow_hyphen_values = true
     )]
     pub(super) hub_args: Vec<String>,
+    /// The PostgreSQL database of the caps-pg-* targets; emptied before each measurement (scripts/pg_cluster.sh gives a throwaway one).
+    #[arg(long, env = "CAPS_DATABASE")]
+    pub(super) database: Option<String>,
 }
 
 #[derive(Debug, Args)]

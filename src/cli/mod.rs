@@ -111,6 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 hub: args.hub,
                 hub_pid: args.hub_pid,
                 hub_args: args.hub_args,
+                database: args.database,
                 vendors: args.vendors,
                 drivers: args.drivers,
                 orders: args.orders,

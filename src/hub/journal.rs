@@ -45,6 +45,13 @@ pub trait Backend: Send + 'static {
 /// Reads of committed orders: the authority for every order ever recorded,
 /// however old. Each call sees only what was committed.
 pub trait Records: Send + Sync + 'static {
+    /// Whether a read crosses the network (a shared database): the
+    /// sequencer then does not wait on one to learn that an order is new,
+    /// and leaves it to the order's conditional insert (a repeat is refused,
+    /// read back, and the sender, told to try again, finds it).
+    fn is_remote(&self) -> bool {
+        false
+    }
     /// One order with its whole history.
     fn order(&self, key: &OrderKey) -> anyhow::Result<Option<StoredOrder>>;
     /// The order as this hub may hold it: like [`Records::order`], but

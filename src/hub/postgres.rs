@@ -741,14 +741,7 @@ impl Backend for PgBackend {
 async fn commit_batch(pg: &Pg, steps: &[Step]) -> Result<Vec<u64>, sqlx::Error> {
     {
         let mut tx = pg.pool.begin().await?;
-        let mut held = true;
-        for step in steps {
-            if !apply(&mut tx, &pg.hub, &step.changes).await? {
-                held = false;
-                break;
-            }
-        }
-        if held {
+        if Batch::of(steps).apply(&mut tx, &pg.hub).await? {
             tx.commit().await?;
             return Ok(Vec::new());
         }
@@ -767,6 +760,300 @@ async fn commit_batch(pg: &Pg, steps: &[Step]) -> Result<Vec<u64>, sqlx::Error> 
     }
     tx.commit().await?;
     Ok(refused)
+}
+
+/// A batch's changes folded into a few set-based statements: each order's
+/// transitions in the batch become one update from the version the first
+/// was decided on to the last one's state (or one insert, for an order new
+/// in the batch), and the history, notices and deliveries go in one
+/// statement each. Round trips per batch instead of per change; the fast
+/// path for a batch whose every condition holds (else each step is applied
+/// alone, in its savepoint).
+#[derive(Default)]
+struct Batch {
+    /// Orders new in the batch, as they stand at its end.
+    inserts: Vec<FoldedOrder>,
+    /// Orders changed in the batch that it did not create.
+    updates: Vec<FoldedOrder>,
+    /// Every state entered, in order: store, order, state, driver, at.
+    history: Vec<(String, String, &'static str, Option<String>, String)>,
+    delivered: i64,
+    /// Notices queued: message id, store, order, at.
+    queued: Vec<(String, String, String, String)>,
+    removed: Vec<String>,
+    trimmed: Vec<(String, i64)>,
+}
+
+/// One order's state at the end of a batch.
+struct FoldedOrder {
+    key: OrderKey,
+    /// For a new order: its payload and arrival number.
+    new: Option<(String, String, i64)>,
+    /// The version the batch's first change expects (an update's condition).
+    from_version: i64,
+    /// The version after the batch.
+    to_version: i64,
+    state: &'static str,
+    driver: Option<String>,
+    told_in_transit: bool,
+    at: String,
+}
+
+impl Batch {
+    fn of(steps: &[Step]) -> Batch {
+        let mut batch = Batch::default();
+        let mut folded: std::collections::HashMap<OrderKey, (bool, usize)> = Default::default();
+        for change in steps.iter().flat_map(|step| &step.changes) {
+            match change {
+                Change::NewOrder { order, seq, at } => {
+                    let key = OrderKey::of(order);
+                    let at = at.to_rfc3339();
+                    batch.history.push((
+                        key.store.to_string(),
+                        key.order_id.to_string(),
+                        OrderState::Ready.name(),
+                        None,
+                        at.clone(),
+                    ));
+                    folded.insert(key.clone(), (true, batch.inserts.len()));
+                    batch.inserts.push(FoldedOrder {
+                        key,
+                        new: Some((
+                            order.customer.to_string(),
+                            order.address.to_string(),
+                            *seq as i64,
+                        )),
+                        from_version: 0,
+                        to_version: 1,
+                        state: OrderState::Ready.name(),
+                        driver: None,
+                        told_in_transit: false,
+                        at,
+                    });
+                }
+                Change::Transition {
+                    key,
+                    version,
+                    state,
+                    driver,
+                    told_in_transit,
+                    at,
+                } => {
+                    let at = at.to_rfc3339();
+                    let driver = driver.as_ref().map(driver_column);
+                    batch.history.push((
+                        key.store.to_string(),
+                        key.order_id.to_string(),
+                        state.name(),
+                        driver.clone(),
+                        at.clone(),
+                    ));
+                    if *state == OrderState::Delivered {
+                        batch.delivered += 1;
+                    }
+                    let entry = match folded.get(key) {
+                        Some((true, index)) => &mut batch.inserts[*index],
+                        Some((false, index)) => &mut batch.updates[*index],
+                        None => {
+                            folded.insert(key.clone(), (false, batch.updates.len()));
+                            batch.updates.push(FoldedOrder {
+                                key: key.clone(),
+                                new: None,
+                                from_version: *version as i64,
+                                to_version: *version as i64,
+                                state: state.name(),
+                                driver: None,
+                                told_in_transit: false,
+                                at: at.clone(),
+                            });
+                            batch.updates.last_mut().expect("just pushed")
+                        }
+                    };
+                    // A change decided on another version than the batch
+                    // leaves: not the fast path's to judge.
+                    if entry.to_version != *version as i64 {
+                        entry.to_version = -1;
+                    } else {
+                        entry.to_version += 1;
+                    }
+                    entry.state = state.name();
+                    entry.driver = driver;
+                    entry.told_in_transit = *told_in_transit;
+                    entry.at = at;
+                }
+                Change::NoticeQueued {
+                    message_id,
+                    order,
+                    at,
+                } => batch.queued.push((
+                    message_id.to_string(),
+                    order.store.to_string(),
+                    order.order_id.to_string(),
+                    at.to_rfc3339(),
+                )),
+                Change::NoticeRemoved { message_id } => batch.removed.push(message_id.to_string()),
+                Change::NoticesTrimmed { store, keep } => {
+                    batch.trimmed.push((store.to_string(), *keep as i64))
+                }
+            }
+        }
+        batch
+    }
+
+    /// Applies the batch as hub `hub`; `false` if a condition failed.
+    async fn apply(&self, tx: &mut PgConnection, hub: &str) -> Result<bool, sqlx::Error> {
+        if self
+            .inserts
+            .iter()
+            .chain(&self.updates)
+            .any(|order| order.to_version < 0)
+        {
+            return Ok(false);
+        }
+        if !self.inserts.is_empty() {
+            let rows = &self.inserts;
+            let inserted = sqlx::query(
+                "INSERT INTO orders (store, order_id, seq, customer, address, state, driver,
+                                     told_in_transit, updated_at, version, hub)
+                 SELECT s, o, q, c, a, st, d, t, at::TIMESTAMPTZ, v, $11
+                 FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[],
+                             $6::TEXT[], $7::TEXT[], $8::BOOLEAN[], $9::TEXT[], $10::BIGINT[])
+                      AS n(s, o, q, c, a, st, d, t, at, v)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| r.key.store.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| r.key.order_id.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| r.new.as_ref().map_or(0, |n| n.2))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| r.new.as_ref().map(|n| n.0.clone()).unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| r.new.as_ref().map(|n| n.1.clone()).unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|r| r.state).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.driver.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.told_in_transit).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.at.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.to_version).collect::<Vec<_>>())
+            .bind(hub)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() != rows.len() as u64 {
+                return Ok(false);
+            }
+        }
+        if !self.updates.is_empty() {
+            let rows = &self.updates;
+            let updated = sqlx::query(
+                "UPDATE orders SET state = u.st, driver = u.d, told_in_transit = u.t,
+                        updated_at = u.at::TIMESTAMPTZ, version = u.tv
+                 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BOOLEAN[],
+                             $6::TEXT[], $7::BIGINT[], $8::BIGINT[])
+                      AS u(s, o, st, d, t, at, fv, tv)
+                 WHERE orders.store = u.s AND orders.order_id = u.o
+                   AND orders.version = u.fv AND orders.hub = $9",
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| r.key.store.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| r.key.order_id.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|r| r.state).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.driver.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.told_in_transit).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.at.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.from_version).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.to_version).collect::<Vec<_>>())
+            .bind(hub)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() != rows.len() as u64 {
+                return Ok(false);
+            }
+        }
+        if !self.history.is_empty() {
+            let rows = &self.history;
+            sqlx::query(
+                "INSERT INTO transitions (store, order_id, state, driver, at)
+                 SELECT s, o, st, d, at::TIMESTAMPTZ
+                 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[])
+                      WITH ORDINALITY AS h(s, o, st, d, at, n)
+                 ORDER BY n",
+            )
+            .bind(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.3.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.4.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if self.delivered > 0 {
+            sqlx::query(
+                "INSERT INTO deliveries (hub, delivered) VALUES ($1, $2)
+                 ON CONFLICT (hub) DO UPDATE SET delivered = deliveries.delivered + excluded.delivered",
+            )
+            .bind(hub)
+            .bind(self.delivered)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !self.queued.is_empty() {
+            let rows = &self.queued;
+            sqlx::query(
+                "INSERT INTO notices (message_id, store, order_id, queued_at)
+                 SELECT m, s, o, at::TIMESTAMPTZ
+                 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[])
+                      WITH ORDINALITY AS q(m, s, o, at, n)
+                 ORDER BY n
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.3.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (store, keep) in &self.trimmed {
+            sqlx::query(
+                "DELETE FROM notices WHERE store = $1 AND id NOT IN (
+                     SELECT id FROM notices WHERE store = $1 ORDER BY id DESC LIMIT $2)",
+            )
+            .bind(store)
+            .bind(*keep)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !self.removed.is_empty() {
+            sqlx::query("DELETE FROM notices WHERE message_id = ANY($1::TEXT[])")
+                .bind(&self.removed)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(true)
+    }
 }
 
 /// Applies one step's changes as hub `hub`; `false` if a condition failed.
@@ -921,6 +1208,10 @@ impl PgRecords {
 }
 
 impl Records for PgRecords {
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     fn order(&self, key: &OrderKey) -> anyhow::Result<Option<StoredOrder>> {
         let key = key.clone();
         self.read(|pg| async move { order_of(&pg, &key, false).await })

@@ -40,7 +40,13 @@ impl ClientEvent for Pickup {
         // The desk holds open orders and recent deliveries; older ones are
         // in the data dir, and a re-sent order is the same order however old.
         let outcome = match hub.desk.state_of(&key) {
+            // A delivered order may be held compacted: its record knows
+            // whether this is the same order.
+            Some(OrderState::Delivered) if hub.records_are_remote() => repeated(hub, &key, &order),
             Some(_) => hub.desk.pickup(order.clone(), Instant::now()),
+            // Across the network, a new order is not looked up first: its
+            // insert is conditional, and a repeat is refused and read back.
+            None if !hub.look_up_first(&key) => hub.desk.pickup(order.clone(), Instant::now()),
             None => match hub.recorded(&key) {
                 Ok(Some(recorded)) if !recorded.is_same(&order) => Err(Refusal::new(
                     ErrorCode::OrderConflict,
@@ -73,5 +79,33 @@ impl ClientEvent for Pickup {
             }
             Err(refusal) => out.push(refused(reply, Some(order), refusal)),
         }
+    }
+}
+
+/// A pickup of an order the records may hold: the same order again, or a
+/// conflict, as its record says.
+fn repeated(
+    hub: &Sequencer,
+    key: &OrderKey,
+    order: &Order,
+) -> Result<
+    (
+        PickupOutcome,
+        Vec<crate::hub::dispatch::Effect<socketioxide::extract::SocketRef>>,
+    ),
+    Refusal,
+> {
+    match hub.recorded(key)? {
+        Some(recorded) if recorded.is_same(order) => {
+            Ok((PickupOutcome::Repeated(recorded.state), Vec::new()))
+        }
+        Some(_) => Err(Refusal::new(
+            ErrorCode::OrderConflict,
+            format!("{key} already exists with a different payload"),
+        )),
+        None => Err(Refusal::new(
+            ErrorCode::Busy,
+            "the order changed meanwhile; try again",
+        )),
     }
 }

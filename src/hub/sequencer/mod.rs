@@ -57,6 +57,8 @@ const TICK: Duration = Duration::from_millis(100);
 const PRESENCE_EAGER_DRIVERS: usize = 256;
 /// ...with more, at most this often while events flow, and at every tick.
 const PRESENCE_EVERY: Duration = Duration::from_millis(20);
+/// Orders known to be held by other hubs, remembered at most.
+const HELD_ELSEWHERE_KEPT: usize = 10_000;
 /// How often (in ticks) drivers' sockets are checked for liveness.
 const LIVENESS_EVERY: u32 = 10;
 
@@ -130,6 +132,7 @@ pub async fn run(
         vendors: HashMap::new(),
         journal,
         records: setup.records,
+        held_elsewhere: HashSet::new(),
         outbox: Outbox::new(io, setup.bridge),
         guard: setup.guard,
         metrics: setup.metrics,
@@ -244,6 +247,10 @@ pub struct Sequencer {
     journal: Option<Journal>,
     /// Committed orders: the authority for those the desk no longer holds.
     records: Option<Box<dyn Records>>,
+    /// Orders another hub of the group holds, found when this hub's insert
+    /// of one was refused: a pickup of one is looked up before it is taken
+    /// (bounded; cleared when full).
+    held_elsewhere: HashSet<OrderKey>,
     outbox: Outbox,
     /// The connection count to correct.
     guard: Guard,
@@ -392,6 +399,20 @@ impl Sequencer {
         })
     }
 
+    /// Whether the records are read across the network (see
+    /// [`Records::is_remote`]).
+    pub(in crate::hub) fn records_are_remote(&self) -> bool {
+        self.records
+            .as_ref()
+            .is_some_and(|records| records.is_remote())
+    }
+
+    /// Whether a pickup of `key` must look the order up first: the records
+    /// are local (cheap to read), or another hub was found to hold it.
+    pub(in crate::hub) fn look_up_first(&self, key: &OrderKey) -> bool {
+        !self.records_are_remote() || self.held_elsewhere.contains(key)
+    }
+
     /// Reads back the orders of steps the data dir refused: its record is
     /// the truth, and the desk takes it as it is.
     fn reload(&mut self, stale: Vec<OrderKey>) {
@@ -405,6 +426,12 @@ impl Sequencer {
             match held {
                 Ok(record) => {
                     log::warn!("{key} changed elsewhere; taking the data dir's record");
+                    if record.is_none() && self.records_are_remote() {
+                        if self.held_elsewhere.len() >= HELD_ELSEWHERE_KEPT {
+                            self.held_elsewhere.clear();
+                        }
+                        self.held_elsewhere.insert(key.clone());
+                    }
                     self.desk.reload(&key, record, Instant::now());
                 }
                 Err(_) => log::error!("{key} may differ from the data dir until a restart"),

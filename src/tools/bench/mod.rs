@@ -44,6 +44,8 @@ pub struct BenchConfig {
     pub hub_pid: Option<u32>,
     /// Extra flags for the `caps hub` processes started.
     pub hub_args: Vec<String>,
+    /// The PostgreSQL database of the caps-pg targets (emptied before each).
+    pub database: Option<String>,
     /// Vendors.
     pub vendors: usize,
     /// Drivers.
@@ -111,6 +113,10 @@ pub struct Figures {
     pub max_ms: f64,
     /// Server CPU time per 1,000 delivered orders, in milliseconds.
     pub cpu_ms_per_1000: Option<f64>,
+    /// PostgreSQL's CPU time per 1,000 delivered orders, in milliseconds
+    /// (the caps-pg targets: every `postgres` process of the machine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_cpu_ms_per_1000: Option<f64>,
     /// Server peak resident memory, in MiB.
     pub peak_rss_mib: Option<f64>,
     /// Idle connections opened per second (with `--conns`).
@@ -143,7 +149,14 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
                 if generator == Generator::Node && kind == Kind::Echo {
                     continue; // the echo server speaks only to the Rust generator
                 }
-                let target = Target::start(kind, &config.hub_args)?;
+                if kind.group_hubs() > 0 {
+                    let database = config
+                        .database
+                        .as_deref()
+                        .context("the caps-pg targets need --database (or CAPS_DATABASE)")?;
+                    empty_database(database).await?;
+                }
+                let target = Target::start(kind, &config.hub_args, config.database.as_deref())?;
                 eprintln!(
                     "bench: round {round}: {} at {}, {} generator",
                     kind.label(),
@@ -180,6 +193,20 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Drops every table of `database`, so that each measurement of a group
+/// starts from an empty schema (the hubs create it).
+async fn empty_database(database: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(database)
+        .await
+        .with_context(|| format!("connecting to {database}"))?;
+    sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        .execute(&mut connection)
+        .await
+        .context("emptying the benchmark's database")?;
+    Ok(())
+}
+
 /// What the vendors share: when each order was sent, and what came back.
 #[derive(Default)]
 struct Tally {
@@ -209,7 +236,8 @@ async fn measure(
     if !echo {
         for index in 0..config.drivers {
             let auth = json!({"role": "driver", "name": format!("bench-driver-{index}"), "capacity": 10_000});
-            let (mut sender, mut receiver) = wire::connect(&target.url, NAMESPACE, &auth).await?;
+            let url = target.url_for(index);
+            let (mut sender, mut receiver) = wire::connect(url, NAMESPACE, &auth).await?;
             drivers.spawn(async move {
                 while let Some(frame) = receiver.next().await {
                     match frame {
@@ -240,12 +268,13 @@ async fn measure(
     let tally = Arc::new(Mutex::new(Tally::default()));
     let total = (config.vendors * config.orders) as u64;
     let cpu_before = target.cpu();
+    let db_before = target.on_database.then(target::database_cpu);
     let started = Instant::now();
     let mut vendors = JoinSet::new();
     for index in 0..config.vendors {
         let store = format!("bench-store-{index}");
         let auth = json!({"role": "vendor", "store": store});
-        let (sender, receiver) = wire::connect(&target.url, NAMESPACE, &auth).await?;
+        let (sender, receiver) = wire::connect(target.url_for(index), NAMESPACE, &auth).await?;
         let window = Arc::new(Semaphore::new(config.window.max(1)));
         let per_vendor_rate = config.rate.map(|rate| rate / config.vendors as f64);
         let sender = Arc::new(tokio::sync::Mutex::new(sender));
@@ -292,6 +321,7 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let cpu_after = target.cpu();
+    let db_after = target.on_database.then(target::database_cpu);
     vendors.abort_all();
     drivers.abort_all();
     stop_polling.store(true, Ordering::Relaxed);
@@ -329,6 +359,7 @@ async fn measure(
         p99_ms: percentile(0.99),
         max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         cpu_ms_per_1000,
+        db_cpu_ms_per_1000: cpu_per_1000(db_before, db_after, delivered),
         peak_rss_mib: target.peak_rss_mib(),
         connects_per_second,
         kib_per_connection,
@@ -339,6 +370,18 @@ async fn measure(
 
 /// The server's CPU time per 1,000 delivered orders, in milliseconds, from
 /// its CPU time read before and after the load.
+pub(super) fn db_cpu_per_1000(
+    target: &Target,
+    before: Option<Duration>,
+    delivered: u64,
+) -> Option<f64> {
+    cpu_per_1000(
+        before,
+        target.on_database.then(target::database_cpu),
+        delivered,
+    )
+}
+
 fn cpu_per_1000(before: Option<Duration>, after: Option<Duration>, delivered: u64) -> Option<f64> {
     match (before, after) {
         (Some(before), Some(after)) if delivered > 0 => {
@@ -515,7 +558,7 @@ async fn idle_connections(target: &Target, count: usize) -> anyhow::Result<(f64,
     let limit = Arc::new(Semaphore::new(256));
     let mut opening = JoinSet::new();
     for index in 0..count {
-        let url = target.url.clone();
+        let url = target.url_for(index).to_owned();
         let limit = Arc::clone(&limit);
         opening.spawn(async move {
             let _permit = limit.acquire_owned().await;

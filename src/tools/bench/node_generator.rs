@@ -50,6 +50,7 @@ pub async fn measure(
     let script = repo_file("bench/generator.mjs")?;
     let settings = json!({
         "url": target.url,
+        "urls": target.urls,
         "vendors": config.vendors,
         "drivers": config.drivers,
         "orders": config.orders,
@@ -88,6 +89,7 @@ pub async fn measure(
         bail!("the generator skipped its ready line")
     };
     let cpu_before = target.cpu();
+    let db_before = target.on_database.then(super::target::database_cpu);
     stdin.write_all(b"go\n").await?;
     let Phase::Done {
         sent,
@@ -102,6 +104,7 @@ pub async fn measure(
         bail!("the generator ended out of order")
     };
     let cpu_after = target.cpu();
+    let db_cpu_ms_per_1000 = super::db_cpu_per_1000(target, db_before, delivered);
     let _ = child.wait().await;
     let total = (config.vendors * config.orders) as u64;
     let cpu_ms_per_1000 = super::cpu_per_1000(cpu_before, cpu_after, delivered);
@@ -118,6 +121,7 @@ pub async fn measure(
         p99_ms,
         max_ms,
         cpu_ms_per_1000,
+        db_cpu_ms_per_1000,
         peak_rss_mib: target.peak_rss_mib(),
         connects_per_second,
         kib_per_connection,

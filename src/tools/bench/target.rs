@@ -1,6 +1,7 @@
 //! What the generator measures: a hub process it starts itself (caps, the
-//! Node peer, or the bare echo ceiling) or one it is pointed at, and that
-//! process's CPU time and memory, read from /proc.
+//! Node peer, or the bare echo ceiling), a group of caps hubs on one
+//! PostgreSQL database, or one hub it is pointed at; and their CPU time and
+//! memory, read from /proc (summed over a group's hubs).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -20,6 +21,12 @@ pub enum Kind {
     Node,
     /// A bare WebSocket server that echoes each event back: the transport's ceiling.
     Echo,
+    /// One `caps hub` on PostgreSQL (`--database`, emptied first).
+    CapsPg1,
+    /// Two `caps hub`s of one group on PostgreSQL.
+    CapsPg2,
+    /// Three `caps hub`s of one group on PostgreSQL.
+    CapsPg3,
 }
 
 impl Kind {
@@ -30,27 +37,80 @@ impl Kind {
             Kind::CapsEphemeral => "caps-ephemeral",
             Kind::Node => "node-peer",
             Kind::Echo => "echo-ceiling",
+            Kind::CapsPg1 => "caps-pg1",
+            Kind::CapsPg2 => "caps-pg2",
+            Kind::CapsPg3 => "caps-pg3",
+        }
+    }
+
+    /// How many hubs of a group on PostgreSQL; 0 for the others.
+    pub fn group_hubs(self) -> usize {
+        match self {
+            Kind::CapsPg1 => 1,
+            Kind::CapsPg2 => 2,
+            Kind::CapsPg3 => 3,
+            Kind::Caps | Kind::CapsEphemeral | Kind::Node | Kind::Echo => 0,
         }
     }
 }
 
-/// A running server under test.
+/// A running server under test: one process, or the hubs of a group.
 pub struct Target {
-    /// Its URL.
+    /// Its URL (the first hub's).
     pub url: String,
-    /// Its process id, to read /proc.
-    pub pid: u32,
-    child: Option<Child>,
+    /// Every hub's URL: client `n` connects to `urls[n % len]`.
+    pub urls: Vec<String>,
+    /// Its process ids, to read /proc.
+    pids: Vec<u32>,
+    children: Vec<Child>,
     _data_dir: Option<tempfile::TempDir>,
+    /// Whether it keeps its orders in PostgreSQL (whose CPU is read too).
+    pub on_database: bool,
 }
 
 impl Target {
-    /// Starts a server of `kind` on a free loopback port.
-    pub fn start(kind: Kind, hub_args: &[String]) -> anyhow::Result<Target> {
+    /// The URL client number `index` connects to: the hubs of a group in turn.
+    pub fn url_for(&self, index: usize) -> &str {
+        &self.urls[index % self.urls.len()]
+    }
+
+    /// Starts a server of `kind` on a free loopback port (a group's hubs on
+    /// `database`, which must have been emptied).
+    pub fn start(
+        kind: Kind,
+        hub_args: &[String],
+        database: Option<&str>,
+    ) -> anyhow::Result<Target> {
+        if kind.group_hubs() > 0 {
+            let database = database.context("the caps-pg targets need --database")?;
+            let mut group = Target {
+                url: String::new(),
+                urls: Vec::new(),
+                pids: Vec::new(),
+                children: Vec::new(),
+                _data_dir: None,
+                on_database: true,
+            };
+            for index in 0..kind.group_hubs() {
+                let id = format!("bench-{}", index + 1);
+                let mut hub_args = hub_args.to_vec();
+                hub_args.extend(["--database".into(), database.into(), "--hub-id".into(), id]);
+                let mut hub = Target::start_one(kind, &hub_args)?;
+                group.urls.append(&mut hub.urls);
+                group.pids.append(&mut hub.pids);
+                group.children.append(&mut hub.children);
+            }
+            group.url = group.urls[0].clone();
+            return Ok(group);
+        }
+        Target::start_one(kind, hub_args)
+    }
+
+    fn start_one(kind: Kind, hub_args: &[String]) -> anyhow::Result<Target> {
         let exe = std::env::current_exe().context("finding the caps binary")?;
         let mut data_dir = None;
         let mut command = match kind {
-            Kind::Caps | Kind::CapsEphemeral => {
+            Kind::Caps | Kind::CapsEphemeral | Kind::CapsPg1 | Kind::CapsPg2 | Kind::CapsPg3 => {
                 let mut command = Command::new(&exe);
                 // One generator connection stands for many shops, --conns
                 // opens as many as a process may, and all come from one
@@ -69,11 +129,14 @@ impl Target {
                     "--api-rate-limit",
                     "100000000",
                 ]);
+                // Where the hub keeps orders is the target's choice, not
+                // the environment's (scripts/pg_cluster.sh sets CAPS_DATABASE).
+                command.env_remove("CAPS_DATABASE");
                 if kind == Kind::Caps {
                     let dir = tempfile::tempdir().context("creating a data dir")?;
                     command.arg("--data-dir").arg(dir.path());
                     data_dir = Some(dir);
-                } else {
+                } else if kind == Kind::CapsEphemeral {
                     command.arg("--ephemeral");
                 }
                 command.args(hub_args);
@@ -118,33 +181,30 @@ impl Target {
         // Keep draining its stdout (the event log) so it never blocks.
         std::thread::spawn(move || for _ in lines {});
         Ok(Target {
+            urls: vec![url.clone()],
             url,
-            pid: child.id(),
-            child: Some(child),
+            pids: vec![child.id()],
+            children: vec![child],
             _data_dir: data_dir,
+            on_database: false,
         })
     }
 
     /// A server started elsewhere, measured through `pid` if given.
     pub fn external(url: String, pid: Option<u32>) -> Target {
         Target {
+            urls: vec![url.clone()],
             url,
-            pid: pid.unwrap_or(0),
-            child: None,
+            pids: pid.into_iter().collect(),
+            children: Vec::new(),
             _data_dir: None,
+            on_database: false,
         }
     }
 
-    /// CPU time (user + system) the process has used so far.
+    /// CPU time (user + system) its processes have used so far.
     pub fn cpu(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
-        // The fields after the command name, which is in parentheses.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(Duration::from_secs_f64(
-            ticks as f64 / clock_ticks_per_second(),
-        ))
+        self.pids.iter().map(|pid| process_cpu(*pid)).sum()
     }
 
     /// Resident memory now, in bytes.
@@ -152,24 +212,57 @@ impl Target {
         self.status_kb("VmRSS:").map(|kb| kb * 1024)
     }
 
-    /// Peak resident memory, in MiB.
+    /// Peak resident memory, in MiB (summed over a group's hubs).
     pub fn peak_rss_mib(&self) -> Option<f64> {
         self.status_kb("VmHWM:").map(|kb| kb as f64 / 1024.0)
     }
 
     fn status_kb(&self, field: &str) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kb| kb.parse().ok())
+        self.pids
+            .iter()
+            .map(|pid| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix(field))
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .sum()
     }
+}
+
+/// CPU time (user + system) process `pid` has used so far.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_second(),
+    ))
+}
+
+/// CPU time used so far by every PostgreSQL server process on the machine
+/// (the database of the caps-pg targets; the benchmark runs one cluster).
+pub fn database_cpu() -> Duration {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "postgres")
+        })
+        .filter_map(process_cpu)
+        .sum()
 }
 
 impl Drop for Target {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
+        for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }
