@@ -32,6 +32,12 @@ $caps bench --targets caps,node $both --rounds 3 --conns 10000 \
 $caps bench --targets caps,node $both --rounds 1 --conns 19000 \
   --vendors 1 --drivers 1 --orders 100 | tee "$out/connections-19000.txt"
 
+# A group of hubs on PostgreSQL against one hub on SQLite (a private cluster).
+scripts/pg_cluster.sh $caps bench --targets caps,caps-pg1,caps-pg2,caps-pg3 $both --rounds 3 \
+  --vendors 6 --drivers 6 --orders 1000 | tee "$out/group.txt"
+scripts/pg_cluster.sh $caps bench --targets caps,caps-pg1,caps-pg3 $both --rounds 2 \
+  --vendors 6 --drivers 6 --orders 300 --rate 500 | tee "$out/group-rate500.txt"
+
 python3 scripts/latency_chart.py "$out/rates.jsonl" "$out/latency.svg" p99Ms
 python3 scripts/latency_chart.py "$out/rates.jsonl" "$out/cpu.svg" cpuMsPer1000
 echo "wrote $out/"

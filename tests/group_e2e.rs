@@ -480,3 +480,41 @@ fn the_demo_runs_three_hubs_on_one_database() {
         "6"
     );
 }
+
+#[test]
+fn hubs_starting_together_on_an_empty_database_share_one_schema_and_refuse_a_taken_id() {
+    let cluster = PgCluster::start();
+    let url = cluster.url();
+    // Three at once: one migrates, the others wait for it (an advisory lock).
+    let starting: Vec<Proc> = ["a", "b", "c"]
+        .iter()
+        .map(|id| {
+            Proc::caps(
+                "hub",
+                &["hub", "--port", "0", "--database", &url, "--hub-id", id],
+            )
+        })
+        .collect();
+    for hub in &starting {
+        hub.wait_for_line("listening on http://");
+    }
+    assert_eq!(cluster.query("SELECT version FROM caps_schema"), "1");
+    let slots = cluster.query("SELECT count(DISTINCT slot) FROM hubs");
+    assert_eq!(slots, "3", "each hub has its own slot");
+
+    // A second process with a running hub's id is refused, with the reason.
+    let mut twin = Proc::caps(
+        "twin",
+        &["hub", "--port", "0", "--database", &url, "--hub-id", "b"],
+    );
+    let status = twin.wait_exit_within(Duration::from_secs(20), &[]);
+    assert!(!status.success());
+    assert!(
+        twin.stderr()
+            .iter()
+            .any(|line| line.contains("hub id b is in use")),
+        "{}",
+        twin.describe()
+    );
+    drop(starting);
+}

@@ -110,10 +110,29 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// before the hub gives up and stops (a supervisor restarts it).
 const OUTAGE_LIMIT: Duration = Duration::from_secs(300);
 
+/// The database's runtime. Dropped without waiting for its tasks: the last
+/// handle may go on any thread, an async one included (where tokio refuses
+/// to block on a runtime's shutdown).
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Runtime {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("the runtime lives until dropped")
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// One hub's way into the group's database; clone it freely.
 #[derive(Clone)]
 pub struct Pg {
-    runtime: Arc<tokio::runtime::Runtime>,
+    runtime: Arc<Runtime>,
     pool: PgPool,
     /// This hub's id and slot.
     hub: Arc<str>,
@@ -132,12 +151,14 @@ impl Pg {
     /// several hubs start at once), refuses a hub id already running, and
     /// registers the hub with its slot.
     pub fn connect(url: &str, hub_id: &str) -> anyhow::Result<Pg> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("caps-postgres")
-            .enable_all()
-            .build()
-            .context("starting the database runtime")?;
+        let runtime = Runtime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("caps-postgres")
+                .enable_all()
+                .build()
+                .context("starting the database runtime")?,
+        ));
         let options: PgConnectOptions = url
             .parse()
             .with_context(|| format!("bad --database URL {}", redact(url)))?;
@@ -145,7 +166,7 @@ impl Pg {
         let opened = {
             let hub = Arc::clone(&hub);
             let options = options.clone();
-            wait_on(&runtime, async move {
+            wait_on(runtime.get(), async move {
                 let pool = PgPoolOptions::new()
                     .max_connections(POOL_SIZE)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -204,12 +225,12 @@ impl Pg {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.runtime.spawn(task)
+        self.runtime.get().spawn(task)
     }
 
     /// Runs `work` on the database runtime and waits for it, from any thread.
     fn wait<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> T {
-        wait_on(&self.runtime, work)
+        wait_on(self.runtime.get(), work)
     }
 
     /// Records that this hub is alive. `false`: the group thinks it dead and
