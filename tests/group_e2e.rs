@@ -44,22 +44,6 @@ fn group_hub(cluster: &PgCluster, id: &str, extra: &[&str]) -> (Proc, String) {
     start_hub_with(&args)
 }
 
-/// The hub's `/metrics` text.
-fn metrics_text(url: &str) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        reqwest::get(format!("{url}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    })
-}
-
 /// How often each id was thanked.
 fn thanks(vendor: &Proc) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -161,7 +145,7 @@ fn a_vendor_on_one_hub_hears_deliveries_made_on_another_live_and_with_the_bridge
     }
     // Each hub's metrics say which hub they are.
     for (url, id) in [(&url_a, "a"), (&url_b, "b")] {
-        let text = metrics_text(url);
+        let text = common::metrics_text(url);
         assert!(
             text.contains(&format!(
                 "caps_orders{{state=\"delivered\",hub=\"{id}\"}} 20"

@@ -60,19 +60,8 @@ fn orders_flow(url: &str, orders_per_vendor: &str) {
 }
 
 fn dropped_lines(url: &str) -> u64 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let text = runtime.block_on(async {
-        reqwest::get(format!("{url}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
-    text.lines()
+    common::metrics_text(url)
+        .lines()
         .find_map(|line| line.strip_prefix("caps_event_log_dropped_total "))
         .expect("the counter is exported")
         .parse()

@@ -40,6 +40,7 @@
 //! [`Hub::start`] gives the routes without a listener, for tests that call
 //! them directly.
 
+mod columns;
 mod decode;
 pub mod dispatch;
 pub mod domain;

@@ -28,12 +28,12 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 
+use super::columns::{OrderRow, driver_column, driver_from_column, order_from, parse_state};
 use super::domain::{
     Change, DriverKey, OrderKey, OrderQuery, OrderState, Snapshot, StoredNotice, StoredOrder,
     Transition, payload_digest,
 };
 use super::journal::{Backend, Records, Step};
-use super::sqlite::{REMOVED, driver_column, driver_from_column, order_from, parse_state};
 use crate::api::OrderCounts;
 use crate::protocol::{DriverName, MessageId, OrderId, StoreId};
 
@@ -493,33 +493,21 @@ const ORDER_COLUMNS: &str = "store, order_id, seq, customer, address, state, dri
      told_in_transit, (extract(epoch FROM updated_at) * 1000000)::BIGINT, version, digest";
 
 fn read_order(row: &PgRow) -> anyhow::Result<StoredOrder> {
-    let store: String = row.try_get(0)?;
-    let order_id: String = row.try_get(1)?;
-    let seq: i64 = row.try_get(2)?;
-    let customer: String = row.try_get(3)?;
-    let address: String = row.try_get(4)?;
-    let state: String = row.try_get(5)?;
-    let driver: Option<String> = row.try_get(6)?;
-    let told_in_transit: bool = row.try_get(7)?;
     let since: i64 = row.try_get(8)?;
-    let version: i64 = row.try_get(9)?;
-    let digest: Option<String> = row.try_get(10)?;
-    let state = parse_state(&state).with_context(|| format!("unknown order state {state:?}"))?;
-    let order = match &digest {
-        Some(_) => order_from(store, order_id, REMOVED.into(), REMOVED.into())?,
-        None => order_from(store, order_id, customer, address)?,
-    };
-    Ok(StoredOrder {
-        order,
-        digest,
-        seq: seq as u64,
-        state,
-        driver: driver.as_deref().and_then(driver_from_column),
-        told_in_transit,
-        version: version as u64,
+    OrderRow {
+        store: row.try_get(0)?,
+        order_id: row.try_get(1)?,
+        seq: row.try_get(2)?,
+        customer: row.try_get(3)?,
+        address: row.try_get(4)?,
+        state: row.try_get(5)?,
+        driver: row.try_get(6)?,
+        told_in_transit: row.try_get(7)?,
         since: DateTime::from_timestamp_micros(since).unwrap_or_else(Utc::now),
-        history: Vec::new(),
-    })
+        version: row.try_get(9)?,
+        digest: row.try_get(10)?,
+    }
+    .into_stored()
 }
 
 /// Every state `key` entered, oldest first.
@@ -942,36 +930,20 @@ impl Batch {
                       AS n(s, o, q, c, a, st, d, t, at, v)
                  ON CONFLICT DO NOTHING",
             )
-            .bind(
-                rows.iter()
-                    .map(|r| r.key.store.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.key.order_id.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.new.as_ref().map_or(0, |n| n.2))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.new.as_ref().map(|n| n.0.clone()).unwrap_or_default())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.new.as_ref().map(|n| n.1.clone()).unwrap_or_default())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|r| r.state).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.driver.clone()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.told_in_transit).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.at.clone()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.to_version).collect::<Vec<_>>())
+            .bind(column(rows, |r| r.key.store.to_string()))
+            .bind(column(rows, |r| r.key.order_id.to_string()))
+            .bind(column(rows, |r| r.new.as_ref().map_or(0, |n| n.2)))
+            .bind(column(rows, |r| {
+                r.new.as_ref().map(|n| n.0.clone()).unwrap_or_default()
+            }))
+            .bind(column(rows, |r| {
+                r.new.as_ref().map(|n| n.1.clone()).unwrap_or_default()
+            }))
+            .bind(column(rows, |r| r.state))
+            .bind(column(rows, |r| r.driver.clone()))
+            .bind(column(rows, |r| r.told_in_transit))
+            .bind(column(rows, |r| r.at.clone()))
+            .bind(column(rows, |r| r.to_version))
             .bind(hub)
             .execute(&mut *tx)
             .await?;
@@ -990,22 +962,14 @@ impl Batch {
                  WHERE orders.store = u.s AND orders.order_id = u.o
                    AND orders.version = u.fv AND orders.hub = $9",
             )
-            .bind(
-                rows.iter()
-                    .map(|r| r.key.store.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.key.order_id.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|r| r.state).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.driver.clone()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.told_in_transit).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.at.clone()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.from_version).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.to_version).collect::<Vec<_>>())
+            .bind(column(rows, |r| r.key.store.to_string()))
+            .bind(column(rows, |r| r.key.order_id.to_string()))
+            .bind(column(rows, |r| r.state))
+            .bind(column(rows, |r| r.driver.clone()))
+            .bind(column(rows, |r| r.told_in_transit))
+            .bind(column(rows, |r| r.at.clone()))
+            .bind(column(rows, |r| r.from_version))
+            .bind(column(rows, |r| r.to_version))
             .bind(hub)
             .execute(&mut *tx)
             .await?;
@@ -1022,11 +986,11 @@ impl Batch {
                       WITH ORDINALITY AS h(s, o, st, d, at, n)
                  ORDER BY n",
             )
-            .bind(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.3.clone()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.4.clone()).collect::<Vec<_>>())
+            .bind(column(rows, |r| r.0.clone()))
+            .bind(column(rows, |r| r.1.clone()))
+            .bind(column(rows, |r| r.2))
+            .bind(column(rows, |r| r.3.clone()))
+            .bind(column(rows, |r| r.4.clone()))
             .execute(&mut *tx)
             .await?;
         }
@@ -1050,10 +1014,10 @@ impl Batch {
                  ORDER BY n
                  ON CONFLICT DO NOTHING",
             )
-            .bind(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.3.clone()).collect::<Vec<_>>())
+            .bind(column(rows, |r| r.0.clone()))
+            .bind(column(rows, |r| r.1.clone()))
+            .bind(column(rows, |r| r.2.clone()))
+            .bind(column(rows, |r| r.3.clone()))
             .execute(&mut *tx)
             .await?;
         }
@@ -1075,6 +1039,11 @@ impl Batch {
         }
         Ok(true)
     }
+}
+
+/// One column of `rows`, to bind as an array.
+fn column<R, T>(rows: &[R], value: impl Fn(&R) -> T) -> Vec<T> {
+    rows.iter().map(value).collect()
 }
 
 /// Applies one step's changes as hub `hub`; `false` if a condition failed.

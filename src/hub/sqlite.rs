@@ -14,13 +14,14 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, DropBehavior, OpenFlags, OptionalExtension, params};
 
+use super::columns::{OrderRow, driver_column, driver_from_column, order_from, parse_state};
 use super::domain::{
-    Change, DriverKey, OrderKey, OrderQuery, OrderState, Snapshot, StoredNotice, StoredOrder,
-    Transition, payload_digest,
+    Change, OrderKey, OrderQuery, OrderState, Snapshot, StoredNotice, StoredOrder, Transition,
+    payload_digest,
 };
 use super::journal::{Backend, Records, Step};
 use crate::api::OrderCounts;
-use crate::protocol::{Address, Customer, DriverName, MessageId, Order, OrderId, StoreId};
+use crate::protocol::{MessageId, OrderId, StoreId};
 
 /// The database file inside the data dir.
 pub const DATABASE_FILE: &str = "caps.db";
@@ -546,9 +547,6 @@ fn set_clean_stop(conn: &Connection, clean: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a compacted order shows for its customer and address.
-pub(super) const REMOVED: &str = "(removed)";
-
 /// The columns [`read_order`] reads, in its order.
 const ORDER_COLUMNS: &str = "store, order_id, seq, customer, address, state, driver, \
      told_in_transit, updated_at, version, digest";
@@ -750,83 +748,31 @@ impl Records for SqliteRecords {
     }
 }
 
-pub(super) fn parse_state(name: &str) -> Option<OrderState> {
-    OrderState::ALL
-        .into_iter()
-        .find(|state| state.name() == name)
-}
-
-/// How a driver is written down: `n:<name>` or `a:<socket id>`.
-pub(super) fn driver_column(driver: &DriverKey) -> String {
-    match driver {
-        DriverKey::Named(name) => format!("n:{name}"),
-        DriverKey::Anonymous(sid) => format!("a:{sid}"),
-    }
-}
-
-pub(super) fn driver_from_column(column: &str) -> Option<DriverKey> {
-    if let Some(name) = column.strip_prefix("n:") {
-        DriverName::new(name).ok().map(DriverKey::Named)
-    } else {
-        column
-            .strip_prefix("a:")
-            .map(|sid| DriverKey::Anonymous(sid.to_owned()))
-    }
-}
-
-pub(super) fn order_from(
-    store: String,
-    order_id: String,
-    customer: String,
-    address: String,
-) -> anyhow::Result<Order> {
-    Ok(Order {
-        store: StoreId::new(store).map_err(anyhow::Error::msg)?,
-        order_id: OrderId::new(order_id).map_err(anyhow::Error::msg)?,
-        customer: Customer::new(customer).map_err(anyhow::Error::msg)?,
-        address: Address::new(address).map_err(anyhow::Error::msg)?,
-    })
-}
-
 fn read_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<anyhow::Result<StoredOrder>> {
-    let store: String = row.get(0)?;
-    let order_id: String = row.get(1)?;
-    let seq: i64 = row.get(2)?;
-    let customer: String = row.get(3)?;
-    let address: String = row.get(4)?;
-    let state: String = row.get(5)?;
-    let driver: Option<String> = row.get(6)?;
-    let told_in_transit: bool = row.get(7)?;
     let since: String = row.get(8)?;
-    let version: i64 = row.get(9)?;
-    let digest: Option<String> = row.get(10)?;
-    Ok((|| {
-        let state =
-            parse_state(&state).with_context(|| format!("unknown order state {state:?}"))?;
-        let order = match &digest {
-            // A compacted order: its customer and address are gone.
-            Some(_) => order_from(store, order_id, REMOVED.into(), REMOVED.into())?,
-            None => order_from(store, order_id, customer, address)?,
-        };
-        Ok(StoredOrder {
-            order,
-            digest,
-            seq: seq as u64,
-            state,
-            driver: driver.as_deref().and_then(driver_from_column),
-            told_in_transit,
-            version: version as u64,
-            since: DateTime::parse_from_rfc3339(&since)
-                .map(|at| at.with_timezone(&Utc))
-                .unwrap_or_else(|_| Utc::now()),
-            history: Vec::new(),
-        })
-    })())
+    let columns = OrderRow {
+        store: row.get(0)?,
+        order_id: row.get(1)?,
+        seq: row.get(2)?,
+        customer: row.get(3)?,
+        address: row.get(4)?,
+        state: row.get(5)?,
+        driver: row.get(6)?,
+        told_in_transit: row.get(7)?,
+        since: DateTime::parse_from_rfc3339(&since)
+            .map(|at| at.with_timezone(&Utc))
+            .unwrap_or_else(|_| Utc::now()),
+        version: row.get(9)?,
+        digest: row.get(10)?,
+    };
+    Ok(columns.into_stored())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::domain::DriverKey;
+    use crate::protocol::{DriverName, Order};
 
     fn order(id: &str) -> Order {
         order_from(

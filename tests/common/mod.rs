@@ -437,6 +437,22 @@ impl Drop for StoreWatcher {
     }
 }
 
+/// The hub's `/metrics` text (a hub without a secret).
+pub fn metrics_text(url: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+}
+
 /// One HTTP request to the hub's API; the status and the JSON body (null if
 /// the body is not JSON).
 pub fn http(method: &str, url: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
