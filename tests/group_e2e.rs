@@ -191,6 +191,18 @@ fn a_vendor_on_one_hub_hears_deliveries_made_on_another_live_and_with_the_bridge
     );
     assert_eq!(third.len(), 10);
     assert_group_settled(&cluster, 50);
+
+    // Hub a's metrics tell the story: deliveries repeated from b, and its
+    // bridge lost and back.
+    let text = common::metrics_text(&url_a);
+    let count = |what: &str| -> u64 {
+        let prefix = format!("caps_group_total{{what=\"{what}\",hub=\"a\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    assert!(count("bridge_repeated") >= 30, "{text}");
+    assert!(count("bridge_lost") >= 1, "{text}");
 }
 
 /// `urls` starting from the `first`-th: a client's own hub, then the others.

@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::dispatch::Adoption;
 use super::domain::rooms;
+use super::metrics::Metrics;
 use super::postgres::Pg;
 use super::sequencer::{GroupPresence, PresenceView, SequencerHandle};
 use crate::protocol::{DeliveryNotice, DriverName, Event, NAMESPACE, StoreId};
@@ -47,6 +48,10 @@ const PUBLISH_BATCH: usize = 200;
 /// How far back a listener that lost its connection re-sends notices: the
 /// loss is noticed a moment after it happens.
 const RESEND_MARGIN: Duration = Duration::from_secs(30);
+/// Bridge messages waiting to be published at most; beyond, they are
+/// dropped (counted): while the database is away they would pile up, and
+/// the notices they carry stay queued anyway.
+const PUBLISH_QUEUE: usize = 10_000;
 /// Orders taken from other hubs in one go at most.
 const TAKE_AT_ONCE: usize = 100;
 
@@ -99,7 +104,8 @@ enum BridgedWhat {
 #[derive(Clone)]
 pub struct Bridge {
     hub: Arc<str>,
-    outgoing: mpsc::UnboundedSender<String>,
+    outgoing: mpsc::Sender<String>,
+    metrics: Arc<Metrics>,
 }
 
 impl Bridge {
@@ -118,7 +124,9 @@ impl Bridge {
         };
         match serde_json::to_string(&bridged) {
             Ok(text) if text.len() <= MAX_BRIDGED => {
-                let _ = self.outgoing.send(text);
+                if self.outgoing.try_send(text).is_err() {
+                    self.metrics.group("bridge_dropped", 1);
+                }
             }
             Ok(text) => log::debug!(
                 "not bridging {event} of {} bytes (over NOTIFY's limit); it stays queued",
@@ -134,12 +142,17 @@ impl Bridge {
 pub struct Group {
     pg: Pg,
     sequencer: SequencerHandle,
+    metrics: Arc<Metrics>,
 }
 
 impl Group {
     /// The handle of hub `pg`, whose sequencer is `sequencer`.
-    pub fn new(pg: Pg, sequencer: SequencerHandle) -> Self {
-        Group { pg, sequencer }
+    pub fn new(pg: Pg, sequencer: SequencerHandle, metrics: Arc<Metrics>) -> Self {
+        Group {
+            pg,
+            sequencer,
+            metrics,
+        }
     }
 
     /// Starts the group's chores on the database runtime: heartbeats and
@@ -150,15 +163,24 @@ impl Group {
         self,
         config: GroupConfig,
         io: SocketIo,
-        published: mpsc::UnboundedReceiver<String>,
+        published: mpsc::Receiver<String>,
         board: Board,
     ) -> tokio::task::JoinHandle<anyhow::Error> {
-        let Group { pg, sequencer } = self;
+        let Group {
+            pg,
+            sequencer,
+            metrics,
+        } = self;
         let (resend, resends) = mpsc::unbounded_channel();
-        pg.spawn(publish(pg.clone(), published));
-        pg.spawn(listen(pg.clone(), io.clone(), resend));
-        pg.spawn(resend_notices(pg.clone(), io, resends));
-        pg.spawn(keep_up(pg.clone(), config, sequencer, board))
+        pg.spawn(publish(pg.clone(), published, Arc::clone(&metrics)));
+        pg.spawn(listen(pg.clone(), io.clone(), resend, Arc::clone(&metrics)));
+        pg.spawn(resend_notices(
+            pg.clone(),
+            io,
+            resends,
+            Arc::clone(&metrics),
+        ));
+        pg.spawn(keep_up(pg.clone(), config, sequencer, board, metrics))
     }
 
     /// Brings `driver`'s packages held at other hubs here, before it is told
@@ -177,6 +199,7 @@ impl Group {
                         "driver={driver} moved here: took over its {} packages",
                         orders.len()
                     );
+                    self.metrics.group("orders_claimed", orders.len() as u64);
                 }
                 self.sequencer.adopt(orders, Adoption::DriverMoved);
             }
@@ -189,12 +212,13 @@ impl Group {
 }
 
 /// The bridge's two ends, made before the sequencer starts.
-pub fn bridge(pg: &Pg) -> (Bridge, mpsc::UnboundedReceiver<String>) {
-    let (outgoing, incoming) = mpsc::unbounded_channel();
+pub fn bridge(pg: &Pg, metrics: Arc<Metrics>) -> (Bridge, mpsc::Receiver<String>) {
+    let (outgoing, incoming) = mpsc::channel(PUBLISH_QUEUE);
     (
         Bridge {
             hub: pg.hub_id().into(),
             outgoing,
+            metrics,
         },
         incoming,
     )
@@ -245,6 +269,7 @@ async fn keep_up(
     config: GroupConfig,
     sequencer: SequencerHandle,
     board: Board,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Error {
     let mut ticker = tokio::time::interval(config.beat_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -286,6 +311,8 @@ async fn keep_up(
                             "hub {hub} is silent: took over its {} open orders",
                             orders.len()
                         );
+                        metrics.group("hubs_taken_over", 1);
+                        metrics.group("orders_taken_over", orders.len() as u64);
                         sequencer.adopt(orders, Adoption::Restart);
                     }
                 }
@@ -302,6 +329,7 @@ async fn keep_up(
                 Ok(orders) => {
                     if !orders.is_empty() {
                         log::info!("took {} orders waiting at other hubs", orders.len());
+                        metrics.group("orders_taken_waiting", orders.len() as u64);
                     }
                     sequencer.adopt(orders, Adoption::Restart);
                 }
@@ -314,7 +342,7 @@ async fn keep_up(
 /// Publishes what the outbox hands over, many messages per statement. After
 /// a failure, once it can publish again, it asks every hub to re-send the
 /// notices queued since.
-async fn publish(pg: Pg, mut published: mpsc::UnboundedReceiver<String>) {
+async fn publish(pg: Pg, mut published: mpsc::Receiver<String>, metrics: Arc<Metrics>) {
     let mut failed_since: Option<DateTime<Utc>> = None;
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while published.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
@@ -335,8 +363,12 @@ async fn publish(pg: Pg, mut published: mpsc::UnboundedReceiver<String>) {
             .execute(pg.pool())
             .await;
         match sent {
-            Ok(_) => failed_since = None,
+            Ok(_) => {
+                failed_since = None;
+                metrics.group("bridge_published", batch.len() as u64);
+            }
             Err(error) => {
+                metrics.group("bridge_dropped", batch.len() as u64);
                 log::warn!(
                     "cannot tell the other hubs ({error}); {} messages stay in the queues",
                     batch.len()
@@ -350,7 +382,12 @@ async fn publish(pg: Pg, mut published: mpsc::UnboundedReceiver<String>) {
 
 /// Repeats what other hubs publish to this hub's sockets; reconnects when
 /// its connection is lost, then has the notices queued meanwhile re-sent.
-async fn listen(pg: Pg, io: SocketIo, resend: mpsc::UnboundedSender<DateTime<Utc>>) {
+async fn listen(
+    pg: Pg,
+    io: SocketIo,
+    resend: mpsc::UnboundedSender<DateTime<Utc>>,
+    metrics: Arc<Metrics>,
+) {
     let mut pause = Duration::from_millis(100);
     let mut lost_at: Option<DateTime<Utc>> = None;
     loop {
@@ -377,13 +414,19 @@ async fn listen(pg: Pg, io: SocketIo, resend: mpsc::UnboundedSender<DateTime<Utc
         }
         loop {
             match listener.try_recv().await {
-                Ok(Some(notification)) => repeat(&pg, &io, notification.payload(), &resend).await,
+                Ok(Some(notification)) => {
+                    if repeat(&pg, &io, notification.payload(), &resend).await {
+                        metrics.group("bridge_repeated", 1);
+                    }
+                }
                 Ok(None) => {
+                    metrics.group("bridge_lost", 1);
                     // Lost and already reconnected (and listening again).
                     log::warn!("the bridge lost its connection; re-sending recent notices");
                     let _ = resend.send(Utc::now() - RESEND_MARGIN);
                 }
                 Err(error) => {
+                    metrics.group("bridge_lost", 1);
                     log::warn!("the bridge lost its connection ({error}); reconnecting");
                     lost_at = Some(Utc::now());
                     break;
@@ -393,36 +436,41 @@ async fn listen(pg: Pg, io: SocketIo, resend: mpsc::UnboundedSender<DateTime<Utc
     }
 }
 
-/// Tells this hub's sockets what another hub published.
+/// Tells this hub's sockets what another hub published; whether it did.
 async fn repeat(
     pg: &Pg,
     io: &SocketIo,
     payload: &str,
     resend: &mpsc::UnboundedSender<DateTime<Utc>>,
-) {
+) -> bool {
     let Ok(bridged) = serde_json::from_str::<Bridged>(payload) else {
         log::debug!("ignored a bridge message this hub cannot read");
-        return;
+        return false;
     };
     match bridged.what {
         BridgedWhat::ResendSince { resend_since } => {
             let _ = resend.send(resend_since);
+            false
         }
-        BridgedWhat::Tell { .. } if bridged.from == pg.hub_id() => {}
+        BridgedWhat::Tell { .. } if bridged.from == pg.hub_id() => false,
         BridgedWhat::Tell {
             store,
             event,
             message,
         } => {
             let Some(ns) = io.of(NAMESPACE) else {
-                return;
+                return false;
             };
             let room = match &store {
                 Some(store) => rooms::store(store),
                 None => rooms::VIEWERS.to_owned(),
             };
-            if let Err(error) = ns.to(room).emit(event.name(), &message).await {
-                log::debug!("cannot repeat {event} from hub {}: {error}", bridged.from);
+            match ns.to(room).emit(event.name(), &message).await {
+                Ok(()) => true,
+                Err(error) => {
+                    log::debug!("cannot repeat {event} from hub {}: {error}", bridged.from);
+                    false
+                }
             }
         }
     }
@@ -430,7 +478,12 @@ async fn repeat(
 
 /// Re-sends the delivery notices queued since each time it is given to the
 /// vendors connected here (their stores' rooms).
-async fn resend_notices(pg: Pg, io: SocketIo, mut resends: mpsc::UnboundedReceiver<DateTime<Utc>>) {
+async fn resend_notices(
+    pg: Pg,
+    io: SocketIo,
+    mut resends: mpsc::UnboundedReceiver<DateTime<Utc>>,
+    metrics: Arc<Metrics>,
+) {
     while let Some(mut since) = resends.recv().await {
         // Requests that piled up are one request, from the earliest.
         while let Ok(earlier) = resends.try_recv() {
@@ -470,6 +523,7 @@ async fn resend_notices(pg: Pg, io: SocketIo, mut resends: mpsc::UnboundedReceiv
                 Err(error) => log::warn!("cannot read store={store}'s queued notices: {error:#}"),
             }
         }
+        metrics.group("notices_resent", resent);
         if resent > 0 {
             log::info!("re-sent {resent} queued delivery notices queued since {since}");
         }

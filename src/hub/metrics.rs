@@ -24,6 +24,7 @@ pub struct Metrics {
     orders: IntGaugeVec,
     delivery_seconds: Histogram,
     pending_events: IntGauge,
+    group: IntCounterVec,
     log_dropped: IntCounter,
     /// The event log's own count of dropped lines.
     log_dropped_source: Arc<AtomicU64>,
@@ -86,6 +87,16 @@ impl Metrics {
             "Events taken and not yet answered (the hub's memory budget; busy beyond it)",
         )
         .expect("valid metric");
+        let group = IntCounterVec::new(
+            Opts::new(
+                "caps_group_total",
+                "In a group of hubs: bridge messages published, dropped (the queue \
+                 stays the truth), repeated from other hubs and connections lost; \
+                 notices re-sent; hubs and orders taken over; orders taken waiting",
+            ),
+            &["what"],
+        )
+        .expect("valid metric");
         let log_dropped_counter = IntCounter::new(
             "caps_event_log_dropped_total",
             "Event log lines dropped because stdout did not keep up or failed",
@@ -98,6 +109,7 @@ impl Metrics {
             Box::new(orders.clone()),
             Box::new(delivery_seconds.clone()),
             Box::new(pending_events.clone()),
+            Box::new(group.clone()),
             Box::new(log_dropped_counter.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
@@ -110,6 +122,7 @@ impl Metrics {
             orders,
             delivery_seconds,
             pending_events,
+            group,
             log_dropped: log_dropped_counter,
             log_dropped_source: log_dropped,
         }
@@ -123,6 +136,11 @@ impl Metrics {
     /// Something was refused with `code`.
     pub fn refusal(&self, code: &str) {
         self.refusals.with_label_values(&[code]).inc();
+    }
+
+    /// `count` more of `what` happened in the group (see `caps_group_total`).
+    pub fn group(&self, what: &str, count: u64) {
+        self.group.with_label_values(&[what]).inc_by(count);
     }
 
     /// An order was delivered `seconds` after its pickup.

@@ -296,8 +296,9 @@ impl Hub {
         ));
         let (sequencer, inbox) = self::sequencer::channel(Arc::clone(&metrics));
         let group = group.map(|(pg, timing)| {
-            let (bridge, published) = group::bridge(&pg);
-            (Group::new(pg, sequencer.clone()), timing, bridge, published)
+            let (bridge, published) = group::bridge(&pg, Arc::clone(&metrics));
+            let handle = Group::new(pg, sequencer.clone(), Arc::clone(&metrics));
+            (handle, timing, bridge, published)
         });
         let cors = cors_layer(&config.limits.cors_origins)?;
         let door = Door::new(
