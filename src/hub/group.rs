@@ -320,6 +320,7 @@ async fn keep_up(
             }
         }
         share_presence(&pg, &config, &board).await;
+        forget_taken(&pg, &sequencer, &metrics).await;
         let Some((room, waiting)) = sequencer.spare().await else {
             return anyhow::anyhow!("the sequencer stopped");
         };
@@ -336,6 +337,28 @@ async fn keep_up(
                 Err(error) => log::warn!("cannot take waiting orders: {error:#}"),
             }
         }
+    }
+}
+
+/// Orders checked at each heartbeat for having been taken by another hub.
+const CHECKED_AT_ONCE: usize = 1_000;
+
+/// Drops from this hub's desk the waiting orders other hubs have taken:
+/// else a hub whose shops' orders are all carried from other hubs (it has
+/// no courier of its own) would hold every one of them for ever.
+async fn forget_taken(pg: &Pg, sequencer: &SequencerHandle, metrics: &Metrics) {
+    let Some(waiting) = sequencer.waiting(CHECKED_AT_ONCE).await else {
+        return;
+    };
+    if waiting.is_empty() {
+        return;
+    }
+    match pg.owned_elsewhere(&waiting).await {
+        Ok(taken) => {
+            metrics.group("orders_forgotten", taken.len() as u64);
+            sequencer.forget(taken);
+        }
+        Err(error) => log::debug!("cannot check the waiting orders: {error:#}"),
     }
 }
 

@@ -357,6 +357,28 @@ impl Pg {
         read_orders(tx, keys).await
     }
 
+    /// Those of `orders` this hub no longer owns (another hub took them).
+    pub async fn owned_elsewhere(&self, orders: &[OrderKey]) -> anyhow::Result<Vec<OrderKey>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT k.s, k.o FROM unnest($1::TEXT[], $2::TEXT[]) AS k(s, o)
+             JOIN orders ON orders.store = k.s AND orders.order_id = k.o
+             WHERE orders.hub IS DISTINCT FROM $3",
+        )
+        .bind(column(orders, |key| key.store.to_string()))
+        .bind(column(orders, |key| key.order_id.to_string()))
+        .bind(&*self.hub)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(store, order_id)| {
+                Ok(OrderKey {
+                    store: StoreId::new(store).map_err(anyhow::Error::msg)?,
+                    order_id: OrderId::new(order_id).map_err(anyhow::Error::msg)?,
+                })
+            })
+            .collect()
+    }
+
     /// Records who is online at this hub (JSON), for the group's board.
     pub async fn record_presence(&self, presence: &str) -> anyhow::Result<()> {
         sqlx::query(

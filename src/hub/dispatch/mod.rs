@@ -305,6 +305,11 @@ impl<S: Clone + PartialEq> Dispatch<S> {
         self.dispatch(now)
     }
 
+    /// The orders waiting for a driver, oldest first, at most `limit`.
+    pub fn waiting(&self, limit: usize) -> Vec<OrderKey> {
+        self.ready.values().take(limit).cloned().collect()
+    }
+
     /// How many more packages the online drivers could take, and how many
     /// orders wait for one: with more room than waiting orders, this desk
     /// can take orders that wait elsewhere.

@@ -8,7 +8,7 @@ use socketioxide::extract::{AckSender, SocketRef};
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::dispatch::Adoption;
-use super::super::domain::{DriverKey, OrderQuery, StoredOrder};
+use super::super::domain::{DriverKey, OrderKey, OrderQuery, StoredOrder};
 use super::super::metrics::Metrics;
 use super::super::peer::Peer;
 use super::ClientEvent;
@@ -265,6 +265,10 @@ pub(in crate::hub) enum Command {
     /// How many more packages the online drivers could take, and how many
     /// orders wait for one.
     Spare(oneshot::Sender<(usize, usize)>),
+    /// The orders waiting for a driver, oldest first, at most this many.
+    Waiting(usize, oneshot::Sender<Vec<OrderKey>>),
+    /// Forget these orders: another hub of the group owns them now.
+    Forget(Vec<OrderKey>),
 }
 
 /// The way in to the sequencer; clone it freely.
@@ -371,6 +375,18 @@ impl SequencerHandle {
     /// sequencer has stopped.
     pub async fn spare(&self) -> Option<(usize, usize)> {
         self.ask(Command::Spare).await
+    }
+
+    /// The orders waiting here for a driver, oldest first, at most `limit`.
+    pub async fn waiting(&self, limit: usize) -> Option<Vec<OrderKey>> {
+        self.ask(|reply| Command::Waiting(limit, reply)).await
+    }
+
+    /// Drops orders another hub of the group has taken.
+    pub fn forget(&self, orders: Vec<OrderKey>) {
+        if !orders.is_empty() {
+            self.send(Command::Forget(orders));
+        }
     }
 
     /// An event sent over HTTP by `peer`; answers once it is recorded, or

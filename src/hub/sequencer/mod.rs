@@ -37,7 +37,7 @@ pub use outbox::{Message, Output};
 pub use presence::{Connections, GroupPresence, Presence, PresenceBoard, PresenceView};
 
 use super::dispatch::{Dispatch, DispatchConfig, Effect};
-use super::domain::{Change, DriverKey, OrderKey, Snapshot, StoredOrder};
+use super::domain::{Change, DriverKey, OrderKey, OrderState, Snapshot, StoredOrder};
 use super::event_log::EventLog;
 use super::group::Bridge;
 use super::guard::Guard;
@@ -337,6 +337,19 @@ impl Sequencer {
             }
             Command::Spare(reply) => {
                 let _ = reply.send(self.desk.spare_capacity());
+            }
+            Command::Waiting(limit, reply) => {
+                let _ = reply.send(self.desk.waiting(limit));
+            }
+            Command::Forget(orders) => {
+                let now = Instant::now();
+                for key in orders {
+                    // Only a waiting one: an order this hub has taken back
+                    // since (a driver's claim) is offered or carried.
+                    if self.desk.state_of(&key) == Some(OrderState::Ready) {
+                        self.desk.reload(&key, None, now);
+                    }
+                }
             }
         }
         outputs
