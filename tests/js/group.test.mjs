@@ -76,7 +76,7 @@ async function groupHub(database, id) {
   return { hub, address: banner.split(' ').pop().replace('http://', '') };
 }
 
-test('browsers and our clients through HAProxy see the whole group, and no session is lost', async (t) => {
+test('browsers and our clients through HAProxy see the whole group, no session is lost, and a dead hub\'s browsers come back', async (t) => {
   const postgres = await startPostgres();
   t.after(() => postgres.stop());
   const hubs = [];
@@ -174,5 +174,31 @@ test('browsers and our clients through HAProxy see the whole group, and no sessi
   // The sessions started on long-polling and moved to a WebSocket, and none was refused.
   for (const { upgraded } of pages) assert.ok(upgraded.frames > 0, 'a page never got its WebSocket');
   assert.deepEqual(unknownSessions, []);
+
+  // Hub b dies: the browser on it comes back through the balancer, on
+  // another hub, and sees the next orders delivered.
+  let onB;
+  for (const entry of pages) {
+    const cookie = (await entry.context.cookies()).find((c) => c.name === 'CAPS_HUB');
+    if (cookie?.value === 'b') onB = entry.page;
+  }
+  // The probe (default transports) must drop and connect again.
+  await onB.evaluate(() => {
+    window.back = new Promise((resolve) => {
+      window.probe.once('disconnect', () => window.probe.once('connect', () => resolve(window.probe.io.engine.transport.name)));
+    });
+  });
+  await hubs[1].hub.kill('SIGKILL');
+  await onB.evaluate(() => Promise.race([
+    window.back,
+    new Promise((_, reject) => setTimeout(() => reject(new Error('the probe did not come back')), 15_000)),
+  ]));
+  await onB.waitForSelector('#connection[data-state="live"]', { timeout: 15_000 });
+  const later = new Proc(capsBin, ['vendor', '--hub', lb, '--store', 'bolt', '--count', '3', '--interval', '200ms']);
+  t.after(() => later.kill());
+  assert.equal((await later.exited).code, 0, later.describe());
+  for (const line of later.matching(/^VENDOR: order \S+ ready for pickup$/)) {
+    await onB.waitForSelector(`#list-delivered li:has-text("${line.split(' ')[2]}")`, { timeout: 10_000 });
+  }
   assert.deepEqual(problems, []);
 });
