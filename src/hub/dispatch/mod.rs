@@ -292,13 +292,6 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             if returns {
                 let change = entry.enter(&key, OrderState::Ready, None);
                 self.changes.push(change);
-            } else if entry.state == OrderState::Assigned {
-                // The driver has the offer already: it stands, timed from now.
-                entry.offer = self.next_offer;
-                self.next_offer += 1;
-                let deadline = (now + self.config.offer_timeout, entry.offer);
-                entry.offer_deadline = Some(deadline);
-                self.offer_deadlines.insert(deadline, key.clone());
             }
             self.place(key, entry, now);
         }
@@ -348,7 +341,17 @@ impl<S: Clone + PartialEq> Dispatch<S> {
 
     /// Puts a recorded order where its state says: the ready queue, its
     /// driver's hands (offline until it connects), or the delivered cache.
-    fn place(&mut self, key: OrderKey, entry: OrderEntry, now: Instant) {
+    /// An offer stands with a deadline from now: whatever happened to it
+    /// before (a refused commit may have dropped the message), it is never
+    /// held for ever.
+    fn place(&mut self, key: OrderKey, mut entry: OrderEntry, now: Instant) {
+        if entry.state == OrderState::Assigned && entry.driver.is_some() {
+            entry.offer = self.next_offer;
+            self.next_offer += 1;
+            let deadline = (now + self.config.offer_timeout, entry.offer);
+            entry.offer_deadline = Some(deadline);
+            self.offer_deadlines.insert(deadline, key.clone());
+        }
         match (entry.state, &entry.driver) {
             (OrderState::Delivered, _) => self.delivered_order.push_back(key.clone()),
             (OrderState::Ready, _) | (_, None) => {

@@ -507,3 +507,34 @@ fn drivers_offline_with_nothing_in_hand_are_not_kept() {
         "a driver away with a package is kept"
     );
 }
+
+#[test]
+fn an_offer_read_back_from_the_records_still_expires() {
+    // A refused commit can drop the offer's message: the desk, reloading
+    // the order as recorded (offered to a driver), must not hold it for ever.
+    let now = Instant::now();
+    let mut desk = desk();
+    desk.driver_online(named("a"), 1, None, now);
+    desk.driver_online(named("b"), 2, None, now);
+    let key = OrderKey::of(&order("o"));
+    let recorded = StoredOrder {
+        order: order("o"),
+        seq: 5,
+        state: OrderState::Assigned,
+        driver: Some(named("a")),
+        version: 2,
+        digest: None,
+        told_in_transit: false,
+        since: Utc::now(),
+        history: Vec::new(),
+    };
+    desk.reload(&key, Some(recorded), now);
+    assert!(desk.tick(now).is_empty(), "the offer stands for now");
+    let later = now + DispatchConfig::default().offer_timeout + Duration::from_millis(1);
+    let offers = offers(&desk.tick(later));
+    assert_eq!(
+        offers,
+        [("b".to_string(), "o".to_string())],
+        "it went to another driver"
+    );
+}

@@ -170,7 +170,9 @@ impl Outbox {
 
     /// Everything settled by `commit`, in order, and the orders of the steps
     /// the data dir refused. A refused step's sender is told to try again
-    /// (what it asked for was not recorded); its other outputs are dropped.
+    /// (what it asked for was not recorded); its other outputs are dropped,
+    /// but for packages handed back to a driver that the step did not
+    /// change (their offers stand, whatever became of the step).
     pub fn committed(&mut self, commit: &Commit) -> (Vec<Output>, Vec<OrderKey>) {
         let mut ready = Vec::new();
         let mut stale = Vec::new();
@@ -184,8 +186,11 @@ impl Outbox {
                 ready.extend(step.outputs);
                 continue;
             }
-            stale.extend(step.orders);
+            let changed = step.orders;
             ready.extend(step.outputs.into_iter().filter_map(|output| match output {
+                Output::Offer { ref order, .. } if !changed.contains(&OrderKey::of(order)) => {
+                    Some(output)
+                }
                 Output::Accept(reply) => Some(Output::Refuse {
                     reply,
                     order: None,
@@ -197,6 +202,7 @@ impl Outbox {
                 refused @ Output::Refuse { .. } => Some(refused),
                 _ => None,
             }));
+            stale.extend(changed);
         }
         (ready, stale)
     }
