@@ -129,6 +129,16 @@ pub enum Change {
         /// Its id.
         message_id: MessageId,
     },
+    /// A store acknowledged the notice whose message id, or whose order's
+    /// id (as older course code sends), is `id`, without the hub looking it
+    /// up first (a shared database, where a look-up is a round trip): it
+    /// leaves the queue if it is there.
+    NoticeAcknowledged {
+        /// The store.
+        store: StoreId,
+        /// A message id, or an order id.
+        id: String,
+    },
     /// A store's queue was over its limit: all but its newest `keep`
     /// notices are dropped.
     NoticesTrimmed {
@@ -147,6 +157,7 @@ impl Change {
             Change::Transition { key, .. } => Some(key.clone()),
             Change::NoticeQueued { .. }
             | Change::NoticeRemoved { .. }
+            | Change::NoticeAcknowledged { .. }
             | Change::NoticesTrimmed { .. } => None,
         }
     }

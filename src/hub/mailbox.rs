@@ -98,6 +98,15 @@ impl Mailbox {
     ) -> Result<Change, Refusal> {
         match &mut self.kept {
             Kept::Memory(queues) => queues.acknowledge(store, message_id),
+            Kept::DataDir { records, counts } if records.is_remote() => {
+                if let Some(queued) = counts.get_mut(store) {
+                    *queued = queued.saturating_sub(1);
+                }
+                Ok(Change::NoticeAcknowledged {
+                    store: store.clone(),
+                    id: message_id.to_string(),
+                })
+            }
             Kept::DataDir { records, counts } => {
                 let found = records
                     .notice_id(store, message_id.as_str())

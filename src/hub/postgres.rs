@@ -812,6 +812,8 @@ struct Batch {
     /// Notices queued: message id, store, order, at.
     queued: Vec<(String, String, String, String)>,
     removed: Vec<String>,
+    /// Notices acknowledged unchecked: store, message or order id.
+    acknowledged: Vec<(String, String)>,
     trimmed: Vec<(String, i64)>,
 }
 
@@ -923,6 +925,9 @@ impl Batch {
                     at.to_rfc3339(),
                 )),
                 Change::NoticeRemoved { message_id } => batch.removed.push(message_id.to_string()),
+                Change::NoticeAcknowledged { store, id } => {
+                    batch.acknowledged.push((store.to_string(), id.clone()))
+                }
                 Change::NoticesTrimmed { store, keep } => {
                     batch.trimmed.push((store.to_string(), *keep as i64))
                 }
@@ -1059,6 +1064,17 @@ impl Batch {
                 .execute(&mut *tx)
                 .await?;
         }
+        if !self.acknowledged.is_empty() {
+            let rows = &self.acknowledged;
+            sqlx::query(
+                "DELETE FROM notices USING unnest($1::TEXT[], $2::TEXT[]) AS a(s, i)
+                 WHERE notices.store = a.s AND (notices.message_id = a.i OR notices.order_id = a.i)",
+            )
+            .bind(column(rows, |r| r.0.clone()))
+            .bind(column(rows, |r| r.1.clone()))
+            .execute(&mut *tx)
+            .await?;
+        }
         Ok(true)
     }
 }
@@ -1150,6 +1166,15 @@ async fn apply(tx: &mut PgConnection, hub: &str, changes: &[Change]) -> Result<b
                 .bind(order.store.as_str())
                 .bind(order.order_id.as_str())
                 .bind(at.to_rfc3339())
+                .execute(&mut *tx)
+                .await?;
+            }
+            Change::NoticeAcknowledged { store, id } => {
+                sqlx::query(
+                    "DELETE FROM notices WHERE store = $1 AND (message_id = $2 OR order_id = $2)",
+                )
+                .bind(store.as_str())
+                .bind(id)
                 .execute(&mut *tx)
                 .await?;
             }

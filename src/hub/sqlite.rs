@@ -392,6 +392,7 @@ struct Writes<'c> {
     history: rusqlite::CachedStatement<'c>,
     queue: rusqlite::CachedStatement<'c>,
     unqueue: rusqlite::CachedStatement<'c>,
+    acknowledge: rusqlite::CachedStatement<'c>,
     trim: rusqlite::CachedStatement<'c>,
     count_delivery: rusqlite::CachedStatement<'c>,
 }
@@ -415,6 +416,9 @@ impl<'c> Writes<'c> {
                 "INSERT INTO notices (message_id, store, order_id, queued_at) VALUES (?1, ?2, ?3, ?4)",
             )?,
             unqueue: conn.prepare_cached("DELETE FROM notices WHERE message_id = ?1")?,
+            acknowledge: conn.prepare_cached(
+                "DELETE FROM notices WHERE store = ?1 AND (message_id = ?2 OR order_id = ?2)",
+            )?,
             trim: conn.prepare_cached(
                 "DELETE FROM notices WHERE store = ?1 AND rowid NOT IN (
                      SELECT rowid FROM notices WHERE store = ?1 ORDER BY rowid DESC LIMIT ?2)",
@@ -433,6 +437,7 @@ impl<'c> Writes<'c> {
             history,
             queue,
             unqueue,
+            acknowledge,
             trim,
             count_delivery,
         } = self;
@@ -514,6 +519,9 @@ impl<'c> Writes<'c> {
                 }
                 Change::NoticeRemoved { message_id } => {
                     unqueue.execute(params![message_id.as_str()])?;
+                }
+                Change::NoticeAcknowledged { store, id } => {
+                    acknowledge.execute(params![store.as_str(), id])?;
                 }
                 Change::NoticesTrimmed { store, keep } => {
                     trim.execute(params![store.as_str(), *keep as i64])?;

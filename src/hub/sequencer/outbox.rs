@@ -99,6 +99,7 @@ impl Output {
             } => (&key.store, &key.order_id, *state, driver.as_ref(), at),
             Change::NoticeQueued { .. }
             | Change::NoticeRemoved { .. }
+            | Change::NoticeAcknowledged { .. }
             | Change::NoticesTrimmed { .. } => return None,
         };
         Some(Output::ToViewers(Activity {
