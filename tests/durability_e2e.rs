@@ -132,15 +132,7 @@ fn every_confirmed_order_is_delivered_exactly_once_through_crashes_of_everything
     });
     hub.signal("TERM");
     assert!(hub.wait_exit().success());
-    let db = open_read_only(dir.path());
-    let mut per_order = db
-        .prepare("SELECT order_id, count(*) FROM transitions WHERE state = 'delivered' GROUP BY store, order_id")
-        .unwrap();
-    let delivered: HashMap<String, i64> = per_order
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let delivered = common::delivered_transitions(dir.path());
     assert_eq!(delivered.len(), 300);
     assert!(
         delivered.values().all(|n| *n == 1),
@@ -150,7 +142,7 @@ fn every_confirmed_order_is_delivered_exactly_once_through_crashes_of_everything
         delivered.keys().collect::<HashSet<_>>(),
         placed.keys().collect::<HashSet<_>>()
     );
-    let queued: i64 = db
+    let queued: i64 = open_read_only(dir.path())
         .query_row("SELECT count(*) FROM notices", [], |row| row.get(0))
         .unwrap();
     assert_eq!(queued, 0);

@@ -108,24 +108,14 @@ fn assert_no_disconnect_loop(hub: &Proc, clients: &[&Proc]) {
 
 /// One `delivered` transition per order, and no notice left queued.
 fn assert_history_exactly_once(dir: &Path, expected: &HashSet<String>) {
-    let db =
-        Connection::open_with_flags(dir.join("caps.db"), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let mut per_order = db
-        .prepare(
-            "SELECT order_id, count(*) FROM transitions WHERE state = 'delivered' \
-             GROUP BY store, order_id",
-        )
-        .unwrap();
-    let delivered: HashMap<String, i64> = per_order
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let delivered = common::delivered_transitions(dir);
     assert!(
         delivered.values().all(|n| *n == 1),
         "a delivered transition was repeated"
     );
     assert!(&delivered.into_keys().collect::<HashSet<_>>() == expected);
+    let db =
+        Connection::open_with_flags(dir.join("caps.db"), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let queued: i64 = db
         .query_row("SELECT count(*) FROM notices", [], |row| row.get(0))
         .unwrap();

@@ -278,6 +278,10 @@ impl Pg {
             if gone.rows_affected() == 0 {
                 continue; // another hub was first, or it came back
             }
+            sqlx::query("DELETE FROM hub_presence WHERE hub = $1")
+                .bind(&hub)
+                .execute(&mut *tx)
+                .await?;
             let orders = self
                 .take(
                     &mut tx,
@@ -782,7 +786,10 @@ async fn commit_batch(pg: &Pg, steps: &[Step]) -> Result<Vec<u64>, sqlx::Error> 
     let mut refused = Vec::new();
     for step in steps {
         let mut savepoint = tx.begin().await?;
-        if apply(&mut savepoint, &pg.hub, &step.changes).await? {
+        if Batch::of(std::slice::from_ref(step))
+            .apply(&mut savepoint, &pg.hub)
+            .await?
+        {
             savepoint.commit().await?;
         } else {
             savepoint.rollback().await?;
@@ -1082,142 +1089,6 @@ impl Batch {
 /// One column of `rows`, to bind as an array.
 fn column<R, T>(rows: &[R], value: impl Fn(&R) -> T) -> Vec<T> {
     rows.iter().map(value).collect()
-}
-
-/// Applies one step's changes as hub `hub`; `false` if a condition failed.
-async fn apply(tx: &mut PgConnection, hub: &str, changes: &[Change]) -> Result<bool, sqlx::Error> {
-    for change in changes {
-        match change {
-            Change::NewOrder { order, seq, at } => {
-                let inserted = sqlx::query(
-                    "INSERT INTO orders (store, order_id, seq, customer, address, state, updated_at, version, hub)
-                     VALUES ($1, $2, $3, $4, $5, 'ready', $6::TIMESTAMPTZ, 1, $7) ON CONFLICT DO NOTHING",
-                )
-                .bind(order.store.as_str())
-                .bind(order.order_id.as_str())
-                .bind(*seq as i64)
-                .bind(order.customer.as_str())
-                .bind(order.address.as_str())
-                .bind(at.to_rfc3339())
-                .bind(hub)
-                .execute(&mut *tx)
-                .await?;
-                if inserted.rows_affected() == 0 {
-                    log::warn!(
-                        "not recording store={} order={}: already recorded",
-                        order.store,
-                        order.order_id
-                    );
-                    return Ok(false);
-                }
-                record_transition(tx, &OrderKey::of(order), OrderState::Ready, None, at).await?;
-            }
-            Change::Transition {
-                key,
-                version,
-                state,
-                driver,
-                told_in_transit,
-                at,
-            } => {
-                let driver = driver.as_ref().map(driver_column);
-                let updated = sqlx::query(
-                    "UPDATE orders SET state = $3, driver = $4, told_in_transit = $5,
-                            updated_at = $6::TIMESTAMPTZ, version = version + 1
-                     WHERE store = $1 AND order_id = $2 AND version = $7 AND hub = $8",
-                )
-                .bind(key.store.as_str())
-                .bind(key.order_id.as_str())
-                .bind(state.name())
-                .bind(driver.as_deref())
-                .bind(*told_in_transit)
-                .bind(at.to_rfc3339())
-                .bind(*version as i64)
-                .bind(hub)
-                .execute(&mut *tx)
-                .await?;
-                if updated.rows_affected() == 0 {
-                    log::warn!(
-                        "not recording {key} {state}: it is no longer at version {version} on this hub"
-                    );
-                    return Ok(false);
-                }
-                record_transition(tx, key, *state, driver.as_deref(), at).await?;
-                if *state == OrderState::Delivered {
-                    sqlx::query(
-                        "INSERT INTO deliveries (hub, delivered) VALUES ($1, 1)
-                         ON CONFLICT (hub) DO UPDATE SET delivered = deliveries.delivered + 1",
-                    )
-                    .bind(hub)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-            Change::NoticeQueued {
-                message_id,
-                order,
-                at,
-            } => {
-                sqlx::query(
-                    "INSERT INTO notices (message_id, store, order_id, queued_at)
-                     VALUES ($1, $2, $3, $4::TIMESTAMPTZ) ON CONFLICT DO NOTHING",
-                )
-                .bind(message_id.as_str())
-                .bind(order.store.as_str())
-                .bind(order.order_id.as_str())
-                .bind(at.to_rfc3339())
-                .execute(&mut *tx)
-                .await?;
-            }
-            Change::NoticeAcknowledged { store, id } => {
-                sqlx::query(
-                    "DELETE FROM notices WHERE store = $1 AND (message_id = $2 OR order_id = $2)",
-                )
-                .bind(store.as_str())
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Change::NoticeRemoved { message_id } => {
-                sqlx::query("DELETE FROM notices WHERE message_id = $1")
-                    .bind(message_id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Change::NoticesTrimmed { store, keep } => {
-                sqlx::query(
-                    "DELETE FROM notices WHERE store = $1 AND id NOT IN (
-                         SELECT id FROM notices WHERE store = $1 ORDER BY id DESC LIMIT $2)",
-                )
-                .bind(store.as_str())
-                .bind(*keep as i64)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-    }
-    Ok(true)
-}
-
-async fn record_transition(
-    tx: &mut PgConnection,
-    key: &OrderKey,
-    state: OrderState,
-    driver: Option<&str>,
-    at: &DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO transitions (store, order_id, state, driver, at)
-         VALUES ($1, $2, $3, $4, $5::TIMESTAMPTZ)",
-    )
-    .bind(key.store.as_str())
-    .bind(key.order_id.as_str())
-    .bind(state.name())
-    .bind(driver)
-    .bind(at.to_rfc3339())
-    .execute(tx)
-    .await?;
-    Ok(())
 }
 
 /// Reads of the group's committed orders.

@@ -437,6 +437,25 @@ impl Drop for StoreWatcher {
     }
 }
 
+/// How many `delivered` transitions the data dir in `dir` records for each
+/// order id (read-only, beside a running or stopped hub).
+pub fn delivered_transitions(dir: &std::path::Path) -> std::collections::HashMap<String, i64> {
+    use rusqlite::{Connection, OpenFlags};
+    let db =
+        Connection::open_with_flags(dir.join("caps.db"), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut per_order = db
+        .prepare(
+            "SELECT order_id, count(*) FROM transitions WHERE state = 'delivered' \
+             GROUP BY store, order_id",
+        )
+        .unwrap();
+    per_order
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// The hub's `/metrics` text (a hub without a secret).
 pub fn metrics_text(url: &str) -> String {
     let runtime = tokio::runtime::Builder::new_current_thread()
