@@ -16,11 +16,12 @@ const THANKS: &str = "VENDOR: Thank you for delivering ";
 /// Hub `id` of the group on `cluster`, quick to notice a silent hub and to
 /// take orders waiting elsewhere.
 fn group_hub(cluster: &PgCluster, id: &str, extra: &[&str]) -> (Proc, String) {
+    group_hub_on(cluster, id, "0", extra)
+}
+
+/// The same on `port`.
+fn group_hub_on(cluster: &PgCluster, id: &str, port: &str, extra: &[&str]) -> (Proc, String) {
     let url = cluster.url();
-    let port = extra
-        .iter()
-        .position(|arg| *arg == "--port")
-        .map_or("0", |at| extra[at + 1]);
     let mut args = vec![
         "--port",
         port,
@@ -33,14 +34,7 @@ fn group_hub(cluster: &PgCluster, id: &str, extra: &[&str]) -> (Proc, String) {
         "--take-after",
         "100ms",
     ];
-    let mut rest = extra.iter().copied();
-    while let Some(arg) = rest.next() {
-        if arg == "--port" {
-            rest.next();
-        } else {
-            args.push(arg);
-        }
-    }
+    args.extend_from_slice(extra);
     start_hub_with(&args)
 }
 
@@ -430,7 +424,7 @@ fn a_rolling_restart_of_every_hub_under_load_loses_and_doubles_nothing() {
             hub.describe()
         );
         let port = common::port_of(&fleet.urls[index]).to_string();
-        let (again, _) = group_hub(&cluster, id, &["--port", &port]);
+        let (again, _) = group_hub_on(&cluster, id, &port, &[]);
         fleet.hubs[index] = Some(again);
         thanked += 600;
     }
@@ -523,4 +517,57 @@ fn hubs_starting_together_on_an_empty_database_share_one_schema_and_refuse_a_tak
         twin.describe()
     );
     drop(starting);
+}
+
+/// `POST /api/orders`, sent again while the hub says busy (a refused insert
+/// is read back, and the next try finds the order): the final status.
+fn place(url: &str, order: serde_json::Value) -> u16 {
+    for _ in 0..20 {
+        let (status, _) = common::http("POST", &format!("{url}/api/orders"), Some(order.clone()));
+        if status != 503 {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    503
+}
+
+#[test]
+fn an_order_sent_again_past_the_memory_window_is_recognised_by_any_hub_of_the_group() {
+    // Each hub keeps only 2 delivered orders in memory: the database is the
+    // authority for the rest, and another hub never held them at all.
+    let cluster = PgCluster::start();
+    let (_a, url_a) = group_hub(&cluster, "a", &["--keep-delivered", "2"]);
+    let (_b, url_b) = group_hub(&cluster, "b", &["--keep-delivered", "2"]);
+    let _dana = driver(&url_a, "dana", "1ms", "1ms", &[]);
+    let order = |n: usize, customer: &str| serde_json::json!({"store": "acme", "orderId": format!("o{n}"), "customer": customer, "address": "Schmittfurt, LA"});
+    for n in 0..6 {
+        assert_eq!(place(&url_a, order(n, "Jamal Braun")), 201);
+    }
+    common::wait_for_status(&url_a, "six delivered", |status| {
+        status["orders"]["delivered"] == 6
+    });
+
+    for url in [&url_a, &url_b] {
+        assert_eq!(
+            place(url, order(0, "Jamal Braun")),
+            201,
+            "the same order again, at {url}"
+        );
+        assert_eq!(
+            place(url, order(0, "Someone Else")),
+            409,
+            "another payload, at {url}"
+        );
+        let (status, view) = common::http("GET", &format!("{url}/api/orders/o0"), None);
+        assert_eq!(status, 200);
+        assert_eq!(view["state"], "delivered");
+    }
+    assert_eq!(cluster.query("SELECT count(*) FROM orders"), "6");
+    assert_eq!(
+        cluster.query(
+            "SELECT count(*) FROM transitions WHERE order_id = 'o0' AND state = 'delivered'"
+        ),
+        "1"
+    );
 }
