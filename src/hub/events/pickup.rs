@@ -1,10 +1,12 @@
 //! `pickup`: a vendor (or `POST /api/orders`) has a package ready.
 
 use serde::Deserialize;
+use socketioxide::extract::SocketRef;
 use tokio::time::Instant;
 
 use super::{ClientEvent, refused};
-use crate::hub::dispatch::PickupOutcome;
+
+use crate::hub::dispatch::{Effect, PickupOutcome};
 use crate::hub::domain::OrderKey;
 use crate::hub::peer::Peer;
 use crate::hub::sequencer::{Message, Origin, Output, Reply, Sequencer};
@@ -42,17 +44,19 @@ impl ClientEvent for Pickup {
         let outcome = match hub.desk.state_of(&key) {
             // A delivered order may be held compacted: its record knows
             // whether this is the same order.
-            Some(OrderState::Delivered) if hub.records_are_remote() => repeated(hub, &key, &order),
+            Some(OrderState::Delivered) if hub.records_are_remote() => {
+                as_recorded(hub, &key, &order).and_then(|taken| {
+                    taken.ok_or_else(|| {
+                        Refusal::new(ErrorCode::Busy, "the order changed meanwhile; try again")
+                    })
+                })
+            }
             Some(_) => hub.desk.pickup(order.clone(), Instant::now()),
             // Across the network, a new order is not looked up first: its
             // insert is conditional, and a repeat is refused and read back.
             None if !hub.look_up_first(&key) => hub.desk.pickup(order.clone(), Instant::now()),
-            None => match hub.recorded(&key) {
-                Ok(Some(recorded)) if !recorded.is_same(&order) => Err(Refusal::new(
-                    ErrorCode::OrderConflict,
-                    format!("{key} already exists with a different payload"),
-                )),
-                Ok(Some(recorded)) => Ok((PickupOutcome::Repeated(recorded.state), Vec::new())),
+            None => match as_recorded(hub, &key, &order) {
+                Ok(Some(taken)) => Ok(taken),
                 Ok(None) => hub.desk.pickup(order.clone(), Instant::now()),
                 Err(refusal) => Err(refusal),
             },
@@ -82,30 +86,20 @@ impl ClientEvent for Pickup {
     }
 }
 
-/// A pickup of an order the records may hold: the same order again, or a
-/// conflict, as its record says.
-fn repeated(
-    hub: &Sequencer,
-    key: &OrderKey,
-    order: &Order,
-) -> Result<
-    (
-        PickupOutcome,
-        Vec<crate::hub::dispatch::Effect<socketioxide::extract::SocketRef>>,
-    ),
-    Refusal,
-> {
+/// How a pickup was taken, and the offers it made.
+type Taken = (PickupOutcome, Vec<Effect<SocketRef>>);
+
+/// A pickup of an order as its record says: the same order again, or a
+/// conflict; `None` if it is not recorded.
+fn as_recorded(hub: &Sequencer, key: &OrderKey, order: &Order) -> Result<Option<Taken>, Refusal> {
     match hub.recorded(key)? {
         Some(recorded) if recorded.is_same(order) => {
-            Ok((PickupOutcome::Repeated(recorded.state), Vec::new()))
+            Ok(Some((PickupOutcome::Repeated(recorded.state), Vec::new())))
         }
         Some(_) => Err(Refusal::new(
             ErrorCode::OrderConflict,
             format!("{key} already exists with a different payload"),
         )),
-        None => Err(Refusal::new(
-            ErrorCode::Busy,
-            "the order changed meanwhile; try again",
-        )),
+        None => Ok(None),
     }
 }
