@@ -21,7 +21,7 @@ demo-group: setup
 test: setup
 	$(CARGO) build --locked --all-targets
 	$(CARGO) test --locked
-	target/debug/caps bench --targets caps,node,echo --generators rust,node --vendors 2 --drivers 2 --orders 150
+	target/debug/caps bench --targets caps,node,rust-peer,echo --generators rust,node --vendors 2 --drivers 2 --orders 150
 	npm test
 	$(CARGO) test --locked --test scale_e2e --test group_e2e -- --ignored
 

@@ -57,6 +57,13 @@ pub(super) enum Command {
         #[arg(long, env = "CAPS_PORT", default_value_t = 0)]
         port: u16,
     },
+    /// The bench's floor: socketioxide doing the Node peer's work, nothing more.
+    #[command(hide = true)]
+    BenchPeer {
+        /// Port to listen on; 0 picks a free one.
+        #[arg(long, env = "CAPS_PORT", default_value_t = 0)]
+        port: u16,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -414,13 +421,12 @@ impl Cli {
     /// `--workers`; other commands take tokio's default (one per CPU).
     pub fn worker_threads(&self) -> Option<usize> {
         match &self.command {
-            Command::Hub(args) => Some(args.workers.map_or_else(
-                || {
-                    std::thread::available_parallelism()
-                        .map_or(1, |cpus| cpus.get().saturating_sub(1).max(1))
-                },
-                |workers| workers as usize,
-            )),
+            Command::Hub(args) => Some(
+                args.workers
+                    .map_or_else(default_hub_workers, |workers| workers as usize),
+            ),
+            // The floor runs as the hub does.
+            Command::BenchPeer { .. } => Some(default_hub_workers()),
             _ => None,
         }
     }
@@ -433,7 +439,8 @@ impl Cli {
             | Command::Track(_)
             | Command::Reclaim(_)
             | Command::Bench(_)
-            | Command::BenchEcho { .. } => "warn",
+            | Command::BenchEcho { .. }
+            | Command::BenchPeer { .. } => "warn",
             Command::Hub(_) | Command::Vendor(_) | Command::Driver(_) => "warn,caps=info",
         }
     }
@@ -503,6 +510,12 @@ fn parse_hub_id(id: &str) -> Result<String, String> {
     } else {
         Err("1 to 64 letters, digits, '-', '_', '.' or ':'".into())
     }
+}
+
+/// The hub's async workers unless `--workers` says: one fewer than the CPUs
+/// (the data dir's writer has a core of its own), at least one.
+fn default_hub_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |cpus| cpus.get().saturating_sub(1).max(1))
 }
 
 #[cfg(test)]

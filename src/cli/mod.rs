@@ -125,6 +125,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::BenchEcho { port } => crate::tools::bench::echo::serve(port).await,
+        Command::BenchPeer { port } => crate::tools::bench::peer::serve(port).await,
     }
 }
 

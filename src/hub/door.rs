@@ -264,7 +264,7 @@ pub async fn screen(State(door): State<Door>, request: Request, next: Next) -> R
 /// read buffer. hyper parses them as slices of that buffer (16 KiB), and
 /// socketioxide keeps a session's request head for the session's life: a
 /// shared slice would keep the whole buffer alive for every connection.
-fn detach_from_read_buffer(request: Request) -> Request {
+pub(crate) fn detach_from_read_buffer(request: Request) -> Request {
     let (mut parts, body) = request.into_parts();
     let mut headers = HeaderMap::with_capacity(parts.headers.len());
     for (name, value) in &parts.headers {

@@ -12,6 +12,7 @@
 
 pub mod echo;
 mod node_generator;
+pub mod peer;
 mod target;
 mod wire;
 

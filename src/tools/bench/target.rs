@@ -1,5 +1,5 @@
 //! What the generator measures: a hub process it starts itself (caps, the
-//! Node peer, or the bare echo ceiling), a group of caps hubs on one
+//! Node peer, socketioxide's floor, or the bare echo ceiling), a group of caps hubs on one
 //! PostgreSQL database, or one hub it is pointed at; and their CPU time and
 //! memory, read from /proc (summed over a group's hubs).
 
@@ -21,6 +21,8 @@ pub enum Kind {
     Node,
     /// A bare WebSocket server that echoes each event back: the transport's ceiling.
     Echo,
+    /// socketioxide doing the Node peer's work and nothing more: the library's floor.
+    RustPeer,
     /// One `caps hub` on PostgreSQL (`--database`, emptied first).
     CapsPg1,
     /// Two `caps hub`s of one group on PostgreSQL.
@@ -37,6 +39,7 @@ impl Kind {
             Kind::CapsEphemeral => "caps-ephemeral",
             Kind::Node => "node-peer",
             Kind::Echo => "echo-ceiling",
+            Kind::RustPeer => "socketioxide-peer",
             Kind::CapsPg1 => "caps-pg1",
             Kind::CapsPg2 => "caps-pg2",
             Kind::CapsPg3 => "caps-pg3",
@@ -49,7 +52,7 @@ impl Kind {
             Kind::CapsPg1 => 1,
             Kind::CapsPg2 => 2,
             Kind::CapsPg3 => 3,
-            Kind::Caps | Kind::CapsEphemeral | Kind::Node | Kind::Echo => 0,
+            Kind::Caps | Kind::CapsEphemeral | Kind::Node | Kind::Echo | Kind::RustPeer => 0,
         }
     }
 }
@@ -151,6 +154,11 @@ impl Target {
             Kind::Echo => {
                 let mut command = Command::new(&exe);
                 command.args(["bench-echo", "--port", "0"]);
+                command
+            }
+            Kind::RustPeer => {
+                let mut command = Command::new(&exe);
+                command.args(["bench-peer", "--port", "0"]);
                 command
             }
         };

@@ -1,0 +1,292 @@
+//! `caps bench-peer`: the library's floor. socketioxide on axum, configured
+//! as the hub configures it, doing the Node peer's work
+//! (`bench/peer-hub.mjs`) in memory and nothing more: no validation past the
+//! keys, no authorization, no history, no event log, no sequencer. What it
+//! spends is what the stack costs; what `caps hub --ephemeral` spends beyond
+//! it is what caps adds.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use socketioxide::adapter::LocalAdapter;
+use socketioxide::extract::{Data, SocketRef, State, TryData};
+use socketioxide::handler::{FromMessageParts, MessageHandler, Value as RawValue};
+use socketioxide::socket::{Sid, Socket};
+
+use crate::protocol::NAMESPACE;
+
+/// Serves until the process is stopped; the first stdout line names the URL.
+pub async fn serve(port: u16) -> anyhow::Result<()> {
+    let (layer, io) = SocketIo::builder()
+        .ws_read_buffer_size(1024)
+        .max_buffer_size(1024)
+        .ping_interval(Duration::from_secs(25))
+        .ping_timeout(Duration::from_secs(20))
+        .with_state(Shared::default())
+        .build_layer();
+    io.ns(NAMESPACE, on_connect);
+    // The hub's one fix to the library's memory per connection, so that the
+    // floor is the stack as caps runs it.
+    let app = axum::Router::new()
+        .layer(layer)
+        .layer(axum::middleware::map_request(
+            |request: axum::extract::Request| async move {
+                crate::hub::detach_from_read_buffer(request)
+            },
+        ));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!(
+        "socketioxide peer listening on http://{}",
+        listener.local_addr()?
+    );
+    axum::serve(listener, app.into_make_service()).await?;
+    Ok(())
+}
+
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Peer>>);
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Peer> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[derive(Default)]
+struct Peer {
+    /// By `store/orderId`.
+    orders: HashMap<String, Entry>,
+    /// By name.
+    drivers: HashMap<String, Courier>,
+    /// Keys waiting for a driver, oldest first.
+    ready: VecDeque<String>,
+    /// Each store's connected vendors.
+    vendors: HashMap<String, Vec<SocketRef>>,
+    /// Queued delivery notices: message id to store.
+    notices: HashMap<String, String>,
+}
+
+struct Entry {
+    order: Value,
+    stage: Stage,
+    driver: Option<(String, Sid)>,
+}
+
+#[derive(PartialEq, Eq)]
+enum Stage {
+    Ready,
+    Assigned,
+    InTransit,
+    Delivered,
+}
+
+struct Courier {
+    socket: SocketRef,
+    load: usize,
+}
+
+async fn on_connect(socket: SocketRef, Data(auth): Data<Value>, State(shared): State<Shared>) {
+    let text = |key: &str| auth.get(key).and_then(Value::as_str).map(str::to_owned);
+    match auth.get("role").and_then(Value::as_str) {
+        Some("vendor") => {
+            if let Some(store) = text("store") {
+                let mut peer = shared.lock();
+                peer.vendors.entry(store).or_default().push(socket.clone());
+            }
+        }
+        Some("driver") => {
+            if let Some(name) = text("name") {
+                let mut peer = shared.lock();
+                let courier = Courier {
+                    socket: socket.clone(),
+                    load: 0,
+                };
+                peer.drivers.insert(name, courier);
+                peer.dispatch();
+            }
+        }
+        _ => {}
+    }
+    socket.on_disconnect(async |socket: SocketRef, State(shared): State<Shared>| {
+        let mut peer = shared.lock();
+        peer.drivers
+            .retain(|_, courier| courier.socket.id != socket.id);
+        for vendors in peer.vendors.values_mut() {
+            vendors.retain(|vendor| vendor.id != socket.id);
+        }
+    });
+    for event in [
+        PeerEvent::Pickup,
+        PeerEvent::InTransit,
+        PeerEvent::Delivered,
+        PeerEvent::Received,
+    ] {
+        let handler = Handler {
+            event,
+            shared: shared.clone(),
+        };
+        socket.on(event.name(), handler);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum PeerEvent {
+    Pickup,
+    InTransit,
+    Delivered,
+    Received,
+}
+
+impl PeerEvent {
+    fn name(self) -> &'static str {
+        match self {
+            PeerEvent::Pickup => "pickup",
+            PeerEvent::InTransit => "in-transit",
+            PeerEvent::Delivered => "delivered",
+            PeerEvent::Received => "received",
+        }
+    }
+}
+
+/// One event's handler, run as the message is read, as the hub's are
+/// (socketioxide spawns a task per message for a closure handler).
+#[derive(Clone)]
+struct Handler {
+    event: PeerEvent,
+    shared: Shared,
+}
+
+/// Marks [`Handler`]'s `MessageHandler` implementation.
+struct HandlerCall;
+
+impl MessageHandler<LocalAdapter, HandlerCall> for Handler {
+    fn call(&self, socket: Arc<Socket<LocalAdapter>>, mut value: RawValue, ack_id: Option<i64>) {
+        let Ok(TryData(payload)) =
+            TryData::<Value>::from_message_parts(&socket, &mut value, &ack_id);
+        let Ok(payload) = payload else { return };
+        let mut peer = self.shared.lock();
+        match self.event {
+            PeerEvent::Pickup => peer.pickup(payload),
+            PeerEvent::InTransit => peer.in_transit(socket.id, &payload),
+            PeerEvent::Delivered => peer.delivered(socket.id, &payload),
+            PeerEvent::Received => peer.received(&payload),
+        }
+    }
+}
+
+impl Peer {
+    fn pickup(&mut self, order: Value) {
+        let Some(key) = key_of(&order) else { return };
+        if self.orders.contains_key(&key) {
+            return;
+        }
+        let entry = Entry {
+            order,
+            stage: Stage::Ready,
+            driver: None,
+        };
+        self.orders.insert(key.clone(), entry);
+        self.ready.push_back(key);
+        self.dispatch();
+    }
+
+    fn in_transit(&mut self, sid: Sid, order: &Value) {
+        if let Some(entry) = self.moved_by(sid, order, Stage::Assigned) {
+            entry.stage = Stage::InTransit;
+            let (store, order) = (store_of(&entry.order), entry.order.clone());
+            self.tell_store(&store, "in-transit", &order);
+        }
+    }
+
+    fn delivered(&mut self, sid: Sid, order: &Value) {
+        let Some(entry) = self.moved_by(sid, order, Stage::InTransit) else {
+            return;
+        };
+        entry.stage = Stage::Delivered;
+        let (store, order) = (store_of(&entry.order), entry.order.clone());
+        let driver = entry.driver.as_ref().map(|(name, _)| name.clone());
+        if let Some(courier) = driver.and_then(|name| self.drivers.get_mut(&name)) {
+            courier.load = courier.load.saturating_sub(1);
+        }
+        let message_id = uuid::Uuid::new_v4().to_string();
+        self.notices.insert(message_id.clone(), store.clone());
+        let mut notice = order.clone();
+        if let Value::Object(fields) = &mut notice {
+            fields.insert("event".into(), json!("delivered"));
+            fields.insert("messageId".into(), json!(message_id));
+            fields.insert("queueId".into(), json!(store));
+            fields.insert("clientId".into(), json!(store));
+            fields.insert("order".into(), order);
+        }
+        self.tell_store(&store, "delivered", &notice);
+        self.dispatch();
+    }
+
+    fn received(&mut self, request: &Value) {
+        let (Some(message_id), Some(store)) = (
+            request.get("messageId").and_then(Value::as_str),
+            request.get("queueId").and_then(Value::as_str),
+        ) else {
+            return;
+        };
+        if self.notices.get(message_id).map(String::as_str) == Some(store) {
+            self.notices.remove(message_id);
+        }
+    }
+
+    /// Offers waiting orders to the least loaded drivers.
+    fn dispatch(&mut self) {
+        while !self.ready.is_empty() {
+            let Some((name, courier)) = self
+                .drivers
+                .iter_mut()
+                .min_by_key(|(_, courier)| courier.load)
+            else {
+                return;
+            };
+            let Some(key) = self.ready.pop_front() else {
+                return;
+            };
+            let Some(entry) = self.orders.get_mut(&key) else {
+                continue;
+            };
+            entry.stage = Stage::Assigned;
+            entry.driver = Some((name.clone(), courier.socket.id));
+            courier.load += 1;
+            let _ = courier.socket.emit("pickup", &entry.order);
+        }
+    }
+
+    /// The order `socket` reports on, if it is that order's driver and the
+    /// order is at `stage`.
+    fn moved_by(&mut self, by: Sid, order: &Value, stage: Stage) -> Option<&mut Entry> {
+        let entry = self.orders.get_mut(&key_of(order)?)?;
+        let by_its_driver = entry.driver.as_ref().is_some_and(|(_, sid)| *sid == by);
+        (entry.stage == stage && by_its_driver).then_some(entry)
+    }
+
+    fn tell_store(&self, store: &str, event: &str, message: &Value) {
+        for vendor in self.vendors.get(store).into_iter().flatten() {
+            let _ = vendor.emit(event, message);
+        }
+    }
+}
+
+fn key_of(order: &Value) -> Option<String> {
+    let store = order.get("store")?.as_str()?;
+    let id = order.get("orderId")?.as_str()?;
+    Some(format!("{store}/{id}"))
+}
+
+fn store_of(order: &Value) -> String {
+    order
+        .get("store")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
