@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
@@ -42,6 +43,10 @@ pub async fn serve(port: u16) -> anyhow::Result<()> {
         "socketioxide peer listening on http://{}",
         listener.local_addr()?
     );
+    // As the hub's listener does: small messages must not wait for Nagle.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app.into_make_service()).await?;
     Ok(())
 }
