@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 
 pub use args::Cli;
 use args::{Command, DispatchArgs, HubArgs, Reclaim, SecurityArgs, SyncArg, TokenArgs, TokenRole};
@@ -176,7 +175,7 @@ async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
         Storage::Database { hub_id, .. } => log::info!("hub {hub_id} of a group"),
     }
     let hub = Hub::open(config)?;
-    let listener = TcpListener::bind((args.host.as_str(), args.port))
+    let listener = hub::bind(&args.host, args.port)
         .await
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     let addr = listener.local_addr().context("reading the bound address")?;

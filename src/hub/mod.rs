@@ -546,6 +546,38 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<tower_http::cors::CorsLayer>
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]))
 }
 
+/// Connections the kernel completes and holds for the hub before it
+/// accepts them (clamped to `net.core.somaxconn`, 4,096 by default).
+/// tokio's `TcpListener::bind` asks for 128: a burst of 500 clients
+/// connecting at once overflowed it, and every SYN dropped was sent again
+/// a second later (half of them waited 1.1 s).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on the first of `host`'s addresses that can be bound, with
+/// room for bursts of connections ([`LISTEN_BACKLOG`]).
+pub async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for address in tokio::net::lookup_host((host, port)).await? {
+        let socket = if address.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As tokio's bind does: a restarted hub gets its port back at once.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(address) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("{host} has no address"),
+        )
+    }))
+}
+
 /// The URL clients use to reach a hub listening on `addr`.
 pub fn url_for(addr: SocketAddr) -> String {
     format!("http://{addr}")

@@ -8,7 +8,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +53,7 @@ pub async fn run(config: DemoConfig, shutdown: impl Future<Output = ()>) -> anyh
     let mut hub_urls = Vec::new();
     for index in 0..config.hubs.max(1) {
         let port = if index == 0 { config.port } else { 0 };
-        let listener = TcpListener::bind(("127.0.0.1", port))
+        let listener = hub::bind("127.0.0.1", port)
             .await
             .with_context(|| format!("binding 127.0.0.1:{port}"))?;
         let hub_url = hub::url_for(listener.local_addr()?);

@@ -38,7 +38,7 @@ pub async fn serve(port: u16) -> anyhow::Result<()> {
                 crate::hub::detach_from_read_buffer(request)
             },
         ));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let listener = crate::hub::bind("127.0.0.1", port).await?;
     println!(
         "socketioxide peer listening on http://{}",
         listener.local_addr()?
