@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use governor::clock::DefaultClock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::protocol::{ErrorCode, Refusal};
@@ -61,6 +62,9 @@ const FLOOD_WINDOW: Duration = Duration::from_secs(1);
 pub struct Guard {
     limits: Arc<Limits>,
     connections: Arc<AtomicUsize>,
+    /// One clock for every budget: making one calibrates it (it reads the
+    /// CPU's features), 4% of the hub's time while 19,000 drivers connected.
+    clock: DefaultClock,
 }
 
 /// One connection's event budget, kept in its socket's extensions.
@@ -108,11 +112,14 @@ impl Budget {
     }
 
     /// A budget of `events_per_second`, with bursts of twice that.
-    fn new(events_per_second: u32) -> Budget {
+    fn new(events_per_second: u32, clock: &DefaultClock) -> Budget {
         let rate = NonZeroU32::new(events_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = rate.saturating_mul(NonZeroU32::new(2).expect("two is not zero"));
         Budget(Arc::new(BudgetState {
-            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            limiter: RateLimiter::direct_with_clock(
+                Quota::per_second(rate).allow_burst(burst),
+                clock.clone(),
+            ),
             strikes: Mutex::new((0, Instant::now())),
         }))
     }
@@ -124,6 +131,7 @@ impl Guard {
         Guard {
             limits: Arc::new(limits),
             connections: Arc::new(AtomicUsize::new(0)),
+            clock: DefaultClock::default(),
         }
     }
 
@@ -145,7 +153,7 @@ impl Guard {
                 ),
             ));
         }
-        Ok(Budget::new(self.limits.events_per_second))
+        Ok(Budget::new(self.limits.events_per_second, &self.clock))
     }
 
     /// A connection admitted by [`Guard::admit`] has left.
@@ -168,7 +176,7 @@ mod tests {
 
     #[test]
     fn a_budget_refuses_beyond_its_burst_then_calls_a_flood_a_flood() {
-        let budget = Budget::new(10);
+        let budget = Budget::new(10, &DefaultClock::default());
         let mut allowed = 0;
         let mut refused = 0;
         let mut flooding = false;
