@@ -668,6 +668,14 @@ impl<S: Clone + PartialEq> Dispatch<S> {
         self.drivers.len()
     }
 
+    /// How many drivers are believed online.
+    pub fn online_driver_count(&self) -> usize {
+        self.drivers
+            .values()
+            .filter(|entry| entry.socket.is_some())
+            .count()
+    }
+
     /// Drivers believed online, with their sockets (for liveness checks).
     pub fn online_drivers(&self) -> Vec<(DriverKey, S)> {
         self.drivers

@@ -55,8 +55,12 @@ const TICK: Duration = Duration::from_millis(100);
 /// Publishing who is online costs a pass over the drivers: with up to this
 /// many it is published after every step, so readers see it exact...
 const PRESENCE_EAGER_DRIVERS: usize = 256;
-/// ...with more, at most this often while events flow, and at every tick.
+/// ...with more, at most this often while events flow, and at every tick...
 const PRESENCE_EVERY: Duration = Duration::from_millis(20);
+/// ...and never more than this share of the sequencer's time: a snapshot of
+/// 19,000 drivers took milliseconds, and published every 20 ms it was half
+/// of the hub's work while they connected.
+const PRESENCE_SHARE: u32 = 20;
 /// Orders known to be held by other hubs, remembered at most.
 const HELD_ELSEWHERE_KEPT: usize = 10_000;
 /// How often (in ticks) drivers' sockets are checked for liveness.
@@ -140,6 +144,7 @@ pub async fn run(
         draining: None,
         presence: setup.presence,
         presence_published: Instant::now(),
+        presence_every: PRESENCE_EVERY,
     };
     // The restore itself may have changed things (void offers).
     let restored = hub.settle(Vec::new());
@@ -189,7 +194,7 @@ pub async fn run(
                 hub.add_effects(effects, &mut outputs);
                 let ready = hub.settle(outputs);
                 hub.carry_out(ready).await;
-                hub.publish_presence();
+                hub.maybe_publish_presence();
             }
         }
     }
@@ -262,6 +267,8 @@ pub struct Sequencer {
     /// Where who is online is published, and when it last was.
     presence: PresenceBoard,
     presence_published: Instant,
+    /// How long after a publication the next may be (see [`PRESENCE_SHARE`]).
+    presence_every: Duration,
 }
 
 impl Sequencer {
@@ -601,26 +608,28 @@ impl Sequencer {
 
     fn maybe_publish_presence(&mut self) {
         if self.desk.driver_count() <= PRESENCE_EAGER_DRIVERS
-            || self.presence_published.elapsed() >= PRESENCE_EVERY
+            || self.presence_published.elapsed() >= self.presence_every
         {
             self.publish_presence();
         }
     }
 
     fn publish_presence(&mut self) {
-        self.presence_published = Instant::now();
+        let started = Instant::now();
         self.presence.publish(Presence {
             drivers: self.desk.drivers(),
             stores: self.stores_online(),
             connections: self.connections(),
         });
+        self.presence_published = Instant::now();
+        self.presence_every = PRESENCE_EVERY.max(started.elapsed() * PRESENCE_SHARE);
     }
 
     /// Connections by role.
     fn connections(&self) -> Connections {
         [
             ("vendor", self.vendors.len()),
-            ("driver", self.desk.online_drivers().len()),
+            ("driver", self.desk.online_driver_count()),
             ("viewer", self.viewers.len()),
         ]
     }
