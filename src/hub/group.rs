@@ -186,28 +186,38 @@ impl Group {
     /// Brings `driver`'s packages held at other hubs here, before it is told
     /// anything: it has just connected to this hub.
     pub async fn claim_driver(&self, driver: &DriverName) {
-        let pg = self.pg.clone();
-        let name = driver.clone();
-        let claimed = self
-            .pg
-            .spawn(async move { pg.claim_driver(&name).await })
-            .await;
-        match claimed {
-            Ok(Ok(orders)) => {
-                if !orders.is_empty() {
-                    log::info!(
-                        "driver={driver} moved here: took over its {} packages",
-                        orders.len()
-                    );
-                    self.metrics.group("orders_claimed", orders.len() as u64);
-                }
-                self.sequencer.adopt(orders, Adoption::DriverMoved);
+        claim_driver(&self.pg, &self.sequencer, &self.metrics, driver).await;
+    }
+}
+
+/// Moves `driver`'s packages to this hub, wherever the group records them,
+/// and hands them to the sequencer.
+async fn claim_driver(
+    pg: &Pg,
+    sequencer: &SequencerHandle,
+    metrics: &Metrics,
+    driver: &DriverName,
+) {
+    let task_pg = pg.clone();
+    let name = driver.clone();
+    let claimed = pg
+        .spawn(async move { task_pg.claim_driver(&name).await })
+        .await;
+    match claimed {
+        Ok(Ok(orders)) => {
+            if !orders.is_empty() {
+                log::info!(
+                    "driver={driver} moved here: took over its {} packages",
+                    orders.len()
+                );
+                metrics.group("orders_claimed", orders.len() as u64);
             }
-            Ok(Err(error)) => log::warn!(
-                "cannot claim the packages of driver={driver} from other hubs: {error:#}"
-            ),
-            Err(error) => log::warn!("claiming driver={driver}'s packages failed: {error}"),
+            sequencer.adopt(orders, Adoption::DriverMoved);
         }
+        Ok(Err(error)) => {
+            log::warn!("cannot claim the packages of driver={driver} from other hubs: {error:#}")
+        }
+        Err(error) => log::warn!("claiming driver={driver}'s packages failed: {error}"),
     }
 }
 
@@ -321,6 +331,13 @@ async fn keep_up(
         }
         share_presence(&pg, &config, &board).await;
         forget_taken(&pg, &sequencer, &metrics).await;
+        // Drivers here whose reports met packages another hub records.
+        let Some(drivers) = sequencer.drivers_to_claim().await else {
+            return anyhow::anyhow!("the sequencer stopped");
+        };
+        for driver in &drivers {
+            claim_driver(&pg, &sequencer, &metrics, driver).await;
+        }
         let Some((room, waiting)) = sequencer.spare().await else {
             return anyhow::anyhow!("the sequencer stopped");
         };

@@ -57,7 +57,10 @@ impl ClientEvent for Delivered {
                     }
                 }
             }
-            Err(refusal) => out.push(refused(reply, Some(order), refusal)),
+            Err(refusal) => {
+                let refusal = hub.report_refused(&driver, &key, refusal);
+                out.push(refused(reply, Some(order), refusal));
+            }
         }
     }
 }

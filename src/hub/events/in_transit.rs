@@ -35,13 +35,17 @@ impl ClientEvent for InTransit {
     ) {
         let InTransit(order) = *self;
         let driver = hub.reporting_driver(from, out);
-        match hub.desk.in_transit(&driver, &OrderKey::of(&order)) {
+        let key = OrderKey::of(&order);
+        match hub.desk.in_transit(&driver, &key) {
             Ok(effects) => {
                 hub.log.record(Event::InTransit, &order);
                 out.push(Output::Accept(reply));
                 hub.add_effects(effects, out);
             }
-            Err(refusal) => out.push(refused(reply, Some(order), refusal)),
+            Err(refusal) => {
+                let refusal = hub.report_refused(&driver, &key, refusal);
+                out.push(refused(reply, Some(order), refusal));
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use super::super::peer::Peer;
 use super::ClientEvent;
 use super::presence::Connections;
 use crate::api::{OrderCounts, OrderPage, OrderView, Status};
+use crate::protocol::DriverName;
 use crate::protocol::{Ack, ErrorCode, Event, Order, OrderId, Refusal, RefusalNotice, StoreId};
 
 /// The hub's one memory budget: events taken and not yet answered. Each is
@@ -269,6 +270,9 @@ pub(in crate::hub) enum Command {
     Waiting(usize, oneshot::Sender<Vec<OrderKey>>),
     /// Forget these orders: another hub of the group owns them now.
     Forget(Vec<OrderKey>),
+    /// The drivers whose packages the group should move here (see
+    /// `Sequencer::report_refused`), taken from the sequencer.
+    DriversToClaim(oneshot::Sender<Vec<DriverName>>),
 }
 
 /// The way in to the sequencer; clone it freely.
@@ -380,6 +384,12 @@ impl SequencerHandle {
     /// The orders waiting here for a driver, oldest first, at most `limit`.
     pub async fn waiting(&self, limit: usize) -> Option<Vec<OrderKey>> {
         self.ask(|reply| Command::Waiting(limit, reply)).await
+    }
+
+    /// The drivers here whose packages other hubs record; `None` if the
+    /// sequencer has stopped.
+    pub async fn drivers_to_claim(&self) -> Option<Vec<DriverName>> {
+        self.ask(Command::DriversToClaim).await
     }
 
     /// Drops orders another hub of the group has taken.

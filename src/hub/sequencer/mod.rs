@@ -47,7 +47,7 @@ use super::metrics::Metrics;
 use super::peer::Peer;
 use crate::api::{OrderView, QueueStatus, Status, StoreStatus};
 use crate::protocol::{
-    DeliveryNotice, ErrorCode, Event, NAMESPACE, Order, OrderId, Refusal, StoreId,
+    DeliveryNotice, DriverName, ErrorCode, Event, NAMESPACE, Order, OrderId, Refusal, StoreId,
 };
 
 /// How often offers are checked for expiry.
@@ -137,6 +137,7 @@ pub async fn run(
         journal,
         records: setup.records,
         held_elsewhere: HashSet::new(),
+        drivers_to_claim: HashSet::new(),
         outbox: Outbox::new(io, setup.bridge),
         guard: setup.guard,
         metrics: setup.metrics,
@@ -256,6 +257,11 @@ pub struct Sequencer {
     /// of one was refused: a pickup of one is looked up before it is taken
     /// (bounded; cleared when full).
     held_elsewhere: HashSet<OrderKey>,
+    /// Drivers here that reported on packages another hub of the group
+    /// records (it took them while this hub restarted, say): the group
+    /// moves their packages here at its next beat (bounded; see
+    /// [`HELD_ELSEWHERE_KEPT`]).
+    drivers_to_claim: HashSet<DriverName>,
     outbox: Outbox,
     /// The connection count to correct.
     guard: Guard,
@@ -344,6 +350,9 @@ impl Sequencer {
             }
             Command::Spare(reply) => {
                 let _ = reply.send(self.desk.spare_capacity());
+            }
+            Command::DriversToClaim(reply) => {
+                let _ = reply.send(self.drivers_to_claim.drain().collect());
             }
             Command::Waiting(limit, reply) => {
                 let _ = reply.send(self.desk.waiting(limit));
@@ -541,6 +550,35 @@ impl Sequencer {
             self.ensure_driver_online(socket, outputs);
         }
         from.driver_key()
+    }
+
+    /// The answer to `driver`'s report on `key` that the desk refused. In a
+    /// group, a package the desk does not know may be recorded at another
+    /// hub (it took the order while this one restarted): the driver is
+    /// told to try again, which it does, once the group has moved its
+    /// packages here; refused as unknown, it would drop the package.
+    pub(in crate::hub) fn report_refused(
+        &mut self,
+        driver: &DriverKey,
+        key: &OrderKey,
+        refusal: Refusal,
+    ) -> Refusal {
+        let DriverKey::Named(name) = driver else {
+            return refusal;
+        };
+        if refusal.code != ErrorCode::UnknownOrder || !self.records_are_remote() {
+            return refusal;
+        }
+        if self.drivers_to_claim.len() >= HELD_ELSEWHERE_KEPT {
+            self.drivers_to_claim.clear();
+        }
+        self.drivers_to_claim.insert(name.clone());
+        Refusal::new(
+            ErrorCode::Busy,
+            format!(
+                "{key} is recorded at another hub of the group; it is being moved here: try again"
+            ),
+        )
     }
 
     /// Makes sure the desk knows this driver socket (its connect may not have
