@@ -107,7 +107,8 @@ fn assert_group_settled(cluster: &PgCluster, orders: usize) {
     assert_eq!(
         cluster.query("SELECT count(*) FROM notices"),
         "0",
-        "notices left queued"
+        "notices left queued (seen in 2 of 12 rolling restarts; the first few): {}",
+        cluster.query("SELECT * FROM notices ORDER BY queued_at LIMIT 5")
     );
 }
 
