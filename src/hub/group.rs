@@ -3,9 +3,9 @@
 //! The database ([`super::postgres`]) is the truth: each open order belongs
 //! to one hub, and changes are conditional on that. This module keeps the
 //! group going around it, on the database's runtime:
-//! - **heartbeats**: each hub beats every [`GroupConfig::beat_every`]; a hub
-//!   silent for [`GroupConfig::dead_after`] is taken over by exactly one
-//!   other hub (its offers and its anonymous drivers' packages go back to
+//! - **heartbeats**: each hub beats every [`GroupConfig::beat_every`] (on its
+//!   own, from registration: [`Pg::connect`]); a hub silent for
+//!   [`GroupConfig::dead_after`] is taken over by exactly one other hub (its offers and its anonymous drivers' packages go back to
 //!   `ready`; named drivers keep theirs). A hub that finds it was taken over
 //!   stops: it owns nothing any more.
 //! - **waiting orders**: a hub with room among its drivers takes orders that
@@ -272,8 +272,10 @@ async fn share_presence(pg: &Pg, config: &GroupConfig, board: &Board) {
     }
 }
 
-/// Heartbeats, taking over dead hubs, taking orders that wait elsewhere,
-/// and the group's board.
+/// Taking over dead hubs, taking orders that wait elsewhere, and the
+/// group's board. Ends only with the reason this hub must stop: the group
+/// took it over (its heartbeat, [`Pg::taken_over`], runs on its own), or
+/// the sequencer stopped.
 async fn keep_up(
     pg: Pg,
     config: GroupConfig,
@@ -281,39 +283,33 @@ async fn keep_up(
     board: Board,
     metrics: Arc<Metrics>,
 ) -> anyhow::Error {
+    tokio::select! {
+        () = pg.taken_over() => anyhow::anyhow!(
+            "the group took this hub's orders over (it was silent for over {:?}); stopping",
+            config.dead_after
+        ),
+        stop = chores(&pg, &config, &sequencer, &board, &metrics) => stop,
+    }
+}
+
+/// The group's chores, once per beat.
+async fn chores(
+    pg: &Pg,
+    config: &GroupConfig,
+    sequencer: &SequencerHandle,
+    board: &Board,
+    metrics: &Metrics,
+) -> anyhow::Error {
     let mut ticker = tokio::time::interval(config.beat_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut unreachable_since: Option<std::time::Instant> = None;
-    // Since when this hub has reached the database without a break: after
-    // an outage every hub's heartbeat is old, and a hub back first must not
-    // take the others for dead before they have had time to beat again.
-    let mut reachable_since = std::time::Instant::now();
     loop {
         ticker.tick().await;
-        match pg.beat().await {
-            Ok(true) => {
-                if unreachable_since.take().is_some() {
-                    log::info!("the database is reachable again");
-                    reachable_since = std::time::Instant::now();
-                }
-            }
-            Ok(false) => {
-                return anyhow::anyhow!(
-                    "the group took this hub's orders over (it was silent for over {:?}); stopping",
-                    config.dead_after
-                );
-            }
-            Err(error) => {
-                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
-                log::warn!(
-                    "cannot reach the database for {:?}: {error:#}",
-                    since.elapsed()
-                );
-                continue;
-            }
-        }
-        let settled = reachable_since.elapsed() >= config.dead_after + config.beat_every;
-        if settled {
+        let Some(reachable_for) = pg.reachable_for() else {
+            continue;
+        };
+        // After an outage every hub's heartbeat is old: a hub back first
+        // must not take the others for dead before they have beaten again.
+        if reachable_for >= config.dead_after + config.beat_every {
             match pg.take_over_dead_hubs(config.dead_after).await {
                 Ok(taken) => {
                     for (hub, orders) in taken {
@@ -329,14 +325,14 @@ async fn keep_up(
                 Err(error) => log::warn!("cannot look for silent hubs: {error:#}"),
             }
         }
-        share_presence(&pg, &config, &board).await;
-        forget_taken(&pg, &sequencer, &metrics).await;
+        share_presence(pg, config, board).await;
+        forget_taken(pg, sequencer, metrics).await;
         // Drivers here whose reports met packages another hub records.
         let Some(drivers) = sequencer.drivers_to_claim().await else {
             return anyhow::anyhow!("the sequencer stopped");
         };
         for driver in &drivers {
-            claim_driver(&pg, &sequencer, &metrics, driver).await;
+            claim_driver(pg, sequencer, metrics, driver).await;
         }
         let Some((room, waiting)) = sequencer.spare().await else {
             return anyhow::anyhow!("the sequencer stopped");

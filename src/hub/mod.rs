@@ -223,8 +223,8 @@ impl Hub {
                 Hub::with_backend(config, Box::new(backend), &described)
             }
             Storage::Database { url, hub_id, group } => {
-                let pg = Pg::connect(url, hub_id)?;
                 let group = *group;
+                let pg = Pg::connect(url, hub_id, group.beat_every)?;
                 let backend = PgBackend::new(pg.clone());
                 let mut hub = Hub::with_backend(config, Box::new(backend), "database")?;
                 hub.group = Some((pg, group));
@@ -485,7 +485,10 @@ impl RunningHub {
             failed = group_failure(chores) => {
                 log::error!("{failed:#}");
                 io.close().await;
+                // Stopped before the runtime is torn down: a sequencer
+                // still running then panics on its vanished timers.
                 task.abort();
+                let _ = task.await;
                 Err(failed)
             }
         }

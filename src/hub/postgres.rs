@@ -21,12 +21,13 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
+use tokio::sync::watch;
 
 use super::columns::{OrderRow, driver_column, driver_from_column, order_from, parse_state};
 use super::domain::{
@@ -142,15 +143,20 @@ pub struct Pg {
     /// at once (`busy` to the client) instead of each waiting out a timeout
     /// on the sequencer's thread. Set again by the group's heartbeat.
     reachable: Arc<AtomicBool>,
+    /// What the heartbeat last found.
+    liveness: watch::Receiver<Liveness>,
+    /// Set when the hub leaves the group: the heartbeat stops beating.
+    leaving: Arc<AtomicBool>,
     /// Holds the advisory lock that keeps a second process off this hub id.
     _id_lock: Arc<tokio::sync::Mutex<PgConnection>>,
 }
 
 impl Pg {
     /// Connects to `url` as hub `hub_id`: migrates the schema (safely when
-    /// several hubs start at once), refuses a hub id already running, and
-    /// registers the hub with its slot.
-    pub fn connect(url: &str, hub_id: &str) -> anyhow::Result<Pg> {
+    /// several hubs start at once), refuses a hub id already running,
+    /// registers the hub with its slot, and beats every `beat_every` from
+    /// then on (a hub still reading its orders back is alive too).
+    pub fn connect(url: &str, hub_id: &str, beat_every: Duration) -> anyhow::Result<Pg> {
         let runtime = Runtime(Some(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -193,13 +199,30 @@ impl Pg {
             "hub {hub} joined the group on {} (slot {slot})",
             redact(url)
         );
+        let reachable = Arc::new(AtomicBool::new(true));
+        let leaving = Arc::new(AtomicBool::new(false));
+        let (alive, liveness) = watch::channel(Liveness::Alive {
+            since: Instant::now(),
+        });
+        runtime.get().spawn(heartbeat(
+            Heart {
+                pool: pool.clone(),
+                hub: Arc::clone(&hub),
+                reachable: Arc::clone(&reachable),
+                leaving: Arc::clone(&leaving),
+            },
+            beat_every,
+            alive,
+        ));
         Ok(Pg {
             runtime: Arc::new(runtime),
             pool,
             hub,
             slot,
             url: url.into(),
-            reachable: Arc::new(AtomicBool::new(true)),
+            reachable,
+            liveness,
+            leaving,
             _id_lock: Arc::new(tokio::sync::Mutex::new(id_lock)),
         })
     }
@@ -233,15 +256,32 @@ impl Pg {
         wait_on(self.runtime.get(), work)
     }
 
-    /// Records that this hub is alive. `false`: the group thinks it dead and
-    /// took its orders over, so it must stop (it no longer owns anything).
-    pub async fn beat(&self) -> anyhow::Result<bool> {
-        let beat = sqlx::query("UPDATE hubs SET beat_at = now() WHERE id = $1")
-            .bind(&*self.hub)
-            .execute(&self.pool)
-            .await;
-        self.reachable.store(beat.is_ok(), Ordering::Relaxed);
-        Ok(beat?.rows_affected() == 1)
+    /// Resolves once the group has taken this hub's orders over: it owns
+    /// nothing any more and must stop.
+    pub async fn taken_over(&self) {
+        let mut liveness = self.liveness.clone();
+        if liveness
+            .wait_for(|now| *now == Liveness::TakenOver)
+            .await
+            .is_err()
+        {
+            // The heartbeat ended without that: the hub is leaving.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// How long the database has answered every heartbeat without a break;
+    /// `None` while it does not.
+    pub fn reachable_for(&self) -> Option<Duration> {
+        match *self.liveness.borrow() {
+            Liveness::Alive { since } => Some(since.elapsed()),
+            Liveness::Unreachable | Liveness::TakenOver => None,
+        }
+    }
+
+    /// Whether the database answered the last heartbeat (or statement).
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
     }
 
     /// Notes that a statement failed; a fault of the connection marks the
@@ -490,6 +530,78 @@ async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// Registers hub `hub` (again, if it restarts) and returns its slot.
+/// What a hub's heartbeat last found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    /// The database has answered every beat since `since`.
+    Alive { since: Instant },
+    /// The database did not answer the last beat.
+    Unreachable,
+    /// The group took this hub's orders over.
+    TakenOver,
+}
+
+/// What the heartbeat needs of a [`Pg`]: not the handle itself, which
+/// would keep the database runtime it runs on alive for ever.
+struct Heart {
+    pool: PgPool,
+    hub: Arc<str>,
+    reachable: Arc<AtomicBool>,
+    leaving: Arc<AtomicBool>,
+}
+
+/// Records every `beat_every` that the hub is alive, until it leaves the
+/// group or finds it was taken over; `alive` says what it last found.
+///
+/// The heartbeat runs on its own, from registration on: nothing a busy hub
+/// does (reading its orders back, waiting on its sequencer) may hold it up
+/// and make the group take a live hub for dead.
+async fn heartbeat(heart: Heart, beat_every: Duration, alive: watch::Sender<Liveness>) {
+    let mut ticker = tokio::time::interval(beat_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unreachable_since: Option<Instant> = None;
+    loop {
+        ticker.tick().await;
+        if heart.leaving.load(Ordering::Relaxed) {
+            return;
+        }
+        // Never over a hub that left ('epoch'): its orders are being taken.
+        let beat = sqlx::query(
+            "UPDATE hubs SET beat_at = clock_timestamp() WHERE id = $1 AND beat_at > 'epoch'",
+        )
+        .bind(&*heart.hub)
+        .execute(&heart.pool)
+        .await;
+        heart.reachable.store(beat.is_ok(), Ordering::Relaxed);
+        match beat {
+            Ok(done) if done.rows_affected() == 1 => {
+                if let Some(since) = unreachable_since.take() {
+                    log::info!(
+                        "the database is reachable again (after {:?})",
+                        since.elapsed()
+                    );
+                    alive.send_replace(Liveness::Alive {
+                        since: Instant::now(),
+                    });
+                }
+            }
+            Ok(_) if heart.leaving.load(Ordering::Relaxed) => return,
+            Ok(_) => {
+                alive.send_replace(Liveness::TakenOver);
+                return;
+            }
+            Err(error) => {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                log::warn!(
+                    "cannot reach the database for {:?}: {error:#}",
+                    since.elapsed()
+                );
+                alive.send_replace(Liveness::Unreachable);
+            }
+        }
+    }
+}
+
 async fn register(pool: &PgPool, hub: &str) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -498,9 +610,11 @@ async fn register(pool: &PgPool, hub: &str) -> anyhow::Result<u64> {
         .await?;
     let slot: Option<i32> = sqlx::query_scalar(
         "INSERT INTO hubs (id, slot, started_at, beat_at)
-         SELECT $1, min(s), now(), now() FROM generate_series(0, $2 - 1) s
+         SELECT $1, min(s), clock_timestamp(), clock_timestamp()
+         FROM generate_series(0, $2 - 1) s
          WHERE s NOT IN (SELECT slot FROM hubs)
-         ON CONFLICT (id) DO UPDATE SET started_at = now(), beat_at = now()
+         ON CONFLICT (id) DO UPDATE SET started_at = clock_timestamp(),
+                                        beat_at = clock_timestamp()
          RETURNING slot",
     )
     .bind(hub)
@@ -724,7 +838,9 @@ impl Backend for PgBackend {
 
     fn close(&mut self) -> anyhow::Result<()> {
         // Let the group take this hub's open orders over at once, rather
-        // than after it is found silent.
+        // than after it is found silent; the heartbeat stops first, and a
+        // beat already on its way finds the hub gone.
+        self.pg.leaving.store(true, Ordering::Relaxed);
         let pg = self.pg.clone();
         self.pg.wait(async move {
             sqlx::query("UPDATE hubs SET beat_at = 'epoch' WHERE id = $1")
@@ -940,6 +1056,12 @@ impl Batch {
                 }
             }
         }
+        // Every hub locks the rows of its batch in one order (by key), so
+        // two hubs writing the same orders (a shop re-sending its open
+        // orders to the hub it moved to, a take-over) wait for each other
+        // instead of deadlocking, which costs a second and a retry.
+        batch.inserts.sort_by(|a, b| a.key.cmp(&b.key));
+        batch.updates.sort_by(|a, b| a.key.cmp(&b.key));
         batch
     }
 
@@ -1102,7 +1224,7 @@ impl PgRecords {
     where
         F: Future<Output = anyhow::Result<T>> + Send + 'static,
     {
-        if !self.pg.reachable.load(Ordering::Relaxed) {
+        if !self.pg.is_reachable() {
             bail!("the database is unreachable");
         }
         let outcome = self.pg.wait(read(self.pg.clone()));
