@@ -641,7 +641,7 @@ pub struct Activity {
 }
 
 /// The acknowledgement the hub sends when a client asks for one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     /// Whether the event was accepted.
     pub ok: bool,

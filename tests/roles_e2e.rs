@@ -177,6 +177,63 @@ fn clients_carry_on_across_a_hub_restart() {
     assert_each_order_thanked_once(&vendor, 6);
 }
 
+/// How many delivery notices wait in `store`'s queue.
+fn queued(url: &str, store: &str) -> u64 {
+    common::hub_status(url)["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|queue| queue["store"] == store)
+        .map_or(0, |queue| queue["queued"].as_u64().unwrap())
+}
+
+#[test]
+fn a_vendor_that_finishes_leaves_no_delivery_notice_queued() {
+    let (hub, url) = start_hub(0);
+    let state = tempfile::tempdir().unwrap();
+    let ledger = state.path().join("acme.state");
+    let ledger = ledger.to_str().unwrap();
+    // The shop's one order, placed with no courier about; the shop goes.
+    let mut first = common::vendor(&url, "acme", "10ms", 1, &["--state-file", ledger]);
+    first.wait_for_line(READY);
+    first.kill();
+    let placed = ids_after(&first.stdout(), READY);
+    // 200 more of the store's orders come over HTTP, and all 201 are
+    // delivered while no vendor listens: 201 notices wait for the shop.
+    for n in 0..200 {
+        let order = serde_json::json!({"store": "acme", "orderId": format!("web-{n}"),
+            "customer": "Jamal Braun", "address": "Schmittfurt, LA"});
+        let (status, body) = common::http("POST", &format!("{url}/api/orders"), Some(order));
+        assert_eq!(status, 201, "{body}");
+    }
+    let _driver = common::driver(&url, "bob", "0ms", "0ms", &[]);
+    common::wait_for_status(&url, "201 delivered", |status| {
+        status["orders"]["delivered"] == 201
+    });
+    assert_eq!(queued(&url, "acme"), 201);
+
+    // The shop comes back: its order's thank-you comes early in the replay
+    // of the queue, and it has nothing more to wait for.
+    let mut again = common::vendor(&url, "acme", "10ms", 1, &["--state-file", ledger]);
+    assert!(
+        again.wait_exit_or_describe(&[&hub]).success(),
+        "{}",
+        again.describe()
+    );
+    assert_eq!(
+        ids_after(&again.stdout(), THANKS),
+        placed,
+        "{}",
+        again.describe()
+    );
+    assert_eq!(
+        queued(&url, "acme"),
+        0,
+        "notices left for a shop that has gone\n{}",
+        again.describe()
+    );
+}
+
 #[test]
 fn a_hub_stopped_with_sigterm_exits_zero() {
     let (mut hub, url) = start_hub(0);

@@ -5,8 +5,11 @@
 //!   the namespace `open` before it reports the first connection;
 //! - a first connect that fails is not retried by the crate, so the link
 //!   retries it until a deadline, then fails with a one-line reason;
-//! - its client-side acknowledgements can kill its background task, so the
-//!   link never uses them: our guarantees rest on idempotent re-sends instead;
+//! - its client-side acknowledgements can kill its background task when
+//!   several are in flight (random ids below 1,000, timed-out ones never
+//!   removed), so our guarantees rest on idempotent re-sends instead; the
+//!   link asks for one only where an answer is needed to finish, one at a
+//!   time ([`HubLink::request`]);
 //! - callbacks run one after another in its poll task, so they only decode and
 //!   forward into a channel that the role's own loop reads.
 //!
@@ -36,7 +39,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout_at};
 
-use crate::protocol::{Event, Handshake, MessageId, NAMESPACE, Order, RefusalNotice};
+use crate::protocol::{Ack, Event, Handshake, MessageId, NAMESPACE, Order, RefusalNotice};
 
 /// Events per second the link sends at most, in bursts of as many: three
 /// quarters of the hub's default `--rate-limit` (200 a second, bursts of
@@ -327,6 +330,52 @@ impl HubLink {
             Some(payload) if self.up => self.emit(event, payload).await,
             _ => false,
         }
+    }
+
+    /// Sends an event and waits up to `limit` for the hub's answer; `None`
+    /// if the hub is away or did not answer in time. One at a time: see the
+    /// module's notes on rust_socketio's acknowledgements.
+    pub async fn request(
+        &mut self,
+        event: Event,
+        payload: &impl Serialize,
+        limit: Duration,
+    ) -> Option<Ack> {
+        let payload = encode(event, payload)?;
+        if !self.up {
+            return None;
+        }
+        self.pace.until_ready().await;
+        let client = self.shared.client()?;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        // The callback must be `FnMut + Sync`; it answers once.
+        let answer = Arc::new(Mutex::new(Some(answer)));
+        let callback = move |payload: Payload, _: Client| {
+            if let Some(answer) = answer.lock().ok().and_then(|mut slot| slot.take()) {
+                let _ = answer.send(payload);
+            }
+            async {}.boxed()
+        };
+        if let Err(error) = client
+            .emit_with_ack(event.name(), payload, limit, callback)
+            .await
+        {
+            log::warn!("sending {event} failed; waiting for the hub: {error}");
+            self.up = false;
+            return None;
+        }
+        let payload = tokio::time::timeout(limit, answered).await.ok()?.ok()?;
+        // rust_socketio hands an acknowledgement's arguments over as one
+        // array; the hub answers with one argument.
+        let answer = match first_value(&payload)? {
+            serde_json::Value::Array(mut arguments) if !arguments.is_empty() => {
+                arguments.swap_remove(0)
+            }
+            answer => answer,
+        };
+        serde_json::from_value(answer)
+            .inspect_err(|error| log::warn!("the hub's answer to {event} does not parse: {error}"))
+            .ok()
     }
 
     /// Sends, in order, what was kept while the hub was away.

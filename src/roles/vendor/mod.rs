@@ -24,8 +24,8 @@ use fake::faker::name::en::Name;
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
 use crate::protocol::{
-    Address, Customer, ErrorCode, Event, Handshake, JoinRequest, Order, OrderId, QueueRequest,
-    StoreId,
+    Address, Customer, ErrorCode, Event, Handshake, JoinRequest, MessageId, Order, OrderId,
+    QueueRequest, StoreId,
 };
 use crate::roles::console::Console;
 use crate::roles::hub_link::{HubLink, Inbound, LinkConfig, TokenSource, retry_delay};
@@ -116,12 +116,12 @@ pub async fn run(
     let mut catch_up_at: Option<Instant> = None;
     tokio::pin!(shutdown);
 
-    loop {
+    let finished = loop {
         if config.count.is_some_and(|n| report.placed >= n) && ledger.outstanding_count() == 0 {
-            break;
+            break true;
         }
         tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => break false,
             _ = ticker.tick(), if wants_more(&report) => {
                 let order = fake_order(&config.store);
                 ledger.record_placed(&order)?;
@@ -225,17 +225,18 @@ pub async fn run(
                             last_sent.remove(&order.order_id);
                         }
                         if let Some(message_id) = message_id {
-                            let received = QueueRequest {
-                                queue_id: config.store.clone(),
-                                event: Some(Event::Delivered),
-                                message_id: Some(message_id),
-                            };
-                            link.try_send(Event::Received, &received).await;
+                            acknowledge(&mut link, &config.store, message_id).await;
                         }
                     }
                     Inbound::Order(..) => {}
                 }
             }
+        }
+    };
+    if finished {
+        tokio::select! {
+            () = &mut shutdown => {}
+            () = settle_queue(&mut link, &mut inbound, &config.store) => {}
         }
     }
     link.close().await;
@@ -256,9 +257,100 @@ pub async fn run(
     Ok(report)
 }
 
+/// How long a vendor that has finished its orders may spend emptying its
+/// store's queue before it leaves.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Pause between two rounds of emptying the queue: the acknowledgements of
+/// one round are committed before the next asks again.
+const SETTLE_PAUSE: Duration = Duration::from_millis(100);
+
+/// Leaves `store`'s queue empty before a vendor that has finished goes:
+/// every notice it heard is acknowledged, and the hub is asked for the
+/// queue (`getAll`, answered with how many it sent) until it sends none.
+/// The last thank-you may come in the middle of a replay (a reconnection's
+/// `getAll`), and an acknowledgement refused while a hub stopped is only
+/// retried by asking again. Gives up after [`SETTLE_LIMIT`]: what is left
+/// is replayed at the store's next connection.
+async fn settle_queue(
+    link: &mut HubLink,
+    inbound: &mut tokio::sync::mpsc::UnboundedReceiver<Inbound>,
+    store: &StoreId,
+) {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    let mut pause = Duration::ZERO;
+    loop {
+        // Whatever arrives meanwhile is handled; a reconnection re-joins.
+        let wait = tokio::time::sleep(pause);
+        tokio::pin!(wait);
+        loop {
+            let message = tokio::select! {
+                biased;
+                message = inbound.recv() => message,
+                () = &mut wait => break,
+            };
+            let Some(message) = message else { return };
+            link.observe(&message);
+            match message {
+                Inbound::Connected => join_and_catch_up(link, store).await,
+                Inbound::ConnectRefused(_) => return,
+                Inbound::Order(Event::Delivered, order, Some(message_id))
+                    if order.store == *store =>
+                {
+                    acknowledge(link, store, message_id).await;
+                }
+                _ => {}
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            log::warn!(
+                "store={store}: leaving with delivery notices maybe still queued; they are sent again at the next connection"
+            );
+            return;
+        }
+        pause = retry_delay().min(left);
+        if let Some(answer) = link
+            .request(
+                Event::GetAll,
+                &catch_up(store),
+                left.min(Duration::from_secs(5)),
+            )
+            .await
+            && answer.ok
+        {
+            if answer.sent == Some(0) {
+                log::debug!("store={store}: no delivery notice left queued");
+                return;
+            }
+            // Its notices came before the answer: acknowledged next round.
+            pause = SETTLE_PAUSE;
+        }
+    }
+}
+
+/// Acknowledges the delivery notice `message_id` of `store`.
+async fn acknowledge(link: &mut HubLink, store: &StoreId, message_id: MessageId) {
+    let received = QueueRequest {
+        queue_id: store.clone(),
+        event: Some(Event::Delivered),
+        message_id: Some(message_id),
+    };
+    link.try_send(Event::Received, &received).await;
+}
+
 /// What a vendor says on every connection: who it is and what it missed;
 /// returns what it is still waiting for, to be re-sent.
 async fn announce(link: &mut HubLink, store: &StoreId, ledger: &Ledger) -> VecDeque<OrderId> {
+    join_and_catch_up(link, store).await;
+    ledger
+        .outstanding()
+        .map(|order| order.order_id.clone())
+        .collect()
+}
+
+/// Joins `store`'s room and asks for every notice not acknowledged yet.
+async fn join_and_catch_up(link: &mut HubLink, store: &StoreId) {
     link.try_send(
         Event::Join,
         &JoinRequest {
@@ -267,10 +359,6 @@ async fn announce(link: &mut HubLink, store: &StoreId, ledger: &Ledger) -> VecDe
     )
     .await;
     link.try_send(Event::GetAll, &catch_up(store)).await;
-    ledger
-        .outstanding()
-        .map(|order| order.order_id.clone())
-        .collect()
 }
 
 /// `getAll` of `store`'s delivery notices: everything not acknowledged yet.
