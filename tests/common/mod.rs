@@ -219,6 +219,12 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+        // CAPS_TEST_LOGS=dir keeps every process's output, to study a
+        // failure whose message cannot hold all of it.
+        if let Some(dir) = std::env::var_os("CAPS_TEST_LOGS") {
+            let file = PathBuf::from(dir).join(format!("{}-{}.log", self.name, self.pid()));
+            let _ = std::fs::write(file, self.describe());
+        }
     }
 }
 
