@@ -46,6 +46,15 @@ fn rust_vendor_and_driver_complete_the_flow_through_a_node_socketio_hub() {
         hub.describe()
     );
 
+    // A Phase 2 hub keeps no queue: the vendor does not wait to empty one.
+    assert!(
+        !vendor
+            .stderr()
+            .iter()
+            .any(|line| line.contains("delivery notices maybe still queued")),
+        "{}",
+        vendor.describe()
+    );
     let placed = ids_after(&vendor.stdout(), "VENDOR: order ");
     let thanked = ids_after(&vendor.stdout(), "VENDOR: Thank you for delivering ");
     assert_eq!(placed.len(), 3);
