@@ -5,9 +5,10 @@
 //! group going around it, on the database's runtime:
 //! - **heartbeats**: each hub beats every [`GroupConfig::beat_every`] (on its
 //!   own, from registration: [`Pg::connect`]); a hub silent for
-//!   [`GroupConfig::dead_after`] is taken over by exactly one other hub (its offers and its anonymous drivers' packages go back to
-//!   `ready`; named drivers keep theirs). A hub that finds it was taken over
-//!   stops: it owns nothing any more.
+//!   [`GroupConfig::dead_after`] is taken over by exactly one other hub (its
+//!   offers and its anonymous drivers' packages go back to `ready`; named
+//!   drivers keep theirs). A hub that finds it was taken over stops: it owns
+//!   nothing any more.
 //! - **waiting orders**: a hub with room among its drivers takes orders that
 //!   have waited `ready` at other hubs for [`GroupConfig::take_after`] (their
 //!   hub has no driver free), so a shop whose hub has no courier is served by

@@ -529,7 +529,6 @@ async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Registers hub `hub` (again, if it restarts) and returns its slot.
 /// What a hub's heartbeat last found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Liveness {
@@ -602,6 +601,7 @@ async fn heartbeat(heart: Heart, beat_every: Duration, alive: watch::Sender<Live
     }
 }
 
+/// Registers hub `hub` (again, if it restarts) and returns its slot.
 async fn register(pool: &PgPool, hub: &str) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
