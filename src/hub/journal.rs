@@ -86,12 +86,16 @@ pub struct Step {
 }
 
 /// What one commit of the writer did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Commit {
     /// Every step up to this number is settled.
     pub up_to: u64,
     /// The steps among them the data dir refused.
     pub refused: Vec<u64>,
+    /// The steps committed, handed back to be freed by the thread that made
+    /// them: freed on the writer's thread, glibc's allocator made the two
+    /// threads wait on each other's arena lock.
+    pub spent: Vec<Step>,
 }
 
 /// What the writer is asked to do.
@@ -251,7 +255,11 @@ fn write_batches(
         }
         let up_to = batch.last().map_or(0, |step| step.seq);
         let report = match backend.commit(&batch) {
-            Ok(refused) => Ok(Commit { up_to, refused }),
+            Ok(refused) => Ok(Commit {
+                up_to,
+                refused,
+                spent: std::mem::take(&mut batch),
+            }),
             Err(error) => Err(format!("{error:#}")),
         };
         last_commit = Some(Instant::now());
