@@ -187,6 +187,29 @@ fn queued(url: &str, store: &str) -> u64 {
         .map_or(0, |queue| queue["queued"].as_u64().unwrap())
 }
 
+/// Places `count` orders of store acme with `POST /api/orders`, on one
+/// kept-alive connection.
+fn place_over_http(url: &str, count: usize) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        for n in 0..count {
+            let order = serde_json::json!({"store": "acme", "orderId": format!("web-{n}"),
+                "customer": "Jamal Braun", "address": "Schmittfurt, LA"});
+            let response = client
+                .post(format!("{url}/api/orders"))
+                .json(&order)
+                .send()
+                .await
+                .expect("the hub answers");
+            assert_eq!(response.status().as_u16(), 201, "order web-{n}");
+        }
+    });
+}
+
 #[test]
 fn a_vendor_that_finishes_leaves_no_delivery_notice_queued() {
     let (hub, url) = start_hub(0);
@@ -196,16 +219,14 @@ fn a_vendor_that_finishes_leaves_no_delivery_notice_queued() {
     // The shop's one order, placed with no courier about; the shop goes.
     let mut first = common::vendor(&url, "acme", "10ms", 1, &["--state-file", ledger]);
     first.wait_for_line(READY);
+    common::wait_for_status(&url, "the shop's order at the hub", |status| {
+        status["orders"]["ready"] == 1
+    });
     first.kill();
     let placed = ids_after(&first.stdout(), READY);
     // 200 more of the store's orders come over HTTP, and all 201 are
     // delivered while no vendor listens: 201 notices wait for the shop.
-    for n in 0..200 {
-        let order = serde_json::json!({"store": "acme", "orderId": format!("web-{n}"),
-            "customer": "Jamal Braun", "address": "Schmittfurt, LA"});
-        let (status, body) = common::http("POST", &format!("{url}/api/orders"), Some(order));
-        assert_eq!(status, 201, "{body}");
-    }
+    place_over_http(&url, 200);
     let _driver = common::driver(&url, "bob", "0ms", "0ms", &[]);
     common::wait_for_status(&url, "201 delivered", |status| {
         status["orders"]["delivered"] == 201
