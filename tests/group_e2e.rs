@@ -321,11 +321,7 @@ fn three_hubs_lose_one_to_sigkill_and_every_order_is_delivered_once_by_one_drive
     // Another hub takes b's orders over, and b's clients move on.
     let survivors: Vec<&Proc> = fleet.hubs.iter().flatten().collect();
     let took_over = std::time::Instant::now() + Duration::from_secs(30);
-    while !survivors.iter().any(|hub| {
-        hub.stderr()
-            .iter()
-            .any(|line| line.contains("hub b is silent"))
-    }) {
+    while !survivors.iter().any(|hub| hub.logged("hub b is silent")) {
         assert!(
             std::time::Instant::now() < took_over,
             "nobody took b over\n{}",
@@ -510,13 +506,7 @@ fn hubs_starting_together_on_an_empty_database_share_one_schema_and_refuse_a_tak
     );
     let status = twin.wait_exit_within(Duration::from_secs(20), &[]);
     assert!(!status.success());
-    assert!(
-        twin.stderr()
-            .iter()
-            .any(|line| line.contains("hub id b is in use")),
-        "{}",
-        twin.describe()
-    );
+    assert!(twin.logged("hub id b is in use"), "{}", twin.describe());
     drop(starting);
 }
 

@@ -157,9 +157,7 @@ fn the_integrity_check_runs_after_a_crash_and_not_after_a_clean_stop() {
     let (mut hub, url) = start_hub_with(&flags);
     hub.wait_for_log("namespace /caps ready");
     assert!(
-        !hub.stderr()
-            .iter()
-            .any(|line| line.contains("not closed cleanly")),
+        !hub.logged("not closed cleanly"),
         "a clean stop needs no check:\n{}",
         hub.describe()
     );

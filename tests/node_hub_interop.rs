@@ -48,10 +48,7 @@ fn rust_vendor_and_driver_complete_the_flow_through_a_node_socketio_hub() {
 
     // A Phase 2 hub keeps no queue: the vendor does not wait to empty one.
     assert!(
-        !vendor
-            .stderr()
-            .iter()
-            .any(|line| line.contains("delivery notices maybe still queued")),
+        !vendor.logged("delivery notices maybe still queued"),
         "{}",
         vendor.describe()
     );

@@ -190,11 +190,7 @@ fn queued(url: &str, store: &str) -> u64 {
 /// Places `count` orders of store acme with `POST /api/orders`, on one
 /// kept-alive connection.
 fn place_over_http(url: &str, count: usize) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    common::block_on(async {
         let client = reqwest::Client::new();
         for n in 0..count {
             let order = serde_json::json!({"store": "acme", "orderId": format!("web-{n}"),

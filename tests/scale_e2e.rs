@@ -96,10 +96,7 @@ fn assert_no_disconnect_loop(hub: &Proc, clients: &[&Proc]) {
     assert_eq!(floods, 0, "the hub dropped a client for flooding");
     for client in clients {
         assert!(
-            !client
-                .stderr()
-                .iter()
-                .any(|line| line.contains("lost the hub")),
+            !client.logged("lost the hub"),
             "a client lost the hub:\n{}",
             client.describe()
         );

@@ -301,10 +301,7 @@ fn a_token_ends_at_its_expiry_and_a_client_renews_it_from_its_token_file() {
     );
     assert_eq!(stale.wait_exit().code(), Some(1), "{}", stale.describe());
     assert!(
-        stale
-            .stderr()
-            .iter()
-            .any(|line| line.contains("the hub refused us: unauthorized: the token expired")),
+        stale.logged("the hub refused us: unauthorized: the token expired"),
         "{}",
         stale.describe()
     );

@@ -206,6 +206,11 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Whether a line on stderr (the log) contains `needle`, so far.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.stderr().iter().any(|line| line.contains(needle))
+    }
+
     /// Both streams, for failure messages.
     pub fn describe(&self) -> String {
         format!(
@@ -389,11 +394,7 @@ impl StoreWatcher {
         };
         let record = Arc::clone(&heard);
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
+            block_on(async move {
                 let (_link, mut inbound) =
                     HubLink::connect(&config).await.expect("watcher connects");
                 ready.send(()).unwrap();
@@ -464,11 +465,7 @@ pub fn delivered_transitions(dir: &std::path::Path) -> std::collections::HashMap
 
 /// The hub's `/metrics` text (a hub without a secret).
 pub fn metrics_text(url: &str) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         reqwest::get(format!("{url}/metrics"))
             .await
             .unwrap()
@@ -481,11 +478,7 @@ pub fn metrics_text(url: &str) -> String {
 /// One HTTP request to the hub's API; the status and the JSON body (null if
 /// the body is not JSON).
 pub fn http(method: &str, url: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         let client = reqwest::Client::new();
         let mut request = client.request(method.parse().unwrap(), url).timeout(WAIT);
         if let Some(body) = body {
@@ -496,4 +489,13 @@ pub fn http(method: &str, url: &str, body: Option<serde_json::Value>) -> (u16, s
         let bytes = response.bytes().await.unwrap_or_default();
         (status, serde_json::from_slice(&bytes).unwrap_or_default())
     })
+}
+
+/// Runs `work` to its end on a runtime of its own, from a test's thread.
+pub fn block_on<F: std::future::Future>(work: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(work)
 }

@@ -14,8 +14,9 @@ use super::super::peer::Peer;
 use super::ClientEvent;
 use super::presence::Connections;
 use crate::api::{OrderCounts, OrderPage, OrderView, Status};
-use crate::protocol::DriverName;
-use crate::protocol::{Ack, ErrorCode, Event, Order, OrderId, Refusal, RefusalNotice, StoreId};
+use crate::protocol::{
+    Ack, DriverName, ErrorCode, Event, Order, OrderId, Refusal, RefusalNotice, StoreId,
+};
 
 /// The hub's one memory budget: events taken and not yet answered. Each is
 /// in the sequencer's inbox, or applied with its outputs waiting in the
