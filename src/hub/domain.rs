@@ -104,6 +104,9 @@ pub enum Change {
     Transition {
         /// Which order.
         key: OrderKey,
+        /// Its arrival number, where a data dir kept in arrival order finds
+        /// it without searching by key.
+        seq: u64,
         /// How many changes of state were recorded for it before this one.
         version: u64,
         /// Its new state.

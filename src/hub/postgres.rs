@@ -994,6 +994,7 @@ impl Batch {
                     driver,
                     told_in_transit,
                     at,
+                    ..
                 } => {
                     let at = at.to_rfc3339();
                     let driver = driver.as_ref().map(driver_column);

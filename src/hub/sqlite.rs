@@ -451,17 +451,20 @@ impl<'c> Writes<'c> {
                  VALUES (?1, ?2, ?3, ?4, ?5, 'ready', ?6, 1, ?7)
                  ON CONFLICT DO NOTHING",
             )?,
+            // Found by arrival number, the rowid: the order's row, on one of
+            // the recent pages, without a search of the key index, whose
+            // pages are as random as the order ids. The key is checked too.
             advance: conn.prepare_cached(
                 "UPDATE orders SET state = ?3, driver = ?4, told_in_transit = ?5, updated_at = ?6,
                         version = version + 1,
                         history = history || ',' || ?8
-                 WHERE store = ?1 AND order_id = ?2 AND version = ?7",
+                 WHERE seq = ?9 AND store = ?1 AND order_id = ?2 AND version = ?7",
             )?,
             deliver: conn.prepare_cached(
                 "UPDATE orders SET state = ?3, driver = ?4, told_in_transit = ?5, updated_at = ?6,
                         version = version + 1, delivered_at = ?6,
                         history = history || ',' || ?8
-                 WHERE store = ?1 AND order_id = ?2 AND version = ?7",
+                 WHERE seq = ?9 AND store = ?1 AND order_id = ?2 AND version = ?7",
             )?,
             queue: conn.prepare_cached(
                 "INSERT INTO notices (message_id, store, order_id, queued_at) VALUES (?1, ?2, ?3, ?4)",
@@ -516,6 +519,7 @@ impl<'c> Writes<'c> {
                 }
                 Change::Transition {
                     key,
+                    seq,
                     version,
                     state,
                     driver,
@@ -540,6 +544,7 @@ impl<'c> Writes<'c> {
                         at,
                         *version as i64,
                         entry,
+                        *seq as i64,
                     ])?;
                     if updated == 0 {
                         log::warn!(
@@ -863,9 +868,10 @@ mod tests {
         }
     }
 
-    fn assign(id: &str, version: u64) -> Change {
+    fn assign(id: &str, seq: u64, version: u64) -> Change {
         Change::Transition {
             key: OrderKey::of(&order(id)),
+            seq,
             version,
             state: OrderState::Assigned,
             driver: Some(DriverKey::Named(DriverName::new("bob").unwrap())),
@@ -887,15 +893,17 @@ mod tests {
         let refused = backend
             .commit(&[
                 // Its first change holds, its second was decided on a stale version.
-                step(2, vec![assign("o1", 1), assign("o1", 7)]),
+                step(2, vec![assign("o1", 0, 1), assign("o1", 0, 7)]),
                 step(3, vec![new_order("o2", 1)]),
                 // The same order again, and a new one under a used arrival number.
                 step(4, vec![new_order("o1", 2)]),
                 step(5, vec![new_order("o3", 1)]),
-                step(6, vec![assign("o2", 1)]),
+                step(6, vec![assign("o2", 1, 1)]),
+                // o2's key at o1's arrival number: no such row.
+                step(7, vec![assign("o2", 0, 2)]),
             ])
             .unwrap();
-        assert_eq!(refused, [2, 4, 5]);
+        assert_eq!(refused, [2, 4, 5, 7]);
         let records = backend.records().unwrap();
         let o1 = records.order(&OrderKey::of(&order("o1"))).unwrap().unwrap();
         assert_eq!(
@@ -929,6 +937,7 @@ mod tests {
                         new_order("o2", 1),
                         Change::Transition {
                             key: OrderKey::of(&order("o1")),
+                            seq: 0,
                             version: 1,
                             state: OrderState::InTransit,
                             driver: Some(driver.clone()),
@@ -1043,6 +1052,7 @@ mod tests {
                 1,
                 vec![Change::Transition {
                     key: OrderKey::of(&order("open")),
+                    seq: 1,
                     version: 2,
                     state: OrderState::Delivered,
                     driver: bob,

@@ -158,6 +158,7 @@ impl OrderEntry {
         self.version += 1;
         Change::Transition {
             key: key.clone(),
+            seq: self.seq,
             version,
             state,
             driver,
