@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The measurements of docs/BENCHMARKS.md, with the release build: caps (durable
-# and ephemeral) against the Node socket.io peer and socketioxide's floor (the
-# same peer's work on the library caps is built on), each
+# and ephemeral) against the Node socket.io peer and socketioxide's floors (the
+# same peer's work on the library caps is built on, in memory and with each event
+# appended to an SQLite log before it is answered), each
 # driven by both load generators (caps bench's Rust client and
 # bench/generator.mjs on the official socket.io-client), measured in turns in
 # one run. Raw JSON lines go to docs/bench/, the charts to docs/bench/*.svg.
@@ -14,17 +15,21 @@ mkdir -p "$out"
 both="--generators rust,node"
 
 echo "== closed loop: 4 vendors x 2,500 orders (window 64), 4 drivers, 3 rounds"
-$caps bench --targets caps,caps-ephemeral,rust-peer,node $both --rounds 3 \
+$caps bench --targets caps,caps-ephemeral,rust-peer,rust-durable-peer,node $both --rounds 3 \
   --vendors 4 --drivers 4 --orders 2500 | tee "$out/closed-loop.txt"
 
 echo "== fixed rates: 500 to 4,000 offered orders a second, 4 seconds each"
 : > "$out/rates.jsonl"
 for rate in 500 1000 2000 4000; do
   rounds=1; [ "$rate" = 2000 ] && rounds=3
-  $caps bench --targets caps,caps-ephemeral,rust-peer,node $both --rounds "$rounds" \
+  $caps bench --targets caps,caps-ephemeral,rust-peer,rust-durable-peer,node $both --rounds "$rounds" \
     --vendors 4 --drivers 4 --orders "$rate" --rate "$rate" | tee "$out/rate-$rate.txt"
   grep '^{' "$out/rate-$rate.txt" | sed "s/^{/{\"offered\":$rate,/" >> "$out/rates.jsonl"
 done
+
+echo "== 2,000 orders a second with no commit delay: the least latency a durable hub has here"
+CAPS_COMMIT_DELAY=0s $caps bench --targets caps,rust-durable-peer,rust-peer,node $both --rounds 3 \
+  --vendors 4 --drivers 4 --orders 2000 --rate 2000 | tee "$out/rate-2000-no-delay.txt"
 
 echo "== idle drivers: memory per connection, connection rate (10,000 x 3 rounds, then 19,000)"
 $caps bench --targets caps,rust-peer,node $both --rounds 3 --conns 10000 \

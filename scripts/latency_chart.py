@@ -28,7 +28,7 @@ width, height, left, bottom, right, upper = 640, 400, 70, 50, 20, 30
 plot_w, plot_h = width - left - right, height - upper - bottom
 x = lambda rate: left + plot_w * rates.index(rate) / max(len(rates) - 1, 1)
 y = lambda ms: upper + plot_h * (1 - ms / top)
-colors = {"caps": "#1d7a3a", "node-peer": "#b42318", "caps-ephemeral": "#3451b2", "socketioxide-peer": "#8a5a00"}
+colors = {"caps": "#1d7a3a", "node-peer": "#b42318", "caps-ephemeral": "#3451b2", "socketioxide-peer": "#8a5a00", "socketioxide-durable-peer": "#6b4fa0"}
 dashes = {"rust": "", "node": ' stroke-dasharray="6 4"'}
 
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',

@@ -63,6 +63,13 @@ pub(super) enum Command {
         /// Port to listen on; 0 picks a free one.
         #[arg(long, env = "CAPS_PORT", default_value_t = 0)]
         port: u16,
+        /// Also append every event to an SQLite log in this dir and hold what
+        /// it sends until the event is committed: a durable hub's floor.
+        #[arg(long)]
+        durable: Option<PathBuf>,
+        /// As the hub's: how long a commit under load waits for more events.
+        #[arg(long, env = "CAPS_COMMIT_DELAY", default_value = "500us", value_parser = humantime::parse_duration)]
+        commit_delay: Duration,
     },
 }
 

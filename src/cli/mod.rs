@@ -124,7 +124,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::BenchEcho { port } => crate::tools::bench::echo::serve(port).await,
-        Command::BenchPeer { port } => crate::tools::bench::peer::serve(port).await,
+        Command::BenchPeer {
+            port,
+            durable,
+            commit_delay,
+        } => {
+            let recorder = durable
+                .map(|dir| crate::tools::bench::peer::Recorder::start(&dir, commit_delay))
+                .transpose()?;
+            crate::tools::bench::peer::serve(port, recorder).await
+        }
     }
 }
 

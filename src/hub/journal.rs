@@ -195,7 +195,7 @@ const COMMIT_FILL: usize = 64;
 /// it should, so that one fsync carries many steps (as PostgreSQL's
 /// `commit_delay` does). A step that comes alone is not held, nor a batch
 /// already full enough.
-fn worth_waiting(steps: usize, since_commit: Option<Duration>, commit_delay: Duration) -> bool {
+pub fn worth_waiting(steps: usize, since_commit: Option<Duration>, commit_delay: Duration) -> bool {
     (1..COMMIT_FILL).contains(&steps)
         && !commit_delay.is_zero()
         && since_commit.is_some_and(|since| since < commit_delay * 2)

@@ -4,10 +4,22 @@
 //! keys, no authorization, no history, no event log, no sequencer. What it
 //! spends is what the stack costs; what `caps hub --ephemeral` spends beyond
 //! it is what caps adds.
+//!
+//! With `--durable` it is a durable hub's floor: each event is also appended
+//! to an SQLite log (one row per event and per assignment, no row ever
+//! updated, one index: of new orders' keys, which recognising a re-sent
+//! order of any age needs), committed as the
+//! hub commits (WAL, `synchronous=FULL`, group commit with the hub's commit
+//! delay), and what the event sends waits for that commit, as the hub's
+//! replies do. What `caps hub` spends beyond it is what caps's record of an
+//! order costs over the cheapest record there is.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use axum::serve::ListenerExt;
 use serde_json::{Value, json};
@@ -17,16 +29,22 @@ use socketioxide::extract::{Data, SocketRef, State, TryData};
 use socketioxide::handler::{FromMessageParts, MessageHandler, Value as RawValue};
 use socketioxide::socket::{Sid, Socket};
 
+use crate::hub::journal::worth_waiting;
 use crate::protocol::NAMESPACE;
 
 /// Serves until the process is stopped; the first stdout line names the URL.
-pub async fn serve(port: u16) -> anyhow::Result<()> {
+/// With a recorder, every event is recorded before what it sends is sent.
+pub async fn serve(port: u16, recorder: Option<Recorder>) -> anyhow::Result<()> {
+    let shared = Shared(Arc::new(Mutex::new(Peer {
+        recorder,
+        ..Peer::default()
+    })));
     let (layer, io) = SocketIo::builder()
         .ws_read_buffer_size(1024)
         .max_buffer_size(1024)
         .ping_interval(Duration::from_secs(25))
         .ping_timeout(Duration::from_secs(20))
-        .with_state(Shared::default())
+        .with_state(shared)
         .build_layer();
     io.ns(NAMESPACE, on_connect);
     // The hub's one fix to the library's memory per connection, so that the
@@ -51,7 +69,7 @@ pub async fn serve(port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Shared(Arc<Mutex<Peer>>);
 
 impl Shared {
@@ -74,6 +92,10 @@ struct Peer {
     vendors: HashMap<String, Vec<SocketRef>>,
     /// Queued delivery notices: message id to store.
     notices: HashMap<String, String>,
+    /// Durable: where each event's step goes to be committed.
+    recorder: Option<Recorder>,
+    /// Durable: what the event being handled records and sends.
+    step: Step,
 }
 
 struct Entry {
@@ -113,6 +135,7 @@ async fn on_connect(socket: SocketRef, Data(auth): Data<Value>, State(shared): S
                 };
                 peer.drivers.insert(name, courier);
                 peer.dispatch();
+                peer.finish_step();
             }
         }
         _ => {}
@@ -181,6 +204,7 @@ impl MessageHandler<LocalAdapter, HandlerCall> for Handler {
             PeerEvent::Delivered => peer.delivered(socket.id, &payload),
             PeerEvent::Received => peer.received(&payload),
         }
+        peer.finish_step();
     }
 }
 
@@ -189,6 +213,13 @@ impl Peer {
         let Some(key) = key_of(&order) else { return };
         if self.orders.contains_key(&key) {
             return;
+        }
+        if self.recorder.is_some() {
+            self.step.records.push(Record {
+                kind: "pickup",
+                key: key.clone(),
+                detail: Some(order.to_string()),
+            });
         }
         let entry = Entry {
             order,
@@ -204,6 +235,7 @@ impl Peer {
         if let Some(entry) = self.moved_by(sid, order, Stage::Assigned) {
             entry.stage = Stage::InTransit;
             let (store, order) = (store_of(&entry.order), entry.order.clone());
+            self.record("in-transit", &order, None);
             self.tell_store(&store, "in-transit", &order);
         }
     }
@@ -219,6 +251,7 @@ impl Peer {
             courier.load = courier.load.saturating_sub(1);
         }
         let message_id = uuid::Uuid::new_v4().to_string();
+        self.record("delivered", &order, Some(&message_id));
         self.notices.insert(message_id.clone(), store.clone());
         let mut notice = order.clone();
         if let Value::Object(fields) = &mut notice {
@@ -241,6 +274,13 @@ impl Peer {
         };
         if self.notices.get(message_id).map(String::as_str) == Some(store) {
             self.notices.remove(message_id);
+            if self.recorder.is_some() {
+                self.step.records.push(Record {
+                    kind: "received",
+                    key: store.to_owned(),
+                    detail: Some(message_id.to_owned()),
+                });
+            }
         }
     }
 
@@ -263,7 +303,16 @@ impl Peer {
             entry.stage = Stage::Assigned;
             entry.driver = Some((name.clone(), courier.socket.id));
             courier.load += 1;
-            let _ = courier.socket.emit("pickup", &entry.order);
+            let durable = self.recorder.is_some();
+            if durable {
+                self.step.records.push(Record {
+                    kind: "assigned",
+                    key,
+                    detail: Some(name.clone()),
+                });
+            }
+            self.step
+                .send(durable, &courier.socket, "pickup", &entry.order);
         }
     }
 
@@ -275,11 +324,156 @@ impl Peer {
         (entry.stage == stage && by_its_driver).then_some(entry)
     }
 
-    fn tell_store(&self, store: &str, event: &str, message: &Value) {
+    fn tell_store(&mut self, store: &str, event: &'static str, message: &Value) {
+        let durable = self.recorder.is_some();
         for vendor in self.vendors.get(store).into_iter().flatten() {
-            let _ = vendor.emit(event, message);
+            self.step.send(durable, vendor, event, message);
         }
     }
+
+    /// Notes (durable only) that `order` moved to `kind`.
+    fn record(&mut self, kind: &'static str, order: &Value, detail: Option<&str>) {
+        if self.recorder.is_some()
+            && let Some(key) = key_of(order)
+        {
+            self.step.records.push(Record {
+                kind,
+                key,
+                detail: detail.map(str::to_owned),
+            });
+        }
+    }
+
+    /// Hands the event's step to the recorder.
+    fn finish_step(&mut self) {
+        if let Some(recorder) = &self.recorder
+            && !(self.step.records.is_empty() && self.step.sends.is_empty())
+        {
+            recorder.append(std::mem::take(&mut self.step));
+        }
+    }
+}
+
+/// One event's records and the messages that wait for them.
+#[derive(Default)]
+struct Step {
+    records: Vec<Record>,
+    sends: Vec<Outgoing>,
+}
+
+impl Step {
+    /// Sends at once, or (durable) once the step is committed.
+    fn send(&mut self, durable: bool, to: &SocketRef, event: &'static str, message: &Value) {
+        if durable {
+            self.sends.push(Outgoing {
+                to: to.clone(),
+                event,
+                message: message.clone(),
+            });
+        } else {
+            let _ = to.emit(event, message);
+        }
+    }
+}
+
+/// One row of the durable peer's log.
+struct Record {
+    kind: &'static str,
+    key: String,
+    detail: Option<String>,
+}
+
+/// A message held until its event is committed.
+struct Outgoing {
+    to: SocketRef,
+    event: &'static str,
+    message: Value,
+}
+
+/// The durable peer's writer: a thread that commits steps in batches (as
+/// the hub's journal does) and then sends what they hold.
+pub struct Recorder {
+    steps: tokio::sync::mpsc::UnboundedSender<Step>,
+}
+
+impl Recorder {
+    /// Opens (creates) the log in `dir` and starts its writer thread.
+    pub fn start(dir: &Path, commit_delay: Duration) -> anyhow::Result<Recorder> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let conn = rusqlite::Connection::open(dir.join("peer-log.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // Another program holding the log's lock delays commits, and with
+        // them everything the peer sends, rather than stopping it.
+        conn.busy_timeout(Duration::from_secs(60))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS log (
+                id INTEGER PRIMARY KEY,
+                kind TEXT NOT NULL,
+                key TEXT NOT NULL,
+                detail TEXT
+            );
+            -- What caps promises and the in-memory peer cannot: an order
+            -- re-sent at any age is recognised without holding every order
+            -- in memory, so each new order's key goes into an index.
+            CREATE UNIQUE INDEX IF NOT EXISTS orders_by_key ON log (key) WHERE kind = 'pickup';",
+        )?;
+        let (steps, incoming) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("peer-recorder".into())
+            .spawn(move || {
+                if let Err(error) = commit_steps(conn, commit_delay, incoming) {
+                    eprintln!("the peer's recorder stopped: {error:#}");
+                    std::process::exit(1);
+                }
+            })?;
+        Ok(Recorder { steps })
+    }
+
+    fn append(&self, step: Step) {
+        let _ = self.steps.send(step);
+    }
+}
+
+/// Commits whatever steps have queued in one transaction, then sends what
+/// they held; under load a commit waits as the hub's does.
+fn commit_steps(
+    mut conn: rusqlite::Connection,
+    commit_delay: Duration,
+    mut incoming: tokio::sync::mpsc::UnboundedReceiver<Step>,
+) -> anyhow::Result<()> {
+    let mut batch = Vec::new();
+    let mut last_commit: Option<Instant> = None;
+    while let Some(first) = incoming.blocking_recv() {
+        batch.push(first);
+        let mut waited = false;
+        loop {
+            while let Ok(step) = incoming.try_recv() {
+                batch.push(step);
+            }
+            let since_commit = last_commit.map(|at| at.elapsed());
+            if waited || !worth_waiting(batch.len(), since_commit, commit_delay) {
+                break;
+            }
+            waited = true;
+            std::thread::sleep(commit_delay);
+        }
+        let tx = conn.transaction()?;
+        {
+            let mut insert =
+                tx.prepare_cached("INSERT INTO log (kind, key, detail) VALUES (?1, ?2, ?3)")?;
+            for record in batch.iter().flat_map(|step| &step.records) {
+                insert.execute(rusqlite::params![record.kind, record.key, record.detail])?;
+            }
+        }
+        tx.commit()?;
+        last_commit = Some(Instant::now());
+        for outgoing in batch.drain(..).flat_map(|step| step.sends) {
+            let _ = outgoing.to.emit(outgoing.event, &outgoing.message);
+        }
+    }
+    Ok(())
 }
 
 fn key_of(order: &Value) -> Option<String> {

@@ -23,6 +23,9 @@ pub enum Kind {
     Echo,
     /// socketioxide doing the Node peer's work and nothing more: the library's floor.
     RustPeer,
+    /// The same, appending every event to an SQLite log before sending what
+    /// it causes: a durable hub's floor.
+    RustDurablePeer,
     /// One `caps hub` on PostgreSQL (`--database`, emptied first).
     CapsPg1,
     /// Two `caps hub`s of one group on PostgreSQL.
@@ -40,6 +43,7 @@ impl Kind {
             Kind::Node => "node-peer",
             Kind::Echo => "echo-ceiling",
             Kind::RustPeer => "socketioxide-peer",
+            Kind::RustDurablePeer => "socketioxide-durable-peer",
             Kind::CapsPg1 => "caps-pg1",
             Kind::CapsPg2 => "caps-pg2",
             Kind::CapsPg3 => "caps-pg3",
@@ -52,7 +56,12 @@ impl Kind {
             Kind::CapsPg1 => 1,
             Kind::CapsPg2 => 2,
             Kind::CapsPg3 => 3,
-            Kind::Caps | Kind::CapsEphemeral | Kind::Node | Kind::Echo | Kind::RustPeer => 0,
+            Kind::Caps
+            | Kind::CapsEphemeral
+            | Kind::Node
+            | Kind::Echo
+            | Kind::RustPeer
+            | Kind::RustDurablePeer => 0,
         }
     }
 }
@@ -159,6 +168,15 @@ impl Target {
             Kind::RustPeer => {
                 let mut command = Command::new(&exe);
                 command.args(["bench-peer", "--port", "0"]);
+                command
+            }
+            Kind::RustDurablePeer => {
+                let dir = tempfile::tempdir().context("creating a data dir")?;
+                let mut command = Command::new(&exe);
+                command
+                    .args(["bench-peer", "--port", "0", "--durable"])
+                    .arg(dir.path());
+                data_dir = Some(dir);
                 command
             }
         };
