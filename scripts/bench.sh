@@ -6,7 +6,7 @@
 # driven by both load generators (caps bench's Rust client and
 # bench/generator.mjs on the official socket.io-client), measured in turns in
 # one run. Raw JSON lines go to docs/bench/, the charts to docs/bench/*.svg.
-# Takes about 17 minutes on 2 cores.
+# Takes about 23 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 caps=target/release/caps
