@@ -439,6 +439,9 @@ impl Backend for SqliteBackend {
 /// The statements that record changes, prepared on one connection.
 struct Writes<'c> {
     new_order: rusqlite::CachedStatement<'c>,
+    /// A new order and the step that moved it on, in one insert (see
+    /// [`Writes::apply`]).
+    new_moved_order: rusqlite::CachedStatement<'c>,
     /// A step short of delivery: sets no indexed column, so no index moves.
     advance: rusqlite::CachedStatement<'c>,
     deliver: rusqlite::CachedStatement<'c>,
@@ -456,6 +459,12 @@ impl<'c> Writes<'c> {
                 "INSERT INTO orders (store, order_id, seq, customer, address, state, updated_at,
                                      version, history)
                  VALUES (?1, ?2, ?3, ?4, ?5, 'ready', ?6, 1, ?7)
+                 ON CONFLICT DO NOTHING",
+            )?,
+            new_moved_order: conn.prepare_cached(
+                "INSERT INTO orders (store, order_id, seq, customer, address, state, driver,
+                                     told_in_transit, updated_at, version, history)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 2, ?10)
                  ON CONFLICT DO NOTHING",
             )?,
             // Found by arrival number, the rowid: the order's row, on one of
@@ -494,6 +503,7 @@ impl<'c> Writes<'c> {
     fn apply(&mut self, changes: &[Change]) -> rusqlite::Result<bool> {
         let Writes {
             new_order,
+            new_moved_order,
             advance,
             deliver,
             queue,
@@ -502,19 +512,54 @@ impl<'c> Writes<'c> {
             trim,
             count_delivery,
         } = self;
-        for change in changes {
+        let mut changes = changes.iter().peekable();
+        while let Some(change) = changes.next() {
             match change {
                 Change::NewOrder { order, seq, at } => {
                     let at = at.to_rfc3339();
-                    let inserted = new_order.execute(params![
-                        order.store.as_str(),
-                        order.order_id.as_str(),
-                        *seq as i64,
-                        order.customer.as_str(),
-                        order.address.as_str(),
-                        at,
-                        history_entry(OrderState::Ready, None, &at),
-                    ])?;
+                    let arrived = history_entry(OrderState::Ready, None, &at);
+                    // A new order is mostly offered in the step it arrives in:
+                    // one insert of the order as that step leaves it, rather
+                    // than an insert and an update of the same row.
+                    let moved_on = changes.next_if(|next| {
+                        matches!(next, Change::Transition { key, seq: moved, version: 1, state, .. }
+                            if moved == seq && *state != OrderState::Delivered
+                                && key.store == order.store && key.order_id == order.order_id)
+                    });
+                    let inserted = match moved_on {
+                        Some(Change::Transition {
+                            state,
+                            driver,
+                            told_in_transit,
+                            at: moved_at,
+                            ..
+                        }) => {
+                            let moved_at = moved_at.to_rfc3339();
+                            let driver = driver.as_ref().map(driver_column);
+                            let moved = history_entry(*state, driver.as_deref(), &moved_at);
+                            new_moved_order.execute(params![
+                                order.store.as_str(),
+                                order.order_id.as_str(),
+                                *seq as i64,
+                                order.customer.as_str(),
+                                order.address.as_str(),
+                                state.name(),
+                                driver,
+                                told_in_transit,
+                                moved_at,
+                                format!("{arrived},{moved}"),
+                            ])?
+                        }
+                        _ => new_order.execute(params![
+                            order.store.as_str(),
+                            order.order_id.as_str(),
+                            *seq as i64,
+                            order.customer.as_str(),
+                            order.address.as_str(),
+                            at,
+                            arrived,
+                        ])?,
+                    };
                     if inserted == 0 {
                         log::warn!(
                             "not recording store={} order={}: already recorded",
@@ -930,12 +975,96 @@ mod tests {
     }
 
     #[test]
+    fn a_new_order_offered_in_its_own_step_is_recorded_as_two_statements_would_record_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = SqliteBackend::open(dir.path(), SyncMode::Normal).unwrap();
+        let at = |minute: u32| {
+            DateTime::parse_from_rfc3339(&format!("2026-01-01T00:{minute:02}:00Z"))
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        let arrive = |id: &str, seq: u64| Change::NewOrder {
+            order: order(id),
+            seq,
+            at: at(1),
+        };
+        let offer = |id: &str, seq: u64, version: u64| Change::Transition {
+            key: OrderKey::of(&order(id)),
+            seq,
+            version,
+            state: OrderState::Assigned,
+            driver: Some(DriverKey::Named(DriverName::new("bob").unwrap())),
+            told_in_transit: false,
+            at: at(2),
+        };
+        // Offered in the step it arrived in: one insert, one row written.
+        let before = backend.conn.total_changes();
+        let refused = backend
+            .commit(&[step(
+                1,
+                vec![arrive("together", 0), offer("together", 0, 1)],
+            )])
+            .unwrap();
+        assert!(refused.is_empty());
+        assert_eq!(backend.conn.total_changes() - before, 1, "one statement");
+        let refused = backend
+            .commit(&[
+                // Offered a step later: an insert, then an update.
+                step(2, vec![arrive("apart", 1)]),
+                step(3, vec![offer("apart", 1, 1)]),
+                // A repeat of a recorded order is refused, offer and all.
+                step(4, vec![arrive("together", 2), offer("together", 2, 1)]),
+                // An offer decided on a stale version is not folded in: the
+                // step is refused whole, its new order too.
+                step(5, vec![arrive("stale", 3), offer("stale", 3, 4)]),
+            ])
+            .unwrap();
+        assert_eq!(refused, [4, 5]);
+        let row = |id: &str| -> Vec<String> {
+            backend
+                .conn
+                .query_row(
+                    "SELECT state, driver, told_in_transit, updated_at, version,
+                            delivered_at, history, customer, address
+                     FROM orders WHERE order_id = ?1",
+                    [id],
+                    |row| {
+                        (0..9)
+                            .map(|column| {
+                                row.get::<_, rusqlite::types::Value>(column)
+                                    .map(|value| format!("{value:?}"))
+                            })
+                            .collect()
+                    },
+                )
+                .unwrap()
+        };
+        assert_eq!(row("together"), row("apart"));
+        assert_eq!(row("together")[4], "Integer(2)", "version");
+        let records = backend.records().unwrap();
+        assert!(
+            records
+                .order(&OrderKey::of(&order("stale")))
+                .unwrap()
+                .is_none()
+        );
+        let together = records
+            .order(&OrderKey::of(&order("together")))
+            .unwrap()
+            .unwrap();
+        let states: Vec<OrderState> = together.history.iter().map(|t| t.state).collect();
+        assert_eq!(states, [OrderState::Ready, OrderState::Assigned]);
+        assert_eq!(together.seq, 0, "the first arrival's number");
+    }
+
+    #[test]
     fn recording_a_step_builds_no_temporary_table_and_other_writers_are_still_checked() {
         let dir = tempfile::tempdir().unwrap();
         let backend = SqliteBackend::open(dir.path(), SyncMode::Normal).unwrap();
         let writes = Writes::prepare(&backend.conn).unwrap();
         let statements = [
             ("new order", writes.new_order.expanded_sql()),
+            ("new order moved on", writes.new_moved_order.expanded_sql()),
             ("advance", writes.advance.expanded_sql()),
             ("deliver", writes.deliver.expanded_sql()),
             ("queue", writes.queue.expanded_sql()),
