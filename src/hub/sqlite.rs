@@ -16,8 +16,8 @@ use rusqlite::{Connection, DropBehavior, OpenFlags, OptionalExtension, params};
 
 use super::columns::{OrderRow, driver_column, driver_from_column, order_from, parse_state};
 use super::domain::{
-    Change, OrderKey, OrderQuery, OrderState, Snapshot, StoredNotice, StoredOrder, Transition,
-    payload_digest,
+    Change, DriverKey, OrderKey, OrderQuery, OrderState, Snapshot, StoredNotice, StoredOrder,
+    Transition, payload_digest,
 };
 use super::journal::{Backend, Records, Step};
 use crate::api::OrderCounts;
@@ -438,10 +438,8 @@ impl Backend for SqliteBackend {
 
 /// The statements that record changes, prepared on one connection.
 struct Writes<'c> {
+    /// A new order, as its first step leaves it (see [`Writes::apply`]).
     new_order: rusqlite::CachedStatement<'c>,
-    /// A new order and the step that moved it on, in one insert (see
-    /// [`Writes::apply`]).
-    new_moved_order: rusqlite::CachedStatement<'c>,
     /// A step short of delivery: sets no indexed column, so no index moves.
     advance: rusqlite::CachedStatement<'c>,
     deliver: rusqlite::CachedStatement<'c>,
@@ -456,15 +454,9 @@ impl<'c> Writes<'c> {
     fn prepare(conn: &'c Connection) -> rusqlite::Result<Writes<'c>> {
         Ok(Writes {
             new_order: conn.prepare_cached(
-                "INSERT INTO orders (store, order_id, seq, customer, address, state, updated_at,
-                                     version, history)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'ready', ?6, 1, ?7)
-                 ON CONFLICT DO NOTHING",
-            )?,
-            new_moved_order: conn.prepare_cached(
                 "INSERT INTO orders (store, order_id, seq, customer, address, state, driver,
                                      told_in_transit, updated_at, version, history)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 2, ?10)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT DO NOTHING",
             )?,
             // Found by arrival number, the rowid: the order's row, on one of
@@ -503,7 +495,6 @@ impl<'c> Writes<'c> {
     fn apply(&mut self, changes: &[Change]) -> rusqlite::Result<bool> {
         let Writes {
             new_order,
-            new_moved_order,
             advance,
             deliver,
             queue,
@@ -526,40 +517,35 @@ impl<'c> Writes<'c> {
                             if moved == seq && *state != OrderState::Delivered
                                 && key.store == order.store && key.order_id == order.order_id)
                     });
-                    let inserted = match moved_on {
-                        Some(Change::Transition {
-                            state,
-                            driver,
-                            told_in_transit,
-                            at: moved_at,
-                            ..
-                        }) => {
-                            let moved_at = moved_at.to_rfc3339();
-                            let driver = driver.as_ref().map(driver_column);
-                            let moved = history_entry(*state, driver.as_deref(), &moved_at);
-                            new_moved_order.execute(params![
-                                order.store.as_str(),
-                                order.order_id.as_str(),
-                                *seq as i64,
-                                order.customer.as_str(),
-                                order.address.as_str(),
-                                state.name(),
+                    let (state, driver, told_in_transit, updated_at, version, history) =
+                        match moved_on {
+                            Some(Change::Transition {
+                                state,
                                 driver,
                                 told_in_transit,
-                                moved_at,
-                                format!("{arrived},{moved}"),
-                            ])?
-                        }
-                        _ => new_order.execute(params![
-                            order.store.as_str(),
-                            order.order_id.as_str(),
-                            *seq as i64,
-                            order.customer.as_str(),
-                            order.address.as_str(),
-                            at,
-                            arrived,
-                        ])?,
-                    };
+                                at: moved_at,
+                                ..
+                            }) => {
+                                let (moved_at, driver, moved) =
+                                    step_columns(*state, driver, moved_at);
+                                let history = format!("{arrived},{moved}");
+                                (*state, driver, *told_in_transit, moved_at, 2, history)
+                            }
+                            _ => (OrderState::Ready, None, false, at, 1, arrived),
+                        };
+                    let inserted = new_order.execute(params![
+                        order.store.as_str(),
+                        order.order_id.as_str(),
+                        *seq as i64,
+                        order.customer.as_str(),
+                        order.address.as_str(),
+                        state.name(),
+                        driver,
+                        told_in_transit,
+                        updated_at,
+                        version,
+                        history,
+                    ])?;
                     if inserted == 0 {
                         log::warn!(
                             "not recording store={} order={}: already recorded",
@@ -584,9 +570,7 @@ impl<'c> Writes<'c> {
                     } else {
                         &mut *advance
                     };
-                    let at = at.to_rfc3339();
-                    let driver = driver.as_ref().map(driver_column);
-                    let entry = history_entry(*state, driver.as_deref(), &at);
+                    let (at, driver, entry) = step_columns(*state, driver, at);
                     let updated = update.execute(params![
                         key.store.as_str(),
                         key.order_id.as_str(),
@@ -661,6 +645,19 @@ fn set_clean_stop(conn: &Connection, clean: bool) -> anyhow::Result<()> {
 /// The columns [`read_order`] reads, in its order.
 const ORDER_COLUMNS: &str = "store, order_id, seq, customer, address, state, driver, \
      told_in_transit, updated_at, version, digest";
+
+/// A step's time and driver as the orders table keeps them, and its entry
+/// in the order's history column.
+fn step_columns(
+    state: OrderState,
+    driver: &Option<DriverKey>,
+    at: &DateTime<Utc>,
+) -> (String, Option<String>, String) {
+    let at = at.to_rfc3339();
+    let driver = driver.as_ref().map(driver_column);
+    let entry = history_entry(state, driver.as_deref(), &at);
+    (at, driver, entry)
+}
 
 /// One entry of an order's history column: `["state","driver",at]` (the
 /// driver `null` when there is none). Appending it as text costs SQLite
@@ -921,6 +918,10 @@ mod tests {
     }
 
     fn assign(id: &str, seq: u64, version: u64) -> Change {
+        assign_at(id, seq, version, Utc::now())
+    }
+
+    fn assign_at(id: &str, seq: u64, version: u64, at: DateTime<Utc>) -> Change {
         Change::Transition {
             key: OrderKey::of(&order(id)),
             seq,
@@ -928,7 +929,7 @@ mod tests {
             state: OrderState::Assigned,
             driver: Some(DriverKey::Named(DriverName::new("bob").unwrap())),
             told_in_transit: false,
-            at: Utc::now(),
+            at,
         }
     }
 
@@ -988,15 +989,7 @@ mod tests {
             seq,
             at: at(1),
         };
-        let offer = |id: &str, seq: u64, version: u64| Change::Transition {
-            key: OrderKey::of(&order(id)),
-            seq,
-            version,
-            state: OrderState::Assigned,
-            driver: Some(DriverKey::Named(DriverName::new("bob").unwrap())),
-            told_in_transit: false,
-            at: at(2),
-        };
+        let offer = |id: &str, seq: u64, version: u64| assign_at(id, seq, version, at(2));
         // Offered in the step it arrived in: one insert, one row written.
         let before = backend.conn.total_changes();
         let refused = backend
@@ -1064,7 +1057,6 @@ mod tests {
         let writes = Writes::prepare(&backend.conn).unwrap();
         let statements = [
             ("new order", writes.new_order.expanded_sql()),
-            ("new order moved on", writes.new_moved_order.expanded_sql()),
             ("advance", writes.advance.expanded_sql()),
             ("deliver", writes.deliver.expanded_sql()),
             ("queue", writes.queue.expanded_sql()),
