@@ -527,7 +527,7 @@ impl<'c> Writes<'c> {
                                 ..
                             }) => {
                                 let (moved_at, driver, moved) =
-                                    step_columns(*state, driver, moved_at);
+                                    step_columns(*state, driver.as_ref(), moved_at);
                                 let history = format!("{arrived},{moved}");
                                 (*state, driver, *told_in_transit, moved_at, 2, history)
                             }
@@ -570,7 +570,7 @@ impl<'c> Writes<'c> {
                     } else {
                         &mut *advance
                     };
-                    let (at, driver, entry) = step_columns(*state, driver, at);
+                    let (at, driver, entry) = step_columns(*state, driver.as_ref(), at);
                     let updated = update.execute(params![
                         key.store.as_str(),
                         key.order_id.as_str(),
@@ -650,11 +650,11 @@ const ORDER_COLUMNS: &str = "store, order_id, seq, customer, address, state, dri
 /// in the order's history column.
 fn step_columns(
     state: OrderState,
-    driver: &Option<DriverKey>,
+    driver: Option<&DriverKey>,
     at: &DateTime<Utc>,
 ) -> (String, Option<String>, String) {
     let at = at.to_rfc3339();
-    let driver = driver.as_ref().map(driver_column);
+    let driver = driver.map(driver_column);
     let entry = history_entry(state, driver.as_deref(), &at);
     (at, driver, entry)
 }

@@ -432,6 +432,7 @@ impl Recorder {
     }
 
     fn append(&self, step: Step) {
+        // The writer thread only ends by ending the process (see `start`).
         let _ = self.steps.send(step);
     }
 }
