@@ -562,3 +562,80 @@ fn an_order_sent_again_past_the_memory_window_is_recognised_by_any_hub_of_the_gr
         "1"
     );
 }
+
+#[test]
+fn in_a_group_an_acknowledgement_of_a_notice_not_queued_is_refused_and_leaves_the_count() {
+    use caps::protocol::{ErrorCode, Event, Handshake, StoreId};
+    use caps::roles::hub_link::{HubLink, Inbound, LinkConfig};
+
+    // Two deliveries to acme while no vendor of acme is online: two notices
+    // wait in the queue.
+    let cluster = PgCluster::start();
+    let (_hub, url) = group_hub(&cluster, "a", &[]);
+    let _dana = driver(&url, "dana", "1ms", "1ms", &[]);
+    for id in ["n1", "n2"] {
+        let order = serde_json::json!({"store": "acme", "orderId": id, "customer": "Jamal Braun", "address": "Schmittfurt, LA"});
+        assert_eq!(place(&url, order), 201);
+    }
+    let queued = |count: u64| {
+        move |status: &serde_json::Value| {
+            status["orders"]["delivered"] == 2
+                && status["queues"][0]["store"] == "acme"
+                && status["queues"][0]["queued"] == count
+        }
+    };
+    common::wait_for_status(&url, "two notices queued", queued(2));
+
+    let config = LinkConfig {
+        hubs: vec![url.clone()],
+        handshake: Handshake::vendor(StoreId::new("acme").unwrap()),
+        connect_timeout: common::WAIT,
+        listen: vec![Event::Delivered],
+        token: None,
+    };
+    common::block_on(async move {
+        let (mut link, mut inbound) = HubLink::connect(&config).await.expect("connects");
+        let replay = link
+            .request(
+                Event::GetAll,
+                &serde_json::json!({"queueId": "acme"}),
+                common::WAIT,
+            )
+            .await
+            .expect("getAll answered");
+        assert_eq!(replay.sent, Some(2));
+        let mut message_ids = Vec::new();
+        while message_ids.len() < 2 {
+            match tokio::time::timeout(common::WAIT, inbound.recv()).await {
+                Ok(Some(Inbound::Order(Event::Delivered, _, Some(id)))) => message_ids.push(id),
+                Ok(Some(_)) => {}
+                other => panic!("the queued notices did not come: {other:?}"),
+            }
+        }
+        let unknown = received(&mut link, "never-queued").await;
+        assert!(!unknown.ok);
+        assert_eq!(unknown.error.unwrap().code, ErrorCode::UnknownMessage);
+        assert!(received(&mut link, message_ids[0].as_str()).await.ok);
+        let again = received(&mut link, message_ids[0].as_str()).await;
+        assert_eq!(
+            again.error.map(|refusal| refusal.code),
+            Some(ErrorCode::UnknownMessage),
+            "acknowledged once"
+        );
+    });
+    // Only the one notice acknowledged left the count.
+    common::wait_for_status(&url, "one notice queued", queued(1));
+    assert_eq!(cluster.query("SELECT count(*) FROM notices"), "1");
+}
+
+/// `received` for `message_id` in acme's queue, and the hub's answer.
+async fn received(
+    link: &mut caps::roles::hub_link::HubLink,
+    message_id: &str,
+) -> caps::protocol::Ack {
+    let request =
+        serde_json::json!({"queueId": "acme", "event": "delivered", "messageId": message_id});
+    link.request(caps::protocol::Event::Received, &request, common::WAIT)
+        .await
+        .expect("received answered")
+}

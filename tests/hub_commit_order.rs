@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use caps::api::OrderCounts;
 use caps::hub::domain::{OrderKey, OrderQuery, Snapshot, StoredNotice, StoredOrder};
-use caps::hub::journal::{Backend, Records, Step};
+use caps::hub::journal::{Backend, Records, Settled, Step};
 use caps::hub::{self, EventLog, Hub, HubConfig};
 use caps::protocol::{DriverName, Event, Handshake, MessageId, Order, OrderId, StoreId};
 use caps::roles::vendor::fake_order;
@@ -116,7 +116,7 @@ impl Backend for Gate {
         Ok(Box::new(NoRecords))
     }
 
-    fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Vec<u64>> {
+    fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Settled> {
         let (lock, changed) = &*self.0;
         let mut state = lock.lock().unwrap();
         state.begun += 1;
@@ -129,9 +129,12 @@ impl Backend for Gate {
             anyhow::bail!("the disk is on fire");
         }
         if std::mem::take(&mut state.refuse) {
-            return Ok(steps.iter().map(|step| step.seq).collect());
+            return Ok(Settled {
+                refused: steps.iter().map(|step| step.seq).collect(),
+                not_queued: Vec::new(),
+            });
         }
-        Ok(Vec::new())
+        Ok(Settled::default())
     }
 }
 

@@ -135,7 +135,8 @@ pub enum Change {
     /// A store acknowledged the notice whose message id, or whose order's
     /// id (as older course code sends), is `id`, without the hub looking it
     /// up first (a shared database, where a look-up is a round trip): it
-    /// leaves the queue if it is there.
+    /// leaves the queue if it is there, and the commit reports the step if
+    /// it was not (the sender is then refused `unknown_message`).
     NoticeAcknowledged {
         /// The store.
         store: StoreId,

@@ -31,8 +31,9 @@ pub trait Backend: Send + 'static {
     fn records(&self) -> anyhow::Result<Box<dyn Records>>;
     /// Commits `steps` in one transaction. Each step is all or nothing: one
     /// whose conditions fail (see [`Change`]) is left out, and its number
-    /// returned; the others commit. An error means nothing was committed.
-    fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Vec<u64>>;
+    /// returned among the refused; the others commit. An error means
+    /// nothing was committed.
+    fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Settled>;
     /// Records that everything was committed and the hub stops cleanly (the
     /// writer calls it last, once its queue is closed and empty).
     fn close(&mut self) -> anyhow::Result<()>;
@@ -85,6 +86,16 @@ pub struct Step {
     pub changes: Vec<Change>,
 }
 
+/// What a backend's commit did not record as asked, by step number.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settled {
+    /// Steps left out whole: one of their conditions failed.
+    pub refused: Vec<u64>,
+    /// Steps recorded whose acknowledgement ([`Change::NoticeAcknowledged`],
+    /// made without a look-up) found no such notice queued.
+    pub not_queued: Vec<u64>,
+}
+
 /// What one commit of the writer did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Commit {
@@ -92,6 +103,8 @@ pub struct Commit {
     pub up_to: u64,
     /// The steps among them the data dir refused.
     pub refused: Vec<u64>,
+    /// The steps among them that acknowledged a notice not queued.
+    pub not_queued: Vec<u64>,
     /// The steps committed, handed back to be freed by the thread that made
     /// them: freed on the writer's thread, glibc's allocator made the two
     /// threads wait on each other's arena lock.
@@ -255,9 +268,13 @@ fn write_batches(
         }
         let up_to = batch.last().map_or(0, |step| step.seq);
         let report = match backend.commit(&batch) {
-            Ok(refused) => Ok(Commit {
+            Ok(Settled {
+                refused,
+                not_queued,
+            }) => Ok(Commit {
                 up_to,
                 refused,
+                not_queued,
                 spent: std::mem::take(&mut batch),
             }),
             Err(error) => Err(format!("{error:#}")),
@@ -301,9 +318,9 @@ mod tests {
         fn records(&self) -> anyhow::Result<Box<dyn Records>> {
             anyhow::bail!("not needed here")
         }
-        fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Vec<u64>> {
+        fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Settled> {
             self.0.lock().unwrap().push(steps.len());
-            Ok(Vec::new())
+            Ok(Settled::default())
         }
         fn close(&mut self) -> anyhow::Result<()> {
             Ok(())

@@ -98,10 +98,10 @@ impl Mailbox {
     ) -> Result<Change, Refusal> {
         match &mut self.kept {
             Kept::Memory(queues) => queues.acknowledge(store, message_id),
-            Kept::DataDir { records, counts } if records.is_remote() => {
-                if let Some(queued) = counts.get_mut(store) {
-                    *queued = queued.saturating_sub(1);
-                }
+            // Recorded without a look-up (a round trip per delivery); the
+            // commit tells whether the notice was queued, and the count
+            // follows it then (see `Mailbox::acknowledged`).
+            Kept::DataDir { records, .. } if records.is_remote() => {
                 Ok(Change::NoticeAcknowledged {
                     store: store.clone(),
                     id: message_id.to_string(),
@@ -111,12 +111,22 @@ impl Mailbox {
                 let found = records
                     .notice_id(store, message_id.as_str())
                     .map_err(unreadable)?
-                    .ok_or_else(|| not_queued(store, message_id))?;
+                    .ok_or_else(|| not_queued(store, message_id.as_str()))?;
                 if let Some(queued) = counts.get_mut(store) {
                     *queued = queued.saturating_sub(1);
                 }
                 Ok(Change::NoticeRemoved { message_id: found })
             }
+        }
+    }
+
+    /// A notice of `store`'s, acknowledged without a look-up, was found and
+    /// removed by the commit: one fewer queued.
+    pub fn acknowledged(&mut self, store: &StoreId) {
+        if let Kept::DataDir { counts, .. } = &mut self.kept
+            && let Some(queued) = counts.get_mut(store)
+        {
+            *queued = queued.saturating_sub(1);
         }
     }
 
@@ -166,7 +176,9 @@ fn new_message_id() -> MessageId {
     MessageId::new(uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid message id")
 }
 
-fn not_queued(store: &StoreId, message_id: &MessageId) -> Refusal {
+/// The refusal of an acknowledgement of `message_id` (or an order's id),
+/// which is not in `store`'s queue.
+pub(in crate::hub) fn not_queued(store: &StoreId, message_id: &str) -> Refusal {
     Refusal::new(
         ErrorCode::UnknownMessage,
         format!("no message {message_id} in the queue of store {store}"),
@@ -245,7 +257,7 @@ impl MemoryQueues {
                     .get_mut(store)
                     .and_then(|queue| queue.remove(&place))
             })
-            .ok_or_else(|| not_queued(store, message_id))?;
+            .ok_or_else(|| not_queued(store, message_id.as_str()))?;
         self.index.remove(&removed.0);
         Ok(Change::NoticeRemoved {
             message_id: removed.0,
@@ -384,7 +396,7 @@ mod tests {
             );
             seq += 1;
             let step = Step { seq, changes };
-            assert!(backend.commit(&[step]).unwrap().is_empty());
+            assert!(backend.commit(&[step]).unwrap().refused.is_empty());
             message_id
         };
         let first = deliver(&mut mailbox, "o1");

@@ -34,7 +34,7 @@ use super::domain::{
     Change, DriverKey, OrderKey, OrderQuery, OrderState, Snapshot, StoredNotice, StoredOrder,
     Transition, payload_digest,
 };
-use super::journal::{Backend, Records, Step};
+use super::journal::{Backend, Records, Settled, Step};
 use crate::api::OrderCounts;
 use crate::protocol::{DriverName, MessageId, OrderId, StoreId};
 
@@ -815,7 +815,7 @@ impl Backend for PgBackend {
         }))
     }
 
-    fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Vec<u64>> {
+    fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Settled> {
         let began = std::time::Instant::now();
         let mut pause = Duration::from_millis(100);
         loop {
@@ -889,31 +889,38 @@ impl Backend for PgBackend {
 
 /// Commits `steps` in one transaction: first all together; if a condition
 /// fails, again with each step in a savepoint, leaving refused ones out.
-async fn commit_batch(pg: &Pg, steps: &[Step]) -> Result<Vec<u64>, sqlx::Error> {
+async fn commit_batch(pg: &Pg, steps: &[Step]) -> Result<Settled, sqlx::Error> {
     {
         let mut tx = pg.pool.begin().await?;
-        if Batch::of(steps).apply(&mut tx, &pg.hub).await? {
+        if let Some(not_queued) = Batch::of(steps).apply(&mut tx, &pg.hub).await? {
             tx.commit().await?;
-            return Ok(Vec::new());
+            return Ok(Settled {
+                refused: Vec::new(),
+                not_queued,
+            });
         }
         tx.rollback().await?;
     }
     let mut tx = pg.pool.begin().await?;
-    let mut refused = Vec::new();
+    let mut settled = Settled::default();
     for step in steps {
         let mut savepoint = tx.begin().await?;
-        if Batch::of(std::slice::from_ref(step))
+        match Batch::of(std::slice::from_ref(step))
             .apply(&mut savepoint, &pg.hub)
             .await?
         {
-            savepoint.commit().await?;
-        } else {
-            savepoint.rollback().await?;
-            refused.push(step.seq);
+            Some(not_queued) => {
+                savepoint.commit().await?;
+                settled.not_queued.extend(not_queued);
+            }
+            None => {
+                savepoint.rollback().await?;
+                settled.refused.push(step.seq);
+            }
         }
     }
     tx.commit().await?;
-    Ok(refused)
+    Ok(settled)
 }
 
 /// A batch's changes folded into a few set-based statements: each order's
@@ -935,8 +942,9 @@ struct Batch {
     /// Notices queued: message id, store, order, at.
     queued: Vec<(String, String, String, String)>,
     removed: Vec<String>,
-    /// Notices acknowledged unchecked: store, message or order id.
-    acknowledged: Vec<(String, String)>,
+    /// Notices acknowledged unchecked: the step, the store, the message's
+    /// (or its order's) id.
+    acknowledged: Vec<(u64, String, String)>,
     trimmed: Vec<(String, i64)>,
 }
 
@@ -959,7 +967,10 @@ impl Batch {
     fn of(steps: &[Step]) -> Batch {
         let mut batch = Batch::default();
         let mut folded: std::collections::HashMap<OrderKey, (bool, usize)> = Default::default();
-        for change in steps.iter().flat_map(|step| &step.changes) {
+        let changes = steps
+            .iter()
+            .flat_map(|step| step.changes.iter().map(|change| (step.seq, change)));
+        for (step, change) in changes {
             match change {
                 Change::NewOrder { order, seq, at } => {
                     let key = OrderKey::of(order);
@@ -1050,7 +1061,9 @@ impl Batch {
                 )),
                 Change::NoticeRemoved { message_id } => batch.removed.push(message_id.to_string()),
                 Change::NoticeAcknowledged { store, id } => {
-                    batch.acknowledged.push((store.to_string(), id.clone()))
+                    batch
+                        .acknowledged
+                        .push((step, store.to_string(), id.clone()))
                 }
                 Change::NoticesTrimmed { store, keep } => {
                     batch.trimmed.push((store.to_string(), *keep as i64))
@@ -1066,15 +1079,20 @@ impl Batch {
         batch
     }
 
-    /// Applies the batch as hub `hub`; `false` if a condition failed.
-    async fn apply(&self, tx: &mut PgConnection, hub: &str) -> Result<bool, sqlx::Error> {
+    /// Applies the batch as hub `hub`; `None` if a condition failed, else
+    /// the steps whose acknowledgement found no notice.
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        hub: &str,
+    ) -> Result<Option<Vec<u64>>, sqlx::Error> {
         if self
             .inserts
             .iter()
             .chain(&self.updates)
             .any(|order| order.to_version < 0)
         {
-            return Ok(false);
+            return Ok(None);
         }
         if !self.inserts.is_empty() {
             let rows = &self.inserts;
@@ -1105,7 +1123,7 @@ impl Batch {
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() != rows.len() as u64 {
-                return Ok(false);
+                return Ok(None);
             }
         }
         if !self.updates.is_empty() {
@@ -1131,7 +1149,7 @@ impl Batch {
             .execute(&mut *tx)
             .await?;
             if updated.rows_affected() != rows.len() as u64 {
-                return Ok(false);
+                return Ok(None);
             }
         }
         if !self.history.is_empty() {
@@ -1194,18 +1212,29 @@ impl Batch {
                 .execute(&mut *tx)
                 .await?;
         }
+        let mut not_queued = Vec::new();
         if !self.acknowledged.is_empty() {
             let rows = &self.acknowledged;
-            sqlx::query(
+            // What each acknowledgement removed tells whether its notice
+            // was queued, without a read before it.
+            let removed: std::collections::HashSet<(String, String)> = sqlx::query_as(
                 "DELETE FROM notices USING unnest($1::TEXT[], $2::TEXT[]) AS a(s, i)
-                 WHERE notices.store = a.s AND (notices.message_id = a.i OR notices.order_id = a.i)",
+                 WHERE notices.store = a.s AND (notices.message_id = a.i OR notices.order_id = a.i)
+                 RETURNING a.s, a.i",
             )
-            .bind(column(rows, |r| r.0.clone()))
             .bind(column(rows, |r| r.1.clone()))
-            .execute(&mut *tx)
-            .await?;
+            .bind(column(rows, |r| r.2.clone()))
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+            not_queued.extend(
+                rows.iter()
+                    .filter(|(_, store, id)| !removed.contains(&(store.clone(), id.clone())))
+                    .map(|(step, ..)| *step),
+            );
         }
-        Ok(true)
+        Ok(Some(not_queued))
     }
 }
 

@@ -19,7 +19,7 @@ use super::domain::{
     Change, DriverKey, OrderKey, OrderQuery, OrderState, Snapshot, StoredNotice, StoredOrder,
     Transition, payload_digest,
 };
-use super::journal::{Backend, Records, Step};
+use super::journal::{Backend, Records, Settled, Step};
 use crate::api::OrderCounts;
 use crate::protocol::{MessageId, OrderId, StoreId};
 
@@ -391,7 +391,19 @@ impl Backend for SqliteBackend {
         }))
     }
 
-    fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Vec<u64>> {
+    fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Settled> {
+        // Every acknowledgement here was looked up first (a removal), so
+        // none is found missing at commit.
+        self.commit_steps(steps).map(|refused| Settled {
+            refused,
+            not_queued: Vec::new(),
+        })
+    }
+}
+
+impl SqliteBackend {
+    /// Commits `steps`; returns the refused ones.
+    fn commit_steps(&mut self, steps: &[Step]) -> anyhow::Result<Vec<u64>> {
         // The fast path, and the only one with a single hub: every condition
         // holds, so the batch is one plain transaction. Savepoints make
         // SQLite keep a statement journal of every page a step touches,
@@ -941,6 +953,7 @@ mod tests {
             backend
                 .commit(&[step(1, vec![new_order("o1", 0)])])
                 .unwrap()
+                .refused
                 .is_empty()
         );
         let refused = backend
@@ -955,7 +968,8 @@ mod tests {
                 // o2's key at o1's arrival number: no such row.
                 step(7, vec![assign("o2", 0, 2)]),
             ])
-            .unwrap();
+            .unwrap()
+            .refused;
         assert_eq!(refused, [2, 4, 5, 7]);
         let records = backend.records().unwrap();
         let o1 = records.order(&OrderKey::of(&order("o1"))).unwrap().unwrap();
@@ -997,7 +1011,8 @@ mod tests {
                 1,
                 vec![arrive("together", 0), offer("together", 0, 1)],
             )])
-            .unwrap();
+            .unwrap()
+            .refused;
         assert!(refused.is_empty());
         assert_eq!(backend.conn.total_changes() - before, 1, "one statement");
         let refused = backend
@@ -1011,7 +1026,8 @@ mod tests {
                 // step is refused whole, its new order too.
                 step(5, vec![arrive("stale", 3), offer("stale", 3, 4)]),
             ])
-            .unwrap();
+            .unwrap()
+            .refused;
         assert_eq!(refused, [4, 5]);
         let row = |id: &str| -> Vec<String> {
             backend
@@ -1117,7 +1133,8 @@ mod tests {
                         },
                     ],
                 )])
-                .unwrap();
+                .unwrap()
+                .refused;
             assert!(refused.is_empty());
         }
         let mut backend = SqliteBackend::open(dir.path(), SyncMode::Full).unwrap();
@@ -1226,7 +1243,8 @@ mod tests {
                     at: Utc::now(),
                 }],
             )])
-            .unwrap();
+            .unwrap()
+            .refused;
         assert!(refused.is_empty());
         let open = records
             .order(&OrderKey::of(&order("open")))

@@ -41,7 +41,7 @@ use super::domain::{Change, DriverKey, OrderKey, OrderState, Snapshot, StoredOrd
 use super::event_log::EventLog;
 use super::group::Bridge;
 use super::guard::Guard;
-use super::journal::{Committed, Journal, Records};
+use super::journal::{Commit, Committed, Journal, Records};
 use super::mailbox::Mailbox;
 use super::metrics::Metrics;
 use super::peer::Peer;
@@ -173,6 +173,7 @@ pub async fn run(
             }
             report = next_commit(&mut committed) => {
                 let commit = report.map_err(|error| anyhow::anyhow!("the data dir cannot be written: {error}"))?;
+                hub.count_acknowledgements(&commit);
                 let (ready, stale) = hub.outbox.committed(&commit);
                 hub.carry_out(ready).await;
                 hub.reload(stale);
@@ -426,6 +427,23 @@ impl Sequencer {
                 "the hub cannot read its records; try again",
             )
         })
+    }
+
+    /// Takes the notices that `commit` found and removed for
+    /// acknowledgements made without a look-up (in a group of hubs) off
+    /// their stores' counts.
+    fn count_acknowledgements(&mut self, commit: &Commit) {
+        if !self.records_are_remote() {
+            return;
+        }
+        let removed = commit.spent.iter().filter(|step| {
+            !commit.refused.contains(&step.seq) && !commit.not_queued.contains(&step.seq)
+        });
+        for change in removed.flat_map(|step| &step.changes) {
+            if let Change::NoticeAcknowledged { store, .. } = change {
+                self.mailbox.acknowledged(store);
+            }
+        }
     }
 
     /// Whether the records are read across the network (see

@@ -11,6 +11,7 @@ use super::handle::Reply;
 use crate::hub::domain::{Change, DriverKey, OrderKey, OrderState, rooms};
 use crate::hub::group::Bridge;
 use crate::hub::journal::Commit;
+use crate::hub::mailbox::not_queued;
 use crate::protocol::{
     Activity, DeliveryNotice, ErrorCode, Event, NAMESPACE, Order, Refusal, StoreId,
 };
@@ -132,6 +133,21 @@ pub struct Outbox {
     bridge: Option<Bridge>,
 }
 
+/// The refusal of step `seq`'s acknowledgement, which `commit` found
+/// acknowledged no queued notice.
+fn unqueued_acknowledgement(commit: &Commit, seq: u64) -> Refusal {
+    commit
+        .spent
+        .iter()
+        .filter(|step| step.seq == seq)
+        .flat_map(|step| &step.changes)
+        .find_map(|change| match change {
+            Change::NoticeAcknowledged { store, id } => Some(not_queued(store, id)),
+            _ => None,
+        })
+        .unwrap_or_else(|| Refusal::new(ErrorCode::UnknownMessage, "no such message queued"))
+}
+
 impl Outbox {
     /// An empty outbox sending through `io`.
     pub fn new(io: SocketIo, bridge: Option<Bridge>) -> Self {
@@ -183,6 +199,19 @@ impl Outbox {
             .is_some_and(|step| step.seq <= commit.up_to)
         {
             let step = self.waiting.pop_front().expect("front exists");
+            if commit.not_queued.contains(&step.seq) {
+                // Recorded, but the notice it acknowledged was not queued.
+                let refusal = unqueued_acknowledgement(commit, step.seq);
+                ready.extend(step.outputs.into_iter().map(|output| match output {
+                    Output::Accept(reply) => Output::Refuse {
+                        reply,
+                        order: None,
+                        refusal: refusal.clone(),
+                    },
+                    other => other,
+                }));
+                continue;
+            }
             if !commit.refused.contains(&step.seq) {
                 ready.extend(step.outputs);
                 continue;
