@@ -391,19 +391,9 @@ impl Backend for SqliteBackend {
         }))
     }
 
+    /// Every acknowledgement here was looked up first (it is a removal), so
+    /// none is found missing at commit: `not_queued` stays empty.
     fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Settled> {
-        // Every acknowledgement here was looked up first (a removal), so
-        // none is found missing at commit.
-        self.commit_steps(steps).map(|refused| Settled {
-            refused,
-            not_queued: Vec::new(),
-        })
-    }
-}
-
-impl SqliteBackend {
-    /// Commits `steps`; returns the refused ones.
-    fn commit_steps(&mut self, steps: &[Step]) -> anyhow::Result<Vec<u64>> {
         // The fast path, and the only one with a single hub: every condition
         // holds, so the batch is one plain transaction. Savepoints make
         // SQLite keep a statement journal of every page a step touches,
@@ -424,7 +414,7 @@ impl SqliteBackend {
             };
             if held {
                 tx.commit().context("committing to the data dir")?;
-                return Ok(Vec::new());
+                return Ok(Settled::default());
             }
             // Dropping the transaction rolls it back.
         }
@@ -444,7 +434,10 @@ impl SqliteBackend {
             }
         }
         tx.commit().context("committing to the data dir")?;
-        Ok(refused)
+        Ok(Settled {
+            refused,
+            not_queued: Vec::new(),
+        })
     }
 }
 
