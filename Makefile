@@ -3,10 +3,10 @@
 
 CARGO ?= cargo
 
-.PHONY: demo demo-group test setup build lint bench soak
+.PHONY: demo demo-group test setup setup-demo build lint bench soak
 
 ## Build, then run a hub with two shops and two couriers in this terminal.
-demo: setup
+demo: setup-demo
 	$(CARGO) run --quiet -- demo
 
 ## Three hubs on one PostgreSQL (a private cluster for the run), with shops
@@ -39,6 +39,10 @@ soak: setup
 ## Install system packages (if missing) and the npm packages from the lockfile.
 setup:
 	@scripts/setup.sh
+
+## Only what `make demo` runs: the build's packages.
+setup-demo:
+	@scripts/setup.sh demo
 
 ## What CI checks besides the tests.
 lint:

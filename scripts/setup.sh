@@ -7,20 +7,27 @@
 # balancer in front of a group, in its test), and the npm packages from
 # package-lock.json (socket.io, socket.io-client, playwright-core;
 # playwright-core downloads no browser).
+#
+# `scripts/setup.sh demo` installs only what `make demo` runs: the build's
+# packages (one hub, vendors and drivers in one process need nothing else).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+only_demo=false
+[ "${1:-}" = demo ] && only_demo=true
 
 missing=()
 for package in libssl-dev pkg-config; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
-command -v node >/dev/null 2>&1 || missing+=(nodejs)
-# The dashboard's browser test drives Debian's Chromium.
-[ -x /usr/bin/chromium ] || missing+=(chromium)
-command -v npm >/dev/null 2>&1 || missing+=(npm)
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
-command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
-command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+if ! $only_demo; then
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  # The dashboard's browser test drives Debian's Chromium.
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+  command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   sudo_cmd=""
@@ -28,6 +35,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
 fi
+
+$only_demo && exit 0
 
 # npm ci only when a lockfile changed since the last install: the tests'
 # packages here, the benchmark's Node peer in bench/.

@@ -78,7 +78,12 @@ impl Records for NoRecords {
     fn page(&self, _query: &OrderQuery) -> anyhow::Result<Vec<StoredOrder>> {
         Ok(Vec::new())
     }
-    fn notices(&self, _store: &StoreId) -> anyhow::Result<Vec<StoredNotice>> {
+    fn notices(
+        &self,
+        _store: &StoreId,
+        _after: Option<u64>,
+        _limit: usize,
+    ) -> anyhow::Result<Vec<StoredNotice>> {
         Ok(Vec::new())
     }
     fn notice_id(&self, _store: &StoreId, _id: &str) -> anyhow::Result<Option<MessageId>> {

@@ -180,6 +180,9 @@ pub(super) struct HubArgs {
     /// How often compaction looks for orders past --retain.
     #[arg(long, env = "CAPS_COMPACT_EVERY", default_value = "1m", value_parser = parse_positive_duration)]
     pub(super) compact_every: Duration,
+    /// How long a replay (`getAll`) may take: one that a connection has not taken by then stops and is refused `busy`.
+    #[arg(long, env = "CAPS_REPLAY_DEADLINE", default_value = "60s", value_parser = parse_positive_duration)]
+    pub(super) replay_deadline: Duration,
     /// Under load (commits moments apart), how long a commit waits for more changes to carry in one fsync; 0s never waits.
     #[arg(long, env = "CAPS_COMMIT_DELAY", default_value = "500us", value_parser = humantime::parse_duration)]
     pub(super) commit_delay: Duration,

@@ -269,6 +269,7 @@ impl HubArgs {
         config.retain = self.retain;
         config.compact_every = self.compact_every;
         config.commit_delay = self.commit_delay;
+        config.replay_deadline = self.replay_deadline;
         config.admission = self.security.admission()?;
         config.limits = self.security.limits();
         Ok(config)

@@ -253,6 +253,8 @@ pub fn payload_digest(customer: &str, address: &str) -> String {
 /// A queued delivery notice as recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredNotice {
+    /// Its place in the queue: later notices have higher places.
+    pub place: u64,
     /// Its id.
     pub message_id: MessageId,
     /// The order delivered.

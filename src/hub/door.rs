@@ -16,6 +16,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::task::AtomicWaker;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -246,7 +248,7 @@ pub async fn screen(State(door): State<Door>, request: Request, next: Next) -> R
     }
     let opens_session = opens_session(&request);
     if (opens_session || is_api(&request))
-        && let Some(ConnectInfo(Remote(address))) =
+        && let Some(ConnectInfo(Remote { address, .. })) =
             request.extensions().get::<ConnectInfo<Remote>>()
         && !door.charge(Caller::Address(address.ip()))
     {
@@ -331,16 +333,55 @@ fn host_without_port(host: &str) -> &str {
     }
 }
 
-/// The address a request came from, as the hub's listener accepted it.
-#[derive(Debug, Clone, Copy)]
-pub struct Remote(pub SocketAddr);
+/// Where a request came from, as the hub's listener accepted it, and the
+/// switch that cuts its TCP connection.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// The peer's address.
+    pub address: SocketAddr,
+    /// Cuts the connection the request came on.
+    pub hangup: Hangup,
+}
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, CountingListener>>
     for Remote
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, CountingListener>) -> Self {
-        Remote(*stream.remote_addr())
+        Remote {
+            address: *stream.remote_addr(),
+            hangup: stream.io().hangup.clone(),
+        }
     }
+}
+
+/// Cuts one TCP connection from the hub's side, whatever is queued to be
+/// written to it: a Socket.IO disconnect is a packet, and a client that
+/// never reads has no room left for it in its buffer.
+#[derive(Debug, Clone, Default)]
+pub struct Hangup(Arc<HangupState>);
+
+#[derive(Debug, Default)]
+struct HangupState {
+    cut: AtomicBool,
+    /// The task reading the connection, woken to see the cut.
+    reader: AtomicWaker,
+}
+
+impl Hangup {
+    /// Cuts the connection: its next read and write fail, and whoever
+    /// serves it (hyper, the WebSocket) drops it, closing the socket.
+    pub fn cut(&self) {
+        self.0.cut.store(true, Ordering::Release);
+        self.0.reader.wake();
+    }
+
+    fn is_cut(&self) -> bool {
+        self.0.cut.load(Ordering::Acquire)
+    }
+}
+
+fn hung_up() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the hub hung up")
 }
 
 /// One TCP connection held; it leaves the count when dropped.
@@ -385,6 +426,7 @@ impl axum::serve::Listener for CountingListener {
                     return (
                         CountedStream {
                             stream,
+                            hangup: Hangup::default(),
                             _held: held,
                         },
                         address,
@@ -412,9 +454,11 @@ fn turn_away(stream: &TcpStream, refusal: &Refusal) {
     let _ = stream.try_write(response.as_bytes());
 }
 
-/// A TCP connection that holds its place in the count while open.
+/// A TCP connection that holds its place in the count while open, and can
+/// be hung up on.
 pub struct CountedStream {
     stream: TcpStream,
+    hangup: Hangup,
     _held: Held,
 }
 
@@ -424,6 +468,10 @@ impl AsyncRead for CountedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.hangup.0.reader.register(cx.waker());
+        if self.hangup.is_cut() {
+            return Poll::Ready(Err(hung_up()));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -434,6 +482,9 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.hangup.is_cut() {
+            return Poll::Ready(Err(hung_up()));
+        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -442,6 +493,9 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.hangup.is_cut() {
+            return Poll::Ready(Err(hung_up()));
+        }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 

@@ -513,6 +513,50 @@ async fn repeat(
     }
 }
 
+/// Notices re-sent to a store's room per read: memory stays one page
+/// whatever the queue's length.
+const RESEND_PAGE: usize = 256;
+
+/// Re-sends `store`'s notices queued since `since` to its room, a page at a
+/// time; returns how many went out.
+async fn resend_store_notices(
+    pg: &Pg,
+    io: &SocketIo,
+    store: &StoreId,
+    since: DateTime<Utc>,
+) -> u64 {
+    let mut resent = 0;
+    let mut after = None;
+    loop {
+        let notices = match pg.notices_since(store, since, after, RESEND_PAGE).await {
+            Ok(notices) => notices,
+            Err(error) => {
+                log::warn!("cannot read store={store}'s queued notices: {error:#}");
+                return resent;
+            }
+        };
+        let last_page = notices.len() < RESEND_PAGE;
+        for notice in notices {
+            after = Some(notice.place);
+            let message = DeliveryNotice::new(notice.order, notice.message_id);
+            let Some(ns) = io.of(NAMESPACE) else {
+                return resent;
+            };
+            if ns
+                .to(rooms::store(store))
+                .emit(Event::Delivered.name(), &message)
+                .await
+                .is_ok()
+            {
+                resent += 1;
+            }
+        }
+        if last_page {
+            return resent;
+        }
+    }
+}
+
 /// Re-sends the delivery notices queued since each time it is given to the
 /// vendors connected here (their stores' rooms).
 async fn resend_notices(
@@ -539,26 +583,7 @@ async fn resend_notices(
         };
         let mut resent = 0;
         for store in stores {
-            match pg.notices_since(&store, since).await {
-                Ok(notices) => {
-                    for notice in notices {
-                        let message = DeliveryNotice::new(notice.order, notice.message_id);
-                        let Some(ns) = io.of(NAMESPACE) else {
-                            break;
-                        };
-                        let room = rooms::store(&store);
-                        if ns
-                            .to(room)
-                            .emit(Event::Delivered.name(), &message)
-                            .await
-                            .is_ok()
-                        {
-                            resent += 1;
-                        }
-                    }
-                }
-                Err(error) => log::warn!("cannot read store={store}'s queued notices: {error:#}"),
-            }
+            resent += resend_store_notices(&pg, &io, &store, since).await;
         }
         metrics.group("notices_resent", resent);
         if resent > 0 {

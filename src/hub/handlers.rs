@@ -2,7 +2,9 @@
 //! typed, to the sequencer in the order they arrive.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use axum::extract::ConnectInfo;
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::{FromMessageParts, MessageHandler, Value};
@@ -10,11 +12,12 @@ use socketioxide::socket::{DisconnectReason, Socket};
 
 use super::HubState;
 use super::domain::rooms;
+use super::door::Remote;
 use super::events::{Decoder, LISTENED};
 use super::guard::{Budget, Spend};
 use super::metrics::Metrics;
 use super::peer::Peer;
-use super::sequencer::{Origin, RefusalWarnings, Reply, SequencerHandle, peer_of};
+use super::sequencer::{Origin, RefusalWarnings, Replaying, Reply, SequencerHandle, peer_of};
 use crate::protocol::{ErrorCode, Event, Handshake, Refusal};
 
 /// Connect middleware: checks who the client is and whether there is room
@@ -75,6 +78,8 @@ pub async fn admit(
     socket.extensions.insert(peer);
     socket.extensions.insert(budget);
     socket.extensions.insert(RefusalWarnings::default());
+    socket.extensions.insert(Closing::default());
+    socket.extensions.insert(Replaying::default());
     if let Some(expires) = expires {
         let expiry = tokio::spawn(end_at_expiry(socket.clone(), expires - now));
         socket.extensions.insert(Expiry(expiry.abort_handle()));
@@ -106,12 +111,44 @@ async fn end_at_expiry(socket: SocketRef, seconds: i64) {
     );
 }
 
-/// Tells the client why, then closes its connection.
+/// Set on a socket the hub has decided to close: its events are dropped
+/// unread from then on, at no cost and with no log line.
+#[derive(Clone, Default)]
+struct Closing(Arc<AtomicBool>);
+
+impl Closing {
+    fn of(socket: &SocketRef) -> bool {
+        socket
+            .extensions
+            .get::<Closing>()
+            .is_some_and(|closing| closing.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Tells the client why, if its buffer has room, then closes its
+/// connection. A client that does not read has no room for the Socket.IO
+/// disconnect packet either: its TCP connection is cut instead (for a
+/// long-polling client, the connection it opened the session on; its
+/// session then ends at the next missed heartbeat).
 fn say_goodbye(socket: SocketRef, why: Refusal) {
+    if let Some(closing) = socket.extensions.get::<Closing>()
+        && closing.0.swap(true, Ordering::Relaxed)
+    {
+        return;
+    }
     if let Err(error) = socket.emit(Event::Goodbye.name(), &why) {
         log::debug!("cannot say goodbye to sid={}: {error}", socket.id);
     }
-    let _ = socket.disconnect();
+    let remote = socket
+        .req_parts()
+        .extensions
+        .get::<ConnectInfo<Remote>>()
+        .map(|info| info.0.hangup.clone());
+    if socket.clone().disconnect().is_err()
+        && let Some(hangup) = remote
+    {
+        hangup.cut();
+    }
 }
 
 /// Connect handler: the socket is in; tell the sequencer.
@@ -155,8 +192,11 @@ struct InletCall;
 
 impl MessageHandler<LocalAdapter, InletCall> for Inlet {
     fn call(&self, raw: Arc<Socket<LocalAdapter>>, mut value: Value, ack_id: Option<i64>) {
-        let Ok(ack) = AckSender::from_message_parts(&raw, &mut value, &ack_id);
         let socket = SocketRef::from(raw.clone());
+        if Closing::of(&socket) {
+            return;
+        }
+        let Ok(ack) = AckSender::from_message_parts(&raw, &mut value, &ack_id);
         let reply = Reply::socket(
             socket.clone(),
             self.event,

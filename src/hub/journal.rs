@@ -65,7 +65,12 @@ pub trait Records: Send + Sync + 'static {
     /// A page of orders by arrival (without their histories).
     fn page(&self, query: &OrderQuery) -> anyhow::Result<Vec<StoredOrder>>;
     /// The delivery notices queued for `store`, oldest first.
-    fn notices(&self, store: &StoreId) -> anyhow::Result<Vec<StoredNotice>>;
+    fn notices(
+        &self,
+        store: &StoreId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<StoredNotice>>;
     /// The notice in `store`'s queue whose message id, or whose order's id
     /// (as older course code acknowledges), is `id`.
     fn notice_id(&self, store: &StoreId, id: &str) -> anyhow::Result<Option<MessageId>>;

@@ -9,11 +9,11 @@
 //! only how many each store has (to know when to trim) and reads the rest
 //! from the committed records. An ephemeral hub keeps them in memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use chrono::Utc;
 
-use super::domain::Change;
+use super::domain::{Change, StoredNotice};
 use super::journal::Records;
 use crate::protocol::{ErrorCode, MessageId, Order, Refusal, StoreId};
 
@@ -29,7 +29,22 @@ enum Kept {
         records: Box<dyn Records>,
         /// Notices queued per store, committed or on their way.
         counts: HashMap<StoreId, u64>,
+        /// Notices whose removal is on its way to the data dir.
+        removing: Removing,
     },
+}
+
+/// Notices acknowledged whose removal is not committed yet. The data dir
+/// still lists them until then, so a second acknowledgement of one is
+/// refused from here, as it would be once the first is committed (else
+/// both pass and the store's count drops twice for one notice).
+#[derive(Default)]
+struct Removing {
+    ids: HashSet<MessageId>,
+    /// Removals of the step being applied, not yet handed to the journal.
+    this_step: Vec<MessageId>,
+    /// Removals by the journal number of their step, oldest first.
+    by_step: VecDeque<(u64, MessageId)>,
 }
 
 impl Mailbox {
@@ -54,6 +69,7 @@ impl Mailbox {
             kept: Kept::DataDir {
                 records,
                 counts: counts.into_iter().collect(),
+                removing: Removing::default(),
             },
         }
     }
@@ -107,15 +123,43 @@ impl Mailbox {
                     id: message_id.to_string(),
                 })
             }
-            Kept::DataDir { records, counts } => {
+            Kept::DataDir {
+                records,
+                counts,
+                removing,
+            } => {
                 let found = records
                     .notice_id(store, message_id.as_str())
                     .map_err(unreadable)?
+                    .filter(|found| !removing.ids.contains(found))
                     .ok_or_else(|| not_queued(store, message_id.as_str()))?;
                 if let Some(queued) = counts.get_mut(store) {
                     *queued = queued.saturating_sub(1);
                 }
+                removing.ids.insert(found.clone());
+                removing.this_step.push(found.clone());
                 Ok(Change::NoticeRemoved { message_id: found })
+            }
+        }
+    }
+
+    /// The step just applied went to the journal as entry `seq`.
+    pub fn sealed(&mut self, seq: u64) {
+        if let Kept::DataDir { removing, .. } = &mut self.kept {
+            let Removing {
+                this_step, by_step, ..
+            } = removing;
+            by_step.extend(this_step.drain(..).map(|id| (seq, id)));
+        }
+    }
+
+    /// Every journal entry up to `seq` is committed (or refused): its
+    /// removals are what the data dir says now.
+    pub fn committed(&mut self, seq: u64) {
+        if let Kept::DataDir { removing, .. } = &mut self.kept {
+            while let Some((_, id)) = removing.by_step.front().filter(|(step, _)| *step <= seq) {
+                removing.ids.remove(id);
+                removing.by_step.pop_front();
             }
         }
     }
@@ -142,16 +186,19 @@ impl Mailbox {
         }
     }
 
-    /// Every notice queued for `store`, oldest first.
-    pub fn pending(&self, store: &StoreId) -> Result<Vec<(MessageId, Order)>, Refusal> {
+    /// At most `limit` notices queued for `store` after place `after` (from
+    /// the start with `None`), oldest first.
+    pub fn page(
+        &self,
+        store: &StoreId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<StoredNotice>, Refusal> {
         match &self.kept {
-            Kept::Memory(queues) => Ok(queues.pending(store)),
-            Kept::DataDir { records, .. } => Ok(records
-                .notices(store)
-                .map_err(unreadable)?
-                .into_iter()
-                .map(|notice| (notice.message_id, notice.order))
-                .collect()),
+            Kept::Memory(queues) => Ok(queues.page(store, after, limit)),
+            Kept::DataDir { records, .. } => {
+                records.notices(store, after, limit).map_err(unreadable)
+            }
         }
     }
 
@@ -274,12 +321,22 @@ impl MemoryQueues {
         })
     }
 
-    /// Every notice queued for `store`, oldest first.
-    fn pending(&self, store: &StoreId) -> Vec<(MessageId, Order)> {
-        self.queues
-            .get(store)
-            .map(|queue| queue.values().cloned().collect())
-            .unwrap_or_default()
+    /// At most `limit` notices queued for `store` after place `after`,
+    /// oldest first.
+    fn page(&self, store: &StoreId, after: Option<u64>, limit: usize) -> Vec<StoredNotice> {
+        let Some(queue) = self.queues.get(store) else {
+            return Vec::new();
+        };
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        queue
+            .range((from, std::ops::Bound::Unbounded))
+            .take(limit)
+            .map(|(place, (message_id, order))| StoredNotice {
+                place: *place,
+                message_id: message_id.clone(),
+                order: order.clone(),
+            })
+            .collect()
     }
 
     /// Every store with notices waiting, and how many, by store.
@@ -328,13 +385,20 @@ mod tests {
         let (first, _) = mailbox.enqueue(order("acme", "o1"));
         mailbox.enqueue(order("acme", "o2"));
         mailbox.enqueue(order("globex", "g1"));
-        let ids = |pending: Vec<(MessageId, Order)>| -> Vec<String> {
+        let ids = |pending: Vec<StoredNotice>| -> Vec<String> {
             pending
                 .into_iter()
-                .map(|(_, o)| o.order_id.to_string())
+                .map(|notice| notice.order.order_id.to_string())
                 .collect()
         };
-        assert_eq!(ids(mailbox.pending(&acme).unwrap()), ["o1", "o2"]);
+        assert_eq!(ids(mailbox.page(&acme, None, 10).unwrap()), ["o1", "o2"]);
+        let first_page = mailbox.page(&acme, None, 1).unwrap();
+        assert_eq!(ids(first_page.clone()), ["o1"]);
+        assert_eq!(
+            ids(mailbox.page(&acme, Some(first_page[0].place), 10).unwrap()),
+            ["o2"],
+            "the next page starts after the last place seen"
+        );
 
         let refused = mailbox.acknowledge(&globex, &first).unwrap_err();
         assert_eq!(
@@ -343,17 +407,17 @@ mod tests {
             "not globex's message"
         );
         mailbox.acknowledge(&acme, &first).unwrap();
-        assert_eq!(ids(mailbox.pending(&acme).unwrap()), ["o2"]);
+        assert_eq!(ids(mailbox.page(&acme, None, 10).unwrap()), ["o2"]);
         // The course's older clients acknowledge with the orderId.
         mailbox
             .acknowledge(&acme, &MessageId::new("o2").unwrap())
             .unwrap();
-        assert!(mailbox.pending(&acme).unwrap().is_empty());
+        assert!(mailbox.page(&acme, None, 10).unwrap().is_empty());
         assert_eq!(
             mailbox.acknowledge(&acme, &first).unwrap_err().code,
             ErrorCode::UnknownMessage
         );
-        assert_eq!(ids(mailbox.pending(&globex).unwrap()), ["g1"]);
+        assert_eq!(ids(mailbox.page(&globex, None, 10).unwrap()), ["g1"]);
     }
 
     #[test]
@@ -365,10 +429,10 @@ mod tests {
         let (_, changes) = mailbox.enqueue(order("acme", "o3"));
         assert_eq!(changes.len(), 2, "queued one, dropped one");
         let left: Vec<String> = mailbox
-            .pending(&acme)
+            .page(&acme, None, 10)
             .unwrap()
             .into_iter()
-            .map(|(_, o)| o.order_id.to_string())
+            .map(|notice| notice.order.order_id.to_string())
             .collect();
         assert_eq!(left, ["o2", "o3"]);
     }
@@ -402,14 +466,14 @@ mod tests {
         let first = deliver(&mut mailbox, "o1");
         deliver(&mut mailbox, "o2");
         deliver(&mut mailbox, "o3");
-        let ids = |pending: Vec<(MessageId, Order)>| -> Vec<String> {
+        let ids = |pending: Vec<StoredNotice>| -> Vec<String> {
             pending
                 .into_iter()
-                .map(|(_, o)| o.order_id.to_string())
+                .map(|notice| notice.order.order_id.to_string())
                 .collect()
         };
         assert_eq!(
-            ids(mailbox.pending(&acme).unwrap()),
+            ids(mailbox.page(&acme, None, 10).unwrap()),
             ["o2", "o3"],
             "the oldest was dropped"
         );
@@ -423,6 +487,26 @@ mod tests {
             .acknowledge(&acme, &MessageId::new("o2").unwrap())
             .unwrap();
         assert!(matches!(change, Change::NoticeRemoved { .. }));
+        // Not committed yet: the data dir still lists it, and a second
+        // acknowledgement must not pass (nor count twice).
+        mailbox.sealed(seq + 1);
+        assert_eq!(
+            mailbox
+                .acknowledge(&acme, &MessageId::new("o2").unwrap())
+                .unwrap_err()
+                .code,
+            ErrorCode::UnknownMessage,
+            "a removal on its way is not acknowledged twice"
+        );
+        assert_eq!(mailbox.queue_lengths(), [(acme.clone(), 1)]);
+        backend
+            .commit(&[Step {
+                seq: seq + 1,
+                changes: vec![change],
+            }])
+            .unwrap();
+        mailbox.committed(seq + 1);
+        assert_eq!(ids(mailbox.page(&acme, None, 10).unwrap()), ["o3"]);
         assert!(mailbox.find(&order("acme", "o3")).is_some());
         assert!(mailbox.find(&order("acme", "o1")).is_none());
     }

@@ -32,7 +32,7 @@
 //! | `pickup` | `handlers::Inlet`, `http::place_order` | `events/pickup.rs` | `Dispatch::pickup` | `Accept`, `Offer` | the sender; one driver (`pickup`); viewers |
 //! | `in-transit` | `handlers::Inlet` | `events/in_transit.rs` | `Dispatch::in_transit` | `Accept`, `ToStore` | the sender; the store's room, once; viewers |
 //! | `delivered` | `handlers::Inlet` | `events/delivered.rs` | `Dispatch::delivered`, `Mailbox::enqueue` | `Accept`, `ToStore`, `Offer` | the sender; the store's room (a queued notice); viewers |
-//! | `getAll` | `handlers::Inlet` | `events/get_all.rs` | `Mailbox::pending`, `Dispatch::held_by` | `ToSocket`, `Accept` | the sender, again |
+//! | `getAll` | `handlers::Inlet` | `events/get_all.rs` | `Dispatch::held_by` | `Replay` (a store's queue is read by `sequencer/replay.rs` a page at a time, beside the sequencer) | the sender, again |
 //! | `received` | `handlers::Inlet` | `events/received.rs` | `Mailbox::acknowledge` | `Accept` | the sender (ack) |
 //!
 //! [`Hub::serve`] takes its listener and its shutdown signal as arguments, so
@@ -89,7 +89,7 @@ use self::journal::{Backend, Journal, Records};
 use self::metrics::Metrics;
 use self::postgres::{Pg, PgBackend};
 use self::readers::Readers;
-use self::sequencer::{PresenceBoard, Retention, SequencerHandle, SequencerSetup};
+use self::sequencer::{PresenceBoard, QueueSource, Retention, SequencerHandle, SequencerSetup};
 use self::sqlite::{SqliteBackend, SyncMode};
 use crate::protocol::NAMESPACE;
 
@@ -118,6 +118,8 @@ pub struct HubConfig {
     pub compact_every: Duration,
     /// Under load, how long a commit waits for more changes to carry.
     pub commit_delay: Duration,
+    /// How long a replay (`getAll`) may take.
+    pub replay_deadline: Duration,
 }
 
 /// Where a hub keeps its state.
@@ -156,6 +158,7 @@ impl HubConfig {
             retain: None,
             compact_every: Duration::from_secs(60),
             commit_delay: Self::COMMIT_DELAY,
+            replay_deadline: sequencer::DEFAULT_REPLAY_DEADLINE,
         }
     }
 
@@ -343,6 +346,11 @@ impl Hub {
             .build_layer();
         io.ns(NAMESPACE, handlers::on_connect.with(handlers::admit));
         let (presence, presence_view) = PresenceBoard::new();
+        let readers = api_records.map(Readers::start);
+        let queues = match &readers {
+            Some(readers) => QueueSource::Records(readers.clone()),
+            None => QueueSource::Memory(sequencer.downgrade()),
+        };
         let setup = SequencerSetup {
             dispatch: config.dispatch,
             queue_limit: config.queue_limit,
@@ -358,6 +366,8 @@ impl Hub {
             metrics: Arc::clone(&metrics),
             presence,
             bridge: group.as_ref().map(|(_, _, bridge, _)| bridge.clone()),
+            queues,
+            replay_deadline: config.replay_deadline,
         };
         let task = tokio::spawn(self::sequencer::run(inbox, io.clone(), log, setup));
         let (others, others_view) = match group {
@@ -378,7 +388,7 @@ impl Hub {
             });
         let router = http::routes(http::HttpState {
             sequencer: sequencer.clone(),
-            readers: api_records.map(Readers::start),
+            readers,
             presence: presence_view,
             others: others_view,
             metrics,

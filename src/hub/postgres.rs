@@ -448,13 +448,17 @@ impl Pg {
         .await?)
     }
 
-    /// Delivery notices queued since `since` for `store`, oldest first.
+    /// Delivery notices queued since `since` for `store`, oldest first: at
+    /// most `limit` of them, after place `after` (from the start with `None`).
     pub async fn notices_since(
         &self,
         store: &StoreId,
         since: DateTime<Utc>,
+        after: Option<u64>,
+        limit: usize,
     ) -> anyhow::Result<Vec<StoredNotice>> {
-        notices_of(&self.pool, store, Some(since)).await
+        let page = Page { after, limit };
+        notices_of(&self.pool, store, Some(since), page).await
     }
 }
 
@@ -701,31 +705,44 @@ async fn read_orders(
     Ok(orders)
 }
 
+/// A page of a store's queue: the notices after place `after` (from the
+/// start with `None`), at most `limit`.
+#[derive(Debug, Clone, Copy)]
+struct Page {
+    after: Option<u64>,
+    limit: usize,
+}
+
 async fn notices_of(
     pool: &PgPool,
     store: &StoreId,
     since: Option<DateTime<Utc>>,
+    page: Page,
 ) -> anyhow::Result<Vec<StoredNotice>> {
     let rows = sqlx::query(
-        "SELECT n.message_id, o.store, o.order_id, o.customer, o.address
+        "SELECT n.id, n.message_id, o.store, o.order_id, o.customer, o.address
          FROM notices n JOIN orders o ON o.store = n.store AND o.order_id = n.order_id
          WHERE n.store = $1 AND ($2::TEXT IS NULL OR n.queued_at >= $2::TIMESTAMPTZ)
-         ORDER BY n.id",
+           AND n.id > $3
+         ORDER BY n.id LIMIT $4",
     )
     .bind(store.as_str())
     .bind(since.map(|since| since.to_rfc3339()))
+    .bind(page.after.map_or(0, |after| after as i64))
+    .bind(i64::try_from(page.limit).unwrap_or(i64::MAX))
     .fetch_all(pool)
     .await?;
     rows.iter()
         .map(|row| {
             Ok(StoredNotice {
-                message_id: MessageId::new(row.try_get::<String, _>(0)?)
+                place: row.try_get::<i64, _>(0)? as u64,
+                message_id: MessageId::new(row.try_get::<String, _>(1)?)
                     .map_err(anyhow::Error::msg)?,
                 order: order_from(
-                    row.try_get(1)?,
                     row.try_get(2)?,
                     row.try_get(3)?,
                     row.try_get(4)?,
+                    row.try_get(5)?,
                 )?,
             })
         })
@@ -1316,9 +1333,15 @@ impl Records for PgRecords {
         })
     }
 
-    fn notices(&self, store: &StoreId) -> anyhow::Result<Vec<StoredNotice>> {
+    fn notices(
+        &self,
+        store: &StoreId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<StoredNotice>> {
         let store = store.clone();
-        self.read(|pg| async move { notices_of(&pg.pool, &store, None).await })
+        let page = Page { after, limit };
+        self.read(move |pg| async move { notices_of(&pg.pool, &store, None, page).await })
     }
 
     fn notice_id(&self, store: &StoreId, id: &str) -> anyhow::Result<Option<MessageId>> {

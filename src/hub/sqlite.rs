@@ -136,6 +136,10 @@ const MIGRATIONS: &[&str] = &[
         SELECT o.store, o.order_id, h.key AS step, h.value ->> 0 AS state,
                h.value ->> 1 AS driver, h.value ->> 2 AS at
         FROM orders o, json_each('[' || o.history || ']') h;",
+    // 9: a store's queue is replayed a page at a time, oldest first: an
+    // index on the store alone keeps its entries in arrival (rowid) order,
+    // so a page is a range, not a sort of the whole queue.
+    "CREATE INDEX notices_by_store ON notices (store);",
 ];
 
 /// The schema version this build writes.
@@ -754,26 +758,35 @@ impl Records for SqliteRecords {
         Ok(orders)
     }
 
-    fn notices(&self, store: &StoreId) -> anyhow::Result<Vec<StoredNotice>> {
+    fn notices(
+        &self,
+        store: &StoreId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<StoredNotice>> {
         let conn = self.conn();
         let mut select = conn.prepare_cached(
-            "SELECT n.message_id, o.store, o.order_id, o.customer, o.address
-             FROM notices n JOIN orders o ON o.store = n.store AND o.order_id = n.order_id
-             WHERE n.store = ?1 ORDER BY n.rowid",
+            "SELECT n.rowid, n.message_id, o.store, o.order_id, o.customer, o.address
+             FROM notices n INDEXED BY notices_by_store
+             JOIN orders o ON o.store = n.store AND o.order_id = n.order_id
+             WHERE n.store = ?1 AND n.rowid > ?2 ORDER BY n.rowid LIMIT ?3",
         )?;
-        let rows = select.query_map([store.as_str()], |row| {
+        let after = after.map_or(0, |after| after as i64);
+        let rows = select.query_map(params![store.as_str(), after, limit as i64], |row| {
             Ok((
-                row.get::<_, String>(0)?,
+                row.get::<_, i64>(0)?,
                 row.get::<_, String>(1)?,
                 row.get::<_, String>(2)?,
                 row.get::<_, String>(3)?,
                 row.get::<_, String>(4)?,
+                row.get::<_, String>(5)?,
             ))
         })?;
         let mut notices = Vec::new();
         for row in rows {
-            let (message_id, store, order_id, customer, address) = row?;
+            let (place, message_id, store, order_id, customer, address) = row?;
             notices.push(StoredNotice {
+                place: place as u64,
                 message_id: MessageId::new(message_id).map_err(anyhow::Error::msg)?,
                 order: order_from(store, order_id, customer, address)?,
             });
@@ -1151,7 +1164,7 @@ mod tests {
         let notices = backend
             .records()
             .unwrap()
-            .notices(&StoreId::new("acme").unwrap())
+            .notices(&StoreId::new("acme").unwrap(), None, 10)
             .unwrap();
         assert_eq!(notices.len(), 1);
         assert_eq!(notices[0].order, order("o2"));

@@ -1,12 +1,14 @@
 //! `getAll` (Phase 3): replay what the sender has not acknowledged: a store's
-//! queued delivery notices, or a driver's packages.
+//! queued delivery notices, or a driver's packages. The queue is not read
+//! here: the replay reads it a page at a time beside the sequencer (see
+//! `sequencer::replay`), one replay per socket.
 
 use serde::Deserialize;
 
 use super::{ClientEvent, may_use_queue, refused};
 use crate::hub::peer::Peer;
-use crate::hub::sequencer::{Message, Origin, Output, Reply, Sequencer};
-use crate::protocol::{DeliveryNotice, Event, QueueRequest, Refusal};
+use crate::hub::sequencer::{Message, Origin, Output, Replay, Replaying, Reply, Sequencer};
+use crate::protocol::{ErrorCode, Event, QueueRequest, Refusal};
 
 /// `getAll`: send everything still queued for the sender.
 #[derive(Deserialize)]
@@ -34,20 +36,17 @@ impl ClientEvent for GetAll {
         let Some(socket) = from.socket() else {
             return out.push(Output::Accept(reply));
         };
-        let (event, messages) = match request.event.unwrap_or(Event::Delivered) {
-            Event::Delivered => match hub.mailbox.pending(&request.queue_id) {
-                Ok(pending) => (
-                    Event::Delivered,
-                    pending
-                        .into_iter()
-                        .map(|(message_id, order)| {
-                            Message::Notice(DeliveryNotice::new(order, message_id))
-                        })
-                        .collect(),
-                ),
-                Err(refusal) => return out.push(refused(reply, None, refusal)),
-            },
-            // A driver catching up: everything it holds, again.
+        let Some(turn) = Replaying::begin(socket) else {
+            let refusal = Refusal::new(
+                ErrorCode::Busy,
+                "a replay to this connection is under way; wait for its answer",
+            );
+            return out.push(refused(reply, None, refusal));
+        };
+        let (event, replay) = match request.event.unwrap_or(Event::Delivered) {
+            // Read a page at a time as it is sent, off the sequencer.
+            Event::Delivered => (Event::Delivered, Replay::Queue(request.queue_id)),
+            // A driver catching up: everything it holds (a few), again.
             Event::Pickup => {
                 let held = from
                     .peer()
@@ -56,16 +55,17 @@ impl ClientEvent for GetAll {
                     .unwrap_or_default();
                 (
                     Event::Pickup,
-                    held.into_iter().map(Message::Order).collect(),
+                    Replay::Messages(held.into_iter().map(Message::Order).collect()),
                 )
             }
-            _ => (Event::Delivered, Vec::new()),
+            _ => (Event::Delivered, Replay::Messages(Vec::new())),
         };
         out.push(Output::Replay {
             socket: socket.clone(),
             event,
-            messages,
+            replay,
             reply,
+            turn,
         });
     }
 }

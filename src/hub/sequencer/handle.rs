@@ -8,7 +8,7 @@ use socketioxide::extract::{AckSender, SocketRef};
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::dispatch::Adoption;
-use super::super::domain::{DriverKey, OrderKey, OrderQuery, StoredOrder};
+use super::super::domain::{DriverKey, OrderKey, OrderQuery, StoredNotice, StoredOrder};
 use super::super::metrics::Metrics;
 use super::super::peer::Peer;
 use super::ClientEvent;
@@ -146,6 +146,12 @@ impl Reply {
         }
     }
 
+    /// Gives the event's place in the memory budget back before it is
+    /// answered: a replay is charged to its socket instead.
+    pub fn release_pending(&mut self) {
+        self.pending = None;
+    }
+
     /// `getAll` was answered with `sent` messages.
     pub fn replayed(self, sent: u64) {
         match self.to {
@@ -274,6 +280,13 @@ pub(in crate::hub) enum Command {
     /// The drivers whose packages the group should move here (see
     /// `Sequencer::report_refused`), taken from the sequencer.
     DriversToClaim(oneshot::Sender<Vec<DriverName>>),
+    /// A page of a store's queue held in memory (an ephemeral hub's).
+    Notices(
+        StoreId,
+        Option<u64>,
+        usize,
+        oneshot::Sender<Vec<StoredNotice>>,
+    ),
 }
 
 /// The way in to the sequencer; clone it freely.
@@ -418,6 +431,12 @@ impl SequencerHandle {
         outcome.await.ok()
     }
 
+    /// A handle that does not keep the sequencer running (it stops once
+    /// every handle but weak ones is gone).
+    pub fn downgrade(&self) -> WeakSequencerHandle {
+        WeakSequencerHandle(self.commands.downgrade())
+    }
+
     async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
         let (reply, answer) = oneshot::channel();
         self.send(command(reply));
@@ -428,5 +447,29 @@ impl SequencerHandle {
         if self.commands.send(command).is_err() {
             log::debug!("the hub's sequencer has stopped; command dropped");
         }
+    }
+}
+
+/// A handle held by what the sequencer itself starts (replays), so that it
+/// does not keep the sequencer from stopping.
+#[derive(Clone)]
+pub struct WeakSequencerHandle(mpsc::WeakUnboundedSender<Command>);
+
+impl WeakSequencerHandle {
+    /// At most `limit` of `store`'s queued notices after place `after`, from
+    /// memory; `None` if the sequencer has stopped.
+    pub async fn notices(
+        &self,
+        store: StoreId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Option<Vec<StoredNotice>> {
+        let commands = self.0.upgrade()?;
+        let (reply, answer) = oneshot::channel();
+        commands
+            .send(Command::Notices(store, after, limit, reply))
+            .ok()?;
+        drop(commands);
+        answer.await.ok()
     }
 }

@@ -16,6 +16,7 @@
 mod handle;
 mod outbox;
 mod presence;
+mod replay;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub use handle::{
 use outbox::Outbox;
 pub use outbox::{Message, Output};
 pub use presence::{Connections, GroupPresence, Presence, PresenceBoard, PresenceView};
+pub use replay::{DEFAULT_DEADLINE as DEFAULT_REPLAY_DEADLINE, QueueSource, Replay, Replaying};
 
 use super::dispatch::{Dispatch, DispatchConfig, Effect};
 use super::domain::{Change, DriverKey, OrderKey, OrderState, Snapshot, StoredOrder};
@@ -91,6 +93,10 @@ pub struct SequencerSetup {
     pub presence: PresenceBoard,
     /// In a group of hubs, the bridge to the others' sockets.
     pub bridge: Option<Bridge>,
+    /// Where replays (`getAll`) read a store's queue.
+    pub queues: QueueSource,
+    /// How long a replay may take.
+    pub replay_deadline: Duration,
 }
 
 /// Compaction of old delivered orders.
@@ -138,7 +144,7 @@ pub async fn run(
         records: setup.records,
         held_elsewhere: HashSet::new(),
         drivers_to_claim: HashSet::new(),
-        outbox: Outbox::new(io, setup.bridge),
+        outbox: Outbox::new(io, setup.bridge, setup.queues, setup.replay_deadline),
         guard: setup.guard,
         metrics: setup.metrics,
         viewers: HashSet::new(),
@@ -174,6 +180,7 @@ pub async fn run(
             report = next_commit(&mut committed) => {
                 let commit = report.map_err(|error| anyhow::anyhow!("the data dir cannot be written: {error}"))?;
                 hub.count_acknowledgements(&commit);
+                hub.mailbox.committed(commit.up_to);
                 let (ready, stale) = hub.outbox.committed(&commit);
                 hub.carry_out(ready).await;
                 hub.reload(stale);
@@ -355,6 +362,10 @@ impl Sequencer {
             Command::DriversToClaim(reply) => {
                 let _ = reply.send(self.drivers_to_claim.drain().collect());
             }
+            Command::Notices(store, after, limit, reply) => {
+                let page = self.mailbox.page(&store, after, limit);
+                let _ = reply.send(page.unwrap_or_default());
+            }
             Command::Waiting(limit, reply) => {
                 let _ = reply.send(self.desk.waiting(limit));
             }
@@ -496,13 +507,17 @@ impl Sequencer {
     fn settle(&mut self, mut outputs: Vec<Output>) -> Vec<Output> {
         let mut changes = self.desk.take_changes();
         changes.append(&mut self.mailbox_changes);
-        if !self.viewers.is_empty() {
+        // In a group, viewers on other hubs hear of it through the bridge,
+        // whether or not this hub has viewers of its own.
+        if !self.viewers.is_empty() || self.outbox.publishes() {
             outputs.extend(changes.iter().filter_map(Output::activity));
         }
         let commit = match &mut self.journal {
             Some(journal) if !changes.is_empty() => {
                 let orders = changes.iter().filter_map(Change::order_key).collect();
-                Some((journal.append(changes), orders))
+                let seq = journal.append(changes);
+                self.mailbox.sealed(seq);
+                Some((seq, orders))
             }
             _ => None,
         };

@@ -8,6 +8,7 @@ use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
 use super::handle::Reply;
+use super::replay::{self, QueueSource, Replay, ReplayTurn};
 use crate::hub::domain::{Change, DriverKey, OrderKey, OrderState, rooms};
 use crate::hub::group::Bridge;
 use crate::hub::journal::Commit;
@@ -78,9 +79,11 @@ pub enum Output {
         /// What to send it.
         event: Event,
         /// The messages, oldest first.
-        messages: Vec<Message>,
+        replay: Replay,
         /// The `getAll` to answer.
         reply: Reply,
+        /// The socket's one replay.
+        turn: ReplayTurn,
     },
 }
 
@@ -119,6 +122,11 @@ struct Waiting {
     outputs: Vec<Output>,
     /// The orders the step changed, to read back if the data dir refuses it.
     orders: Vec<OrderKey>,
+    /// Whether the step recorded changes of its own. A step that changed
+    /// nothing waits only to keep the order of replies, behind the step
+    /// before it; that step's outcome (refused, or an acknowledgement of a
+    /// notice not queued) is not its own, so its outputs go as they are.
+    recorded: bool,
 }
 
 /// Outputs waiting for their commit, in order, and the sending of them.
@@ -131,6 +139,10 @@ pub struct Outbox {
     gone: Vec<(DriverKey, SocketRef)>,
     /// In a group of hubs: where what rooms hear is published for the others.
     bridge: Option<Bridge>,
+    /// Where replays read a store's queue.
+    queues: QueueSource,
+    /// How long a replay may take.
+    replay_deadline: std::time::Duration,
 }
 
 /// The refusal of step `seq`'s acknowledgement, which `commit` found
@@ -149,14 +161,27 @@ fn unqueued_acknowledgement(commit: &Commit, seq: u64) -> Refusal {
 }
 
 impl Outbox {
-    /// An empty outbox sending through `io`.
-    pub fn new(io: SocketIo, bridge: Option<Bridge>) -> Self {
+    /// An empty outbox sending through `io`; replays read queues from
+    /// `queues`.
+    pub fn new(
+        io: SocketIo,
+        bridge: Option<Bridge>,
+        queues: QueueSource,
+        replay_deadline: std::time::Duration,
+    ) -> Self {
         Outbox {
             io,
             waiting: VecDeque::new(),
             gone: Vec::new(),
             bridge,
+            queues,
+            replay_deadline,
         }
+    }
+
+    /// Whether what rooms hear is published for other hubs too.
+    pub fn publishes(&self) -> bool {
+        self.bridge.is_some()
     }
 
     /// Takes one step's outputs. With `commit` (its journal number and the
@@ -174,11 +199,22 @@ impl Outbox {
                     seq,
                     outputs,
                     orders,
+                    recorded: true,
                 });
                 Vec::new()
             }
-            (None, Some(behind)) => {
+            (None, Some(behind)) if !behind.recorded => {
                 behind.outputs.extend(outputs);
+                Vec::new()
+            }
+            (None, Some(behind)) => {
+                let seq = behind.seq;
+                self.waiting.push_back(Waiting {
+                    seq,
+                    outputs,
+                    orders: Vec::new(),
+                    recorded: false,
+                });
                 Vec::new()
             }
             (None, None) => outputs,
@@ -199,6 +235,10 @@ impl Outbox {
             .is_some_and(|step| step.seq <= commit.up_to)
         {
             let step = self.waiting.pop_front().expect("front exists");
+            if !step.recorded {
+                ready.extend(step.outputs);
+                continue;
+            }
             if commit.not_queued.contains(&step.seq) {
                 // Recorded, but the notice it acknowledged was not queued.
                 let refusal = unqueued_acknowledgement(commit, step.seq);
@@ -304,12 +344,21 @@ impl Outbox {
                 Output::Replay {
                     socket,
                     event,
-                    messages,
+                    replay,
                     reply,
+                    turn,
                 } => {
                     // Beside the sequencer: a socket's buffer holds 1,024
                     // messages, and a queue can hold many more.
-                    tokio::spawn(replay(socket, event, messages, reply));
+                    tokio::spawn(replay::run(
+                        socket,
+                        event,
+                        replay,
+                        reply,
+                        turn,
+                        self.queues.clone(),
+                        self.replay_deadline,
+                    ));
                 }
                 Output::Answer(answer, count) => {
                     let _ = answer.send(count);
@@ -334,29 +383,81 @@ impl Outbox {
     }
 }
 
-/// How long to let a socket drain its buffer before sending again.
-const DRAIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
 
-/// Sends `messages` to `socket`, waiting whenever its buffer is full, and
-/// answers with how many it sent (none more once the socket is gone).
-async fn replay(socket: SocketRef, event: Event, messages: Vec<Message>, reply: Reply) {
-    let mut sent = 0;
-    for message in &messages {
-        loop {
-            match socket.emit(event.name(), message) {
-                Ok(()) => break,
-                Err(socketioxide::SendError::Socket(
-                    socketioxide::SocketError::InternalChannelFull,
-                )) => {
-                    tokio::time::sleep(DRAIN_PAUSE).await;
-                }
-                Err(error) => {
-                    log::debug!("replay to sid={} stopped after {sent}: {error}", socket.id);
-                    return;
-                }
-            }
-        }
-        sent += 1;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::hub::metrics::Metrics;
+    use crate::hub::peer::Peer;
+
+    fn reply(event: Event) -> (Reply, oneshot::Receiver<Result<(), Refusal>>) {
+        let (answer, outcome) = oneshot::channel();
+        let metrics = Arc::new(Metrics::new(Default::default()));
+        (Reply::http(Peer::Operator, event, answer, metrics), outcome)
     }
-    reply.replayed(sent);
+
+    fn acknowledgement(seq: u64) -> crate::hub::journal::Step {
+        crate::hub::journal::Step {
+            seq,
+            changes: vec![Change::NoticeAcknowledged {
+                store: StoreId::new("acme").unwrap(),
+                id: "m1".into(),
+            }],
+        }
+    }
+
+    /// A step that changed nothing (a pickup sent again, say) waits behind
+    /// the step before it, but that step's outcome is not its own.
+    #[tokio::test]
+    async fn a_step_without_changes_is_answered_as_if_it_had_its_own_commit() {
+        let (_, io) = SocketIo::new_svc();
+        let (sequencer, _inbox) =
+            crate::hub::sequencer::channel(Arc::new(Metrics::new(Default::default())));
+        let queues = QueueSource::Memory(sequencer.downgrade());
+        for outcome in ["refused", "not queued"] {
+            let mut outbox =
+                Outbox::new(io.clone(), None, queues.clone(), replay::DEFAULT_DEADLINE);
+            let (received, received_outcome) = reply(Event::Received);
+            let (pickup, pickup_outcome) = reply(Event::Pickup);
+            assert!(
+                outbox
+                    .after(Some((7, Vec::new())), vec![Output::Accept(received)])
+                    .is_empty()
+            );
+            assert!(
+                outbox.after(None, vec![Output::Accept(pickup)]).is_empty(),
+                "the reply keeps its place behind the step before"
+            );
+            let commit = Commit {
+                up_to: 7,
+                refused: if outcome == "refused" {
+                    vec![7]
+                } else {
+                    vec![]
+                },
+                not_queued: if outcome == "not queued" {
+                    vec![7]
+                } else {
+                    vec![]
+                },
+                spent: vec![acknowledgement(7)],
+            };
+            let (ready, _) = outbox.committed(&commit);
+            assert!(outbox.is_empty());
+            outbox.send(ready).await;
+            let received = received_outcome.await.unwrap();
+            assert!(
+                received.is_err(),
+                "{outcome}: the step's own reply is refused"
+            );
+            assert_eq!(
+                pickup_outcome.await.unwrap(),
+                Ok(()),
+                "{outcome}: the pickup that rode on that commit is accepted"
+            );
+        }
+    }
 }
