@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { Proc, capsBin } from './support.mjs';
+import { Proc, capsBin, connectClient } from './support.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
@@ -201,4 +201,32 @@ test('browsers and our clients through HAProxy see the whole group, no session i
     await onB.waitForSelector(`#list-delivered li:has-text("${line.split(' ')[2]}")`, { timeout: 10_000 });
   }
   assert.deepEqual(problems, []);
+});
+
+test('a viewer on one hub hears of an order placed on another that has no viewer of its own', async (t) => {
+  const postgres = await startPostgres();
+  t.after(() => postgres.stop());
+  const [a, b] = [await groupHub(postgres.url, 'a'), await groupHub(postgres.url, 'b')];
+  t.after(() => a.hub.kill());
+  t.after(() => b.hub.kill());
+  const viewer = await connectClient(`http://${b.address}`, { auth: { role: 'viewer' } });
+  t.after(() => viewer.close());
+  const orderId = `far-${Math.random().toString(36).slice(2)}`;
+  const heard = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`hub b's viewer heard nothing of ${orderId}`)), 15_000);
+    viewer.on('activity', (activity) => {
+      if (activity.orderId !== orderId) return;
+      clearTimeout(timer);
+      resolve(activity);
+    });
+  });
+  const response = await fetch(`http://${a.address}/api/orders`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ store: 'acme', orderId, customer: 'Jamal Braun', address: 'Schmittfurt, LA' }),
+  });
+  assert.ok(response.ok, `placing the order on hub a: ${response.status} ${await response.text()}`);
+  const activity = await heard;
+  assert.equal(activity.store, 'acme');
+  assert.equal(activity.state, 'ready');
 });

@@ -324,17 +324,25 @@ impl<S: Clone + PartialEq> Dispatch<S> {
     /// recorded at all), after the data dir refused a change the desk had
     /// made: the record is the truth. No change is made for the journal.
     pub fn reload(&mut self, key: &OrderKey, stored: Option<StoredOrder>, now: Instant) {
+        // Only where the entry says it is: a walk over every driver and the
+        // delivered cache per order made a take-over of N orders O(N·drivers).
         if let Some(entry) = self.orders.remove(key) {
             self.ready.remove(&entry.seq);
             if let Some(deadline) = entry.offer_deadline {
                 self.offer_deadlines.remove(&deadline);
             }
+            if let Some(holder) = entry
+                .driver
+                .as_ref()
+                .and_then(|driver| self.drivers.get_mut(driver))
+            {
+                holder.offered.remove(key);
+                holder.carrying.remove(key);
+            }
+            if entry.state == OrderState::Delivered {
+                self.delivered_order.retain(|delivered| delivered != key);
+            }
         }
-        for holder in self.drivers.values_mut() {
-            holder.offered.remove(key);
-            holder.carrying.remove(key);
-        }
-        self.delivered_order.retain(|delivered| delivered != key);
         if let Some(stored) = stored {
             self.place(key.clone(), OrderEntry::from_stored(stored), now);
         }
@@ -354,7 +362,7 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             self.offer_deadlines.insert(deadline, key.clone());
         }
         match (entry.state, &entry.driver) {
-            (OrderState::Delivered, _) => self.delivered_order.push_back(key.clone()),
+            (OrderState::Delivered, _) => self.remember_delivered(&key),
             (OrderState::Ready, _) | (_, None) => {
                 self.ready.insert(entry.seq, key.clone());
             }
@@ -372,6 +380,19 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             }
         }
         self.orders.insert(key, entry);
+    }
+
+    /// Keeps `key` among the delivered orders held whole, forgetting the
+    /// oldest beyond `keep_delivered` (a delivered order read back from the
+    /// records counts too).
+    fn remember_delivered(&mut self, key: &OrderKey) {
+        self.delivered_order.push_back(key.clone());
+        while self.delivered_order.len() > self.config.keep_delivered.max(1) {
+            let Some(oldest) = self.delivered_order.pop_front() else {
+                break;
+            };
+            self.orders.remove(&oldest);
+        }
     }
 
     /// The changes made since the last call, for the journal.
@@ -556,12 +577,7 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             holder.delivered += 1;
         }
         self.delivered_total += 1;
-        self.delivered_order.push_back(key.clone());
-        if self.delivered_order.len() > self.config.keep_delivered
-            && let Some(oldest) = self.delivered_order.pop_front()
-        {
-            self.orders.remove(&oldest);
-        }
+        self.remember_delivered(key);
         let mut effects = vec![Effect::Notify {
             event: Event::Delivered,
             order,

@@ -467,6 +467,37 @@ fn delivered_orders_beyond_the_memory_limit_are_forgotten() {
 }
 
 #[test]
+fn delivered_orders_read_back_count_against_the_memory_limit() {
+    let now = Instant::now();
+    let mut desk: Desk = Dispatch::new(DispatchConfig {
+        keep_delivered: 2,
+        ..DispatchConfig::default()
+    });
+    for n in 0..5 {
+        let placed = order(&format!("r{n}"));
+        let stored = StoredOrder {
+            order: placed.clone(),
+            seq: n,
+            state: OrderState::Delivered,
+            driver: Some(named("a")),
+            version: 4,
+            digest: None,
+            told_in_transit: true,
+            since: Utc::now(),
+            history: Vec::new(),
+        };
+        desk.reload(&OrderKey::of(&placed), Some(stored), now);
+    }
+    let held: Vec<bool> = (0..5)
+        .map(|n| {
+            desk.state_of(&OrderKey::of(&order(&format!("r{n}"))))
+                .is_some()
+        })
+        .collect();
+    assert_eq!(held, [false, false, false, true, true]);
+}
+
+#[test]
 fn offers_taken_up_leave_the_deadline_list_at_once() {
     let mut desk = desk();
     let now = Instant::now();
