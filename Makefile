@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo demo-group test setup setup-demo build lint bench soak
+.PHONY: demo demo-group test setup setup-demo build lint bench bench-abuse soak
 
 ## Build, then run a hub with two shops and two couriers in this terminal.
 demo: setup-demo
@@ -29,6 +29,12 @@ test: setup
 bench: setup
 	$(CARGO) build --locked --release
 	scripts/bench.sh
+
+## The abuse benchmark of docs/BENCHMARKS.md: clients that flood and never
+## read, beside an honest shop and its couriers (about three minutes).
+bench-abuse: setup
+	$(CARGO) build --locked --release
+	node bench/abuse.mjs --caps target/release/caps
 
 ## The soak of docs/BENCHMARKS.md: 1,000,000 orders through one durable hub.
 soak: setup

@@ -56,7 +56,7 @@ impl RunningHub {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };
-        timeout(Duration::from_secs(5), found)
+        timeout(link::WAIT, found)
             .await
             .unwrap_or_else(|_| panic!("no {prefix:?} in the event log: {:?}", self.log.lines()));
     }

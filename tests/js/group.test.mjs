@@ -35,7 +35,7 @@ function accepting(port) {
   });
 }
 
-async function waitUntil(what, check, timeoutMs = 10_000) {
+async function waitUntil(what, check, timeoutMs = 30_000) {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`);

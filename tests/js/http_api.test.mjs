@@ -24,7 +24,7 @@ async function call(url, pathname, { method = 'GET', body, token, raw } = {}) {
   return { status: response.status, json, text };
 }
 
-async function until(check, what, timeoutMs = 10_000) {
+async function until(check, what, timeoutMs = 30_000) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await check();

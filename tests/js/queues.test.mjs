@@ -9,7 +9,7 @@ async function board(url) {
   return (await fetch(`${url}/api/status`)).json();
 }
 
-async function waitForBoard(url, ready, what, timeoutMs = 10_000) {
+async function waitForBoard(url, ready, what, timeoutMs = 30_000) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const status = await board(url);

@@ -72,17 +72,17 @@ export class Proc {
   }
 
   /** Resolves with the first stdout line matching `pattern`. */
-  waitForLine(pattern, timeoutMs = 10_000) {
+  waitForLine(pattern, timeoutMs = 30_000) {
     return this.out.waitFor(pattern, 1, timeoutMs, () => this.describe());
   }
 
   /** Resolves once `count` stdout lines match `pattern`. */
-  waitForCount(pattern, count, timeoutMs = 10_000) {
+  waitForCount(pattern, count, timeoutMs = 30_000) {
     return this.out.waitFor(pattern, count, timeoutMs, () => this.describe());
   }
 
   /** Resolves with the first stderr line matching `pattern`. */
-  waitForLog(pattern, timeoutMs = 10_000) {
+  waitForLog(pattern, timeoutMs = 30_000) {
     return this.err.waitFor(pattern, 1, timeoutMs, () => this.describe());
   }
 
@@ -160,11 +160,11 @@ export async function honestDelivery(url, { vendorAuth, driverAuth, store = 'acm
 
 /** Emits with an acknowledgement and resolves with the reply, or rejects on timeout. */
 export function emitWithAck(socket, event, ...args) {
-  return socket.timeout(5_000).emitWithAck(event, ...args);
+  return socket.timeout(20_000).emitWithAck(event, ...args);
 }
 
 /** Resolves with the next `event` payload on `socket`, or rejects after `timeoutMs`. */
-export function nextEvent(socket, event, timeoutMs = 5_000) {
+export function nextEvent(socket, event, timeoutMs = 20_000) {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no ${event} within ${timeoutMs} ms`)), timeoutMs);
     socket.once(event, (payload) => {

@@ -11,7 +11,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::timeout;
 
 /// How long a test waits for what must happen.
-pub const WAIT: Duration = Duration::from_secs(5);
+pub const WAIT: Duration = Duration::from_secs(20);
 
 /// Connects to the hub at `url` with `handshake`, listening for `listen`.
 pub async fn connect(
