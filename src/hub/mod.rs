@@ -206,6 +206,8 @@ struct RecordReaders {
     sequencer: Box<dyn Records>,
     mailbox: Box<dyn Records>,
     api: Vec<Box<dyn Records>>,
+    /// For replays (`getAll`), at the hub's own priority.
+    replays: Box<dyn Records>,
 }
 
 impl Hub {
@@ -253,6 +255,7 @@ impl Hub {
             sequencer: backend.records()?,
             mailbox: backend.records()?,
             api: api_records,
+            replays: backend.records()?,
         };
         log::info!(
             "{described}: {} open orders, {} delivered, {} queued notices",
@@ -288,13 +291,14 @@ impl Hub {
             records,
             group,
         } = self;
-        let (sequencer_records, mailbox_records, api_records) = match records {
+        let (sequencer_records, mailbox_records, api_records, replay_records) = match records {
             Some(records) => (
                 Some(records.sequencer),
                 Some(records.mailbox),
                 Some(records.api),
+                Some(records.replays),
             ),
-            None => (None, None, None),
+            None => (None, None, None, None),
         };
         let metrics = Arc::new(Metrics::labelled(
             log.dropped_lines(),
@@ -347,8 +351,8 @@ impl Hub {
         io.ns(NAMESPACE, handlers::on_connect.with(handlers::admit));
         let (presence, presence_view) = PresenceBoard::new();
         let readers = api_records.map(Readers::start);
-        let queues = match &readers {
-            Some(readers) => QueueSource::Records(readers.clone()),
+        let queues = match replay_records {
+            Some(records) => QueueSource::Records(Readers::start_urgent(vec![records])),
             None => QueueSource::Memory(sequencer.downgrade()),
         };
         let setup = SequencerSetup {

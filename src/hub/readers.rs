@@ -44,16 +44,30 @@ pub struct Readers {
 }
 
 impl Readers {
-    /// Starts one reader thread for each of `connections`.
+    /// Starts one reader thread for each of `connections`, at the lowest
+    /// priority: reads that wait for dispatch (the API's).
     pub fn start(connections: Vec<Box<dyn Records>>) -> Readers {
+        Readers::start_named(connections, "caps-reader", true)
+    }
+
+    /// Starts one reader thread for each of `connections`, at the hub's own
+    /// priority: reads that are part of the protocol (a replay's pages),
+    /// which CPU-bound work elsewhere on the machine must not starve.
+    pub fn start_urgent(connections: Vec<Box<dyn Records>>) -> Readers {
+        Readers::start_named(connections, "caps-replayer", false)
+    }
+
+    fn start_named(connections: Vec<Box<dyn Records>>, name: &str, lower: bool) -> Readers {
         let (jobs, queue) = sync_channel::<Job>(MAX_WAITING);
         let queue = Arc::new(std::sync::Mutex::new(queue));
         for (index, records) in connections.into_iter().enumerate() {
             let queue = Arc::clone(&queue);
             std::thread::Builder::new()
-                .name(format!("caps-reader-{index}"))
+                .name(format!("{name}-{index}"))
                 .spawn(move || {
-                    lower_priority();
+                    if lower {
+                        lower_priority();
+                    }
                     loop {
                         let job = {
                             let queue = queue.lock().unwrap_or_else(|p| p.into_inner());

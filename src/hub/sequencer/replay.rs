@@ -28,7 +28,8 @@ const MOST_PAUSE: Duration = Duration::from_millis(100);
 /// Where replays read a store's queue.
 #[derive(Clone)]
 pub enum QueueSource {
-    /// The data dir (or a group's database), through the reading room.
+    /// The data dir (or a group's database), on a reader thread of its own
+    /// at the hub's priority.
     Records(Readers),
     /// An ephemeral hub's memory: the sequencer answers a page at a time.
     Memory(WeakSequencerHandle),
