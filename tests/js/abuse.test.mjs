@@ -185,5 +185,8 @@ test('the hub stops promptly on SIGTERM after the abuse', async () => {
   const started = Date.now();
   const { code } = await hub.kill('SIGTERM');
   assert.equal(code, 0);
-  assert.ok(Date.now() - started < 5_000, `the hub took ${Date.now() - started} ms to stop`);
+  // Before replays were bounded it took 109 s. The figure on a quiet
+  // machine is the abuse benchmark's (under a second); this bound holds with
+  // other work on the machine too.
+  assert.ok(Date.now() - started < 15_000, `the hub took ${Date.now() - started} ms to stop`);
 });
