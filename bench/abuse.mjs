@@ -36,13 +36,13 @@ const say = (line) => console.log(JSON.stringify(line));
 function startHub() {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'caps-abuse-'));
   const child = spawn(options.caps, ['hub', '--port', '0', '--data-dir', dataDir], {
-    stdio: ['ignore', 'ignore', 'pipe'],
+    stdio: ['ignore', 'pipe', 'ignore'],
     env: { ...process.env, RUST_LOG: 'warn,caps=info' },
   });
   const exited = new Promise((resolve) => child.once('exit', resolve));
   exited.then(() => rmSync(dataDir, { recursive: true, force: true }));
   const url = new Promise((resolve) => {
-    createInterface({ input: child.stderr }).on('line', (line) => {
+    createInterface({ input: child.stdout }).on('line', (line) => {
       const found = line.match(/listening on (http:\/\/\S+)/);
       if (found) resolve(found[1]);
     });
@@ -110,8 +110,7 @@ async function fillQueue(url, store, count) {
 }
 
 /** The honest shop: `RATE` orders a second for `seconds`; latency from placing to the delivered notice. */
-async function honestSpell(url, label, seconds) {
-  const vendor = await connect(url, { role: 'vendor', store: 'honest' });
+async function honestSpell(vendor, label, seconds) {
   const placedAt = new Map();
   const latencies = [];
   vendor.on('delivered', (notice) => {
@@ -240,7 +239,11 @@ const honestDrivers = await couriers(url, 'honest', 4);
 await fillQueue(url, 'acme', QUEUED);
 say({ phase: 'filled', rssMiB: +rssMiB(hub.child.pid).toFixed(1) });
 
-const quiet = await honestSpell(url, 'quiet', SECONDS);
+// Both shops connect before the flood: every client here shares one
+// address, and the HTTP flood spends the door's per-address rate of session
+// openings (a real attacker's address is its own).
+const [quietShop, abusedShop] = await Promise.all([1, 2].map(() => connect(url, { role: 'vendor', store: 'honest' })));
+const quiet = await honestSpell(quietShop, 'quiet', SECONDS);
 say({ phase: 'quiet', ...quiet, rssMiB: +rssMiB(hub.child.pid).toFixed(1) });
 
 let peakRss = 0;
@@ -253,7 +256,7 @@ const sampler = setInterval(async () => {
 const stop = { now: false };
 const flooding = await flood(url, stop);
 await sleep(1_000);
-const abused = await honestSpell(url, 'abused', SECONDS);
+const abused = await honestSpell(abusedShop, 'abused', SECONDS);
 stop.now = true;
 await flooding.done;
 clearInterval(sampler);
