@@ -49,6 +49,25 @@ struct RunningHub {
 }
 
 impl RunningHub {
+    /// Waits until the event log has `count` lines starting with `prefix`.
+    async fn wait_for_log_count(&self, prefix: &str, count: usize) {
+        let found = async {
+            while self
+                .log
+                .lines()
+                .iter()
+                .filter(|line| line.starts_with(prefix))
+                .count()
+                < count
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        timeout(link::WAIT, found)
+            .await
+            .unwrap_or_else(|_| panic!("fewer than {count} {prefix:?} in the event log"));
+    }
+
     /// Waits until the event log has a line starting with `prefix`.
     async fn wait_for_log_line(&self, prefix: &str) {
         let found = async {
@@ -228,6 +247,65 @@ async fn a_client_the_hub_drops_comes_back_and_is_served() {
     assert_eq!(
         next_order(&mut driver_inbound).await,
         (Event::Pickup, order)
+    );
+    hub.stop.cancel();
+}
+
+/// An ephemeral hub's queue is replayed from memory a page at a time: a
+/// queue longer than a page and cut to its limit comes back whole, oldest
+/// first, each notice once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_longer_than_a_page_is_replayed_whole_from_memory() {
+    const DELIVERED: usize = 150;
+    const LIMIT: usize = 100;
+    let mut config = HubConfig::ephemeral();
+    config.queue_limit = LIMIT;
+    let hub = start_hub_with(config).await;
+    let acme = StoreId::new("acme").unwrap();
+    let (mut shop, _shop_inbound) =
+        connect(&hub.url, Handshake::vendor(acme.clone()), vec![]).await;
+    let bob = Handshake::driver(DriverName::new("bob").unwrap(), Some(DELIVERED as u32));
+    let (mut driver, mut driver_inbound) = connect(&hub.url, bob, vec![Event::Pickup]).await;
+    let mut placed = Vec::new();
+    for _ in 0..DELIVERED {
+        let order = fake_order(&acme);
+        shop.send(Event::Pickup, &order).await;
+        assert_eq!(
+            next_order(&mut driver_inbound).await,
+            (Event::Pickup, order.clone())
+        );
+        driver.send(Event::InTransit, &order).await;
+        driver.send(Event::Delivered, &order).await;
+        placed.push(order.order_id);
+    }
+    hub.wait_for_log_count(r#"EVENT {"event":"delivered""#, DELIVERED)
+        .await;
+
+    let (mut vendor, mut inbound) =
+        connect(&hub.url, Handshake::vendor(acme), vec![Event::Delivered]).await;
+    let answer = vendor
+        .request(
+            Event::GetAll,
+            &serde_json::json!({"queueId": "acme"}),
+            link::WAIT,
+        )
+        .await
+        .expect("getAll answered");
+    assert_eq!(answer.sent, Some(LIMIT as u64), "{answer:?}");
+    let mut replayed = Vec::new();
+    while replayed.len() < LIMIT {
+        let (event, order) = next_order(&mut inbound).await;
+        assert_eq!(event, Event::Delivered);
+        replayed.push(order.order_id);
+    }
+    assert_eq!(
+        replayed,
+        placed[DELIVERED - LIMIT..],
+        "the newest {LIMIT}, oldest first"
+    );
+    assert_eq!(
+        order_within(&mut inbound, Duration::from_millis(200)).await,
+        None
     );
     hub.stop.cancel();
 }

@@ -285,7 +285,7 @@ pub(in crate::hub) enum Command {
         StoreId,
         Option<u64>,
         usize,
-        oneshot::Sender<Vec<StoredNotice>>,
+        oneshot::Sender<Result<Vec<StoredNotice>, Refusal>>,
     ),
 }
 
@@ -463,7 +463,7 @@ impl WeakSequencerHandle {
         store: StoreId,
         after: Option<u64>,
         limit: usize,
-    ) -> Option<Vec<StoredNotice>> {
+    ) -> Option<Result<Vec<StoredNotice>, Refusal>> {
         let commands = self.0.upgrade()?;
         let (reply, answer) = oneshot::channel();
         commands

@@ -363,8 +363,7 @@ impl Sequencer {
                 let _ = reply.send(self.drivers_to_claim.drain().collect());
             }
             Command::Notices(store, after, limit, reply) => {
-                let page = self.mailbox.page(&store, after, limit);
-                let _ = reply.send(page.unwrap_or_default());
+                let _ = reply.send(self.mailbox.page(&store, after, limit));
             }
             Command::Waiting(limit, reply) => {
                 let _ = reply.send(self.desk.waiting(limit));

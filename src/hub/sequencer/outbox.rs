@@ -78,7 +78,7 @@ pub enum Output {
         socket: SocketRef,
         /// What to send it.
         event: Event,
-        /// The messages, oldest first.
+        /// What to send: messages in hand, or a store's queue to read.
         replay: Replay,
         /// The `getAll` to answer.
         reply: Reply,

@@ -52,8 +52,8 @@ impl QueueSource {
             QueueSource::Memory(sequencer) => sequencer
                 .notices(store.clone(), after, PAGE)
                 .await
-                .map(Page::Notices)
-                .ok_or_else(|| Refusal::new(ErrorCode::Busy, "the hub is stopping")),
+                .ok_or_else(|| Refusal::new(ErrorCode::Busy, "the hub is stopping"))?
+                .map(Page::Notices),
         }
     }
 }
