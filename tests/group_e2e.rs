@@ -639,3 +639,66 @@ async fn received(
         .await
         .expect("received answered")
 }
+
+/// The heartbeat has a connection of its own: a hub whose pool is taken
+/// (every connection waiting on a lock held in the database, here by
+/// drivers' claims, API reads and the writer) keeps beating, and no other
+/// hub takes it for dead.
+#[test]
+fn a_hub_whose_pool_is_saturated_keeps_beating_and_is_not_taken_over() {
+    let cluster = PgCluster::start();
+    let (mut a, url_a) = group_hub(&cluster, "a", &[]);
+    let (mut b, _url_b) = group_hub(&cluster, "b", &[]);
+    // Four times --hub-dead-after, with every statement on orders waiting.
+    let mut lock = cluster.psql_in_background(
+        "BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT;",
+    );
+    common::wait_until("the lock is held", || {
+        cluster.query("SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted AND relation = 'orders'::regclass") == "1"
+    });
+    let drivers: Vec<Proc> = (0..8)
+        .map(|n| driver(&url_a, &format!("d{n}"), "10ms", "10ms", &[]))
+        .collect();
+    let readers: Vec<std::thread::JoinHandle<()>> = (0..4)
+        .map(|_| {
+            let url = format!("{url_a}/api/orders?limit=10");
+            std::thread::spawn(move || {
+                let _ = common::http("GET", &url, None);
+            })
+        })
+        .collect();
+    let placed = common::http(
+        "POST",
+        &format!("{url_a}/api/orders"),
+        Some(serde_json::json!({"store": "acme", "customer": "Ann", "address": "Here"})),
+    );
+    assert!(
+        lock.wait().unwrap().success(),
+        "the lock was held and let go"
+    );
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    // The pool's statements went through once the lock was let go; hub b
+    // had every chance to look for silent hubs (its chores run each beat).
+    assert!(
+        placed.0 == 201 || placed.0 == 503,
+        "placing during the lock: {placed:?}"
+    );
+    let (status, _) = common::http(
+        "POST",
+        &format!("{url_a}/api/orders"),
+        Some(serde_json::json!({"store": "acme", "customer": "Bea", "address": "There"})),
+    );
+    assert_eq!(status, 201, "hub a serves after the lock");
+    std::thread::sleep(Duration::from_secs(3)); // dead-after + a beat: a take-over would show
+    assert!(a.is_running(), "hub a stopped: {}", a.describe());
+    assert!(
+        !b.logged("hub a is silent"),
+        "hub b took hub a over: {}",
+        b.describe()
+    );
+    drop(drivers);
+    a.kill();
+    b.kill();
+}

@@ -103,6 +103,11 @@ const SCHEMA_LOCK: i64 = 0x4341_5053_0001;
 /// Connections of a hub's pool: the writer, the readers, the group's chores.
 const POOL_SIZE: u32 = 6;
 
+/// Drivers' claims under way at once: they come with connections (a
+/// thousand drivers reconnecting after a restart), and must leave the
+/// writer and a reader their connections.
+const CLAIMS_AT_ONCE: usize = POOL_SIZE as usize - 2;
+
 /// How long a statement waits for a connection before it fails (and the
 /// caller refuses `busy`, or the writer tries again).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -147,6 +152,8 @@ pub struct Pg {
     liveness: watch::Receiver<Liveness>,
     /// Set when the hub leaves the group: the heartbeat stops beating.
     leaving: Arc<AtomicBool>,
+    /// Places for drivers' claims (see [`CLAIMS_AT_ONCE`]).
+    claims: Arc<tokio::sync::Semaphore>,
     /// Holds the advisory lock that keeps a second process off this hub id.
     _id_lock: Arc<tokio::sync::Mutex<PgConnection>>,
 }
@@ -204,9 +211,19 @@ impl Pg {
         let (alive, liveness) = watch::channel(Liveness::Alive {
             since: Instant::now(),
         });
+        // The heartbeat has a connection of its own: on the shared pool, a
+        // hub whose pool is saturated (3 s to acquire) would miss beats and
+        // be taken over and stopped by the group while alive.
+        let heart_pool = {
+            let _entered = runtime.get().enter();
+            PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options)
+        };
         runtime.get().spawn(heartbeat(
             Heart {
-                pool: pool.clone(),
+                pool: heart_pool,
                 hub: Arc::clone(&hub),
                 reachable: Arc::clone(&reachable),
                 leaving: Arc::clone(&leaving),
@@ -223,6 +240,7 @@ impl Pg {
             reachable,
             liveness,
             leaving,
+            claims: Arc::new(tokio::sync::Semaphore::new(CLAIMS_AT_ONCE)),
             _id_lock: Arc::new(tokio::sync::Mutex::new(id_lock)),
         })
     }
@@ -370,6 +388,7 @@ impl Pg {
     /// Takes the packages `driver` holds at other hubs: it has just
     /// connected here.
     pub async fn claim_driver(&self, driver: &DriverName) -> anyhow::Result<Vec<StoredOrder>> {
+        let _place = self.claims.acquire().await?;
         let mut tx = self.pool.begin().await?;
         let orders = self
             .take(

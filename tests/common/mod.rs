@@ -350,6 +350,15 @@ pub fn hub_status(url: &str) -> serde_json::Value {
 }
 
 /// Polls the hub's board until `ready` holds for it; returns that board.
+/// Waits (at most [`WAIT`]) until `check` holds.
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "not within {WAIT:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn wait_for_status(
     url: &str,
     what: &str,

@@ -172,6 +172,24 @@ impl PgCluster {
         }
     }
 
+    /// Starts `sql` in the caps database with psql and returns at once: the
+    /// child runs until the statement ends.
+    pub fn psql_in_background(&self, sql: &str) -> std::process::Child {
+        Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "caps",
+            ])
+            .args(["-d", "caps", "-tAX", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs `sql` in the caps database; its output.
     pub fn query(&self, sql: &str) -> String {
         self.psql("caps", sql)
