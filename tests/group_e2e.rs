@@ -702,3 +702,41 @@ fn a_hub_whose_pool_is_saturated_keeps_beating_and_is_not_taken_over() {
     a.kill();
     b.kill();
 }
+
+/// A hub taken over (its registration gone) records no new order under its
+/// id: the insert is fenced by the registration, so the order is refused
+/// rather than left owned by a hub that no longer exists.
+#[test]
+fn a_hub_taken_over_records_no_new_order_under_its_id() {
+    let cluster = PgCluster::start();
+    let (mut a, url_a) = group_hub(&cluster, "a", &[]);
+    let (status, _) = common::http(
+        "POST",
+        &format!("{url_a}/api/orders"),
+        Some(
+            serde_json::json!({"store": "acme", "orderId": "before", "customer": "Ann", "address": "Here"}),
+        ),
+    );
+    assert_eq!(status, 201);
+    // What a take-over does first, as another hub would while a is cut off.
+    cluster.query("DELETE FROM hubs WHERE id = 'a'");
+    let placed = common::block_on(async {
+        reqwest::Client::new()
+            .post(format!("{url_a}/api/orders"))
+            .json(&serde_json::json!({"store": "acme", "orderId": "after", "customer": "Bea", "address": "There"}))
+            .timeout(common::WAIT)
+            .send()
+            .await
+            .map(|response| response.status().as_u16())
+    });
+    // Refused (busy), or the hub noticed first and stopped: never recorded.
+    assert!(
+        !matches!(placed, Ok(201)),
+        "hub a recorded an order after it was taken over"
+    );
+    assert_eq!(
+        cluster.query("SELECT count(*) FROM orders WHERE order_id = 'after'"),
+        "0"
+    );
+    a.kill();
+}

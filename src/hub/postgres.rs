@@ -1139,6 +1139,11 @@ impl Batch {
                  FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[],
                              $6::TEXT[], $7::TEXT[], $8::BOOLEAN[], $9::TEXT[], $10::BIGINT[])
                       AS n(s, o, q, c, a, st, d, t, at, v)
+                 -- Fenced by the hub's registration: a hub taken over (its
+                 -- row deleted) records no new order under an id nobody
+                 -- answers for. The key-share lock makes a take-over wait
+                 -- for this insert, so it sees and takes the new orders.
+                 WHERE EXISTS (SELECT 1 FROM hubs WHERE id = $11 FOR KEY SHARE)
                  ON CONFLICT DO NOTHING",
             )
             .bind(column(rows, |r| r.key.store.to_string()))
