@@ -25,8 +25,14 @@ const { values: options } = parseArgs({
     seconds: { type: 'string', default: '60' },
     queued: { type: 'string', default: '5000' },
     rate: { type: 'string', default: '100' },
+    // Internal: run only the flood against this hub (in a process of its
+    // own, so that it does not slow the honest shop's own event loop).
+    flood: { type: 'string' },
+    // Which floods: a comma-separated subset of getAll,pickup,received,pings,http.
+    kinds: { type: 'string', default: 'getAll,pickup,received,pings,http' },
   },
 });
+const KINDS = new Set(options.kinds.split(','));
 const SECONDS = Number(options.seconds);
 const QUEUED = Number(options.queued);
 const RATE = Number(options.rate);
@@ -65,15 +71,19 @@ function connect(url, auth) {
 
 const emit = (socket, event, payload) => socket.timeout(30_000).emitWithAck(event, payload);
 
-/** Places orders until each is taken, pausing when refused for load. */
-async function placeAll(socket, orders) {
-  for (const order of orders) {
-    for (;;) {
-      const answer = await emit(socket, 'pickup', order).catch(() => ({ ok: false }));
-      if (answer.ok) break;
-      await sleep(200);
-    }
+/** Sends until the hub takes it, pausing when refused for load; false if refused for good. */
+async function emitUntilTaken(socket, event, payload) {
+  for (;;) {
+    const answer = await emit(socket, event, payload).catch(() => ({ ok: false, error: { code: 'busy' } }));
+    if (answer.ok) return true;
+    if (!['busy', 'rate_limited'].includes(answer.error?.code)) return false;
+    await sleep(200);
   }
+}
+
+/** Places orders until each is taken. */
+async function placeAll(socket, orders) {
+  for (const order of orders) await emitUntilTaken(socket, 'pickup', order);
 }
 
 /** Couriers that deliver each offer at once. */
@@ -81,9 +91,13 @@ async function couriers(url, prefix, count) {
   const drivers = await Promise.all(Array.from({ length: count }, (_, i) =>
     connect(url, { role: 'driver', name: `${prefix}-${i}`, capacity: 50 })));
   for (const driver of drivers) {
-    driver.on('pickup', async (order) => {
-      await emit(driver, 'in-transit', order).catch(() => {});
-      await emit(driver, 'delivered', order).catch(() => {});
+    // One package at a time, as a courier works: reports in parallel would
+    // pass the rate limit and get the courier dropped for flooding.
+    let work = Promise.resolve();
+    driver.on('pickup', (order) => {
+      work = work.then(async () => {
+        if (await emitUntilTaken(driver, 'in-transit', order)) await emitUntilTaken(driver, 'delivered', order);
+      });
     });
   }
   return drivers;
@@ -91,7 +105,7 @@ async function couriers(url, prefix, count) {
 
 /** Fills `store`'s queue with `count` notices nobody acknowledges. */
 async function fillQueue(url, store, count) {
-  const drivers = await couriers(url, 'filler', 4);
+  const drivers = await couriers(url, 'filler', 8);
   const vendors = await Promise.all(Array.from({ length: 10 }, () => connect(url, { role: 'vendor', store })));
   const padding = 'x'.repeat(150);
   await Promise.all(vendors.map((vendor, v) => {
@@ -113,13 +127,14 @@ async function fillQueue(url, store, count) {
 async function honestSpell(vendor, label, seconds) {
   const placedAt = new Map();
   const latencies = [];
-  vendor.on('delivered', (notice) => {
+  const onDelivered = (notice) => {
     const at = placedAt.get(notice.orderId);
     if (at === undefined) return;
     placedAt.delete(notice.orderId);
     latencies.push(performance.now() - at);
     vendor.emit('received', { queueId: 'honest', event: 'delivered', messageId: notice.messageId });
-  });
+  };
+  vendor.on('delivered', onDelivered);
   const total = seconds * RATE;
   const started = performance.now();
   let refused = 0;
@@ -133,7 +148,7 @@ async function honestSpell(vendor, label, seconds) {
   }
   const deadline = performance.now() + 30_000;
   while (placedAt.size > 0 && performance.now() < deadline) await sleep(100);
-  vendor.close();
+  vendor.off('delivered', onDelivered);
   latencies.sort((a, b) => a - b);
   const pick = (q) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))];
   return { spell: label, orders: total, delivered: latencies.length, lost: placedAt.size, refused,
@@ -175,7 +190,7 @@ async function flood(url, stop) {
     ['received', () => ['received', { queueId: 'acme', messageId: `nope-${Math.random()}` }]],
   ];
   const loops = [];
-  for (const [kind, payload] of kinds) {
+  for (const [kind, payload] of kinds.filter(([kind]) => KINDS.has(kind))) {
     for (let n = 0; n < 2; n += 1) {
       loops.push((async () => {
         while (!stop.now) {
@@ -200,7 +215,7 @@ async function flood(url, stop) {
     }
   }
   // Engine.io pings as fast as the socket takes them, never reading the pongs.
-  loops.push((async () => {
+  if (KINDS.has('pings')) loops.push((async () => {
     const client = await silent(url, { role: 'viewer' });
     while (!stop.now && client.ws.readyState === WebSocket.OPEN) {
       for (let i = 0; i < 100; i += 1) client.ws.send('2');
@@ -210,7 +225,7 @@ async function flood(url, stop) {
     client.ws.terminate();
   })());
   // HTTP reads: the board and a long page of orders, two callers.
-  for (let n = 0; n < 2; n += 1) {
+  for (let n = 0; n < (KINDS.has('http') ? 2 : 0); n += 1) {
     loops.push((async () => {
       while (!stop.now) {
         const path = n ? '/api/orders?limit=500' : '/api/status';
@@ -232,6 +247,25 @@ async function pendingEvents(url) {
   return found ? Number(found[1]) : null;
 }
 
+if (options.flood) {
+  const stop = { now: false };
+  setTimeout(() => { stop.now = true; }, SECONDS * 1000);
+  const flooding = await flood(options.flood, stop);
+  await flooding.done;
+  console.log(JSON.stringify(flooding.counts));
+  process.exit(0);
+}
+
+/** The flood, in a process of its own for `seconds`; resolves with its counts. */
+function floodProcess(url, seconds) {
+  const child = spawn(process.execPath, [new URL(import.meta.url).pathname, '--flood', url, '--seconds', String(seconds), '--kinds', options.kinds], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  child.stdout.on('data', (chunk) => { out += chunk; });
+  return new Promise((resolve) => child.once('exit', () => resolve(JSON.parse(out || '{}'))));
+}
+
 const hub = startHub();
 const url = await hub.url;
 say({ phase: 'start', url, seconds: SECONDS, queued: QUEUED, rate: RATE, idleRssMiB: +rssMiB(hub.child.pid).toFixed(1) });
@@ -243,6 +277,7 @@ say({ phase: 'filled', rssMiB: +rssMiB(hub.child.pid).toFixed(1) });
 // address, and the HTTP flood spends the door's per-address rate of session
 // openings (a real attacker's address is its own).
 const [quietShop, abusedShop] = await Promise.all([1, 2].map(() => connect(url, { role: 'vendor', store: 'honest' })));
+await honestSpell(quietShop, 'warmup', 5); // settles the fill's aftermath; not reported
 const quiet = await honestSpell(quietShop, 'quiet', SECONDS);
 say({ phase: 'quiet', ...quiet, rssMiB: +rssMiB(hub.child.pid).toFixed(1) });
 
@@ -253,14 +288,12 @@ const sampler = setInterval(async () => {
   const pending = await pendingEvents(url);
   if (pending !== null) peakPending = Math.max(peakPending, pending);
 }, 250);
-const stop = { now: false };
-const flooding = await flood(url, stop);
+const flooding = floodProcess(url, SECONDS + 2);
 await sleep(1_000);
 const abused = await honestSpell(abusedShop, 'abused', SECONDS);
-stop.now = true;
-await flooding.done;
+const floods = await flooding;
 clearInterval(sampler);
-say({ phase: 'abused', ...abused, floods: flooding.counts, peakRssMiB: +peakRss.toFixed(1), peakPendingEvents: peakPending });
+say({ phase: 'abused', ...abused, floods, peakRssMiB: +peakRss.toFixed(1), peakPendingEvents: peakPending });
 
 let settledMs = null;
 const settling = performance.now();
@@ -268,7 +301,7 @@ while (performance.now() - settling < 30_000) {
   if ((await pendingEvents(url)) === 0) { settledMs = Math.round(performance.now() - settling); break; }
   await sleep(100);
 }
-honestDrivers.forEach((driver) => driver.close());
+[...honestDrivers, quietShop, abusedShop].forEach((socket) => socket.close());
 const stopping = performance.now();
 hub.child.kill('SIGTERM');
 const code = await Promise.race([hub.exited, sleep(30_000).then(() => 'still running')]);
