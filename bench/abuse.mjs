@@ -170,6 +170,9 @@ async function silent(url, auth) {
   ws.removeAllListeners('message');
   ws.removeAllListeners('close');
   ws._socket.pause();
+  // ws resumes its socket whenever its parser drains: keep it stopped, so
+  // that nothing more is read from the hub.
+  ws._socket.resume = () => ws._socket;
   let id = 0;
   return {
     ws,

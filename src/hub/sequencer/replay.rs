@@ -80,7 +80,9 @@ impl Replaying {
     /// The socket's turn to replay, unless one is under way already.
     pub fn begin(socket: &SocketRef) -> Option<ReplayTurn> {
         let replaying = socket.extensions.get::<Replaying>().unwrap_or_default();
-        (!replaying.0.swap(true, Ordering::AcqRel)).then_some(ReplayTurn(replaying))
+        // Lazily: a turn made and dropped on refusal would end the replay
+        // under way (its drop clears the mark).
+        (!replaying.0.swap(true, Ordering::AcqRel)).then(|| ReplayTurn(replaying))
     }
 }
 
@@ -159,6 +161,12 @@ impl Sender {
     async fn send_queue(&mut self, store: &StoreId, source: &QueueSource) -> Result<(), Stopped> {
         let mut after = None;
         loop {
+            // A connection's buffers may take a whole queue at once (the
+            // kernel's alone hold megabytes): the deadline is checked at
+            // every page too, not only while waiting for room.
+            if after.is_some() && Instant::now() >= self.deadline {
+                return Err(self.too_slow());
+            }
             let notices = loop {
                 let page = tokio::time::timeout_at(self.deadline, source.page(store, after))
                     .await
@@ -218,8 +226,8 @@ impl Sender {
         Stopped::Refused(Refusal::new(
             ErrorCode::Busy,
             format!(
-                "the replay stopped at its deadline after {} messages: the connection did \
-                 not take them in time; read, then send getAll again",
+                "the replay stopped at its deadline after {} messages; read them, then \
+                 send getAll again for the rest",
                 self.sent
             ),
         ))
