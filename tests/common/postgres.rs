@@ -144,22 +144,27 @@ impl PgCluster {
         format!("postgres://caps@127.0.0.1:{}/caps", self.port)
     }
 
+    /// psql, to run `sql` in `database` on this cluster.
+    fn psql_command(&self, database: &str, sql: &str) -> Command {
+        let mut command = Command::new("psql");
+        command
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "caps",
+            ])
+            .args(["-d", database, "-tAX", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+        command
+    }
+
     /// Runs `sql` in `database` with psql; its output, one row per line.
     pub fn psql(&self, database: &str, sql: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let output = Command::new("psql")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "caps",
-                ])
-                .args(["-d", database, "-tAX", "-v", "ON_ERROR_STOP=1", "-c", sql])
-                .output()
-                .unwrap();
+            let output = self.psql_command(database, sql).output().unwrap();
             if output.status.success() {
                 return String::from_utf8_lossy(&output.stdout).trim().to_owned();
             }
@@ -175,16 +180,7 @@ impl PgCluster {
     /// Starts `sql` in the caps database with psql and returns at once: the
     /// child runs until the statement ends.
     pub fn psql_in_background(&self, sql: &str) -> std::process::Child {
-        Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "caps",
-            ])
-            .args(["-d", "caps", "-tAX", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        self.psql_command("caps", sql)
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap()
