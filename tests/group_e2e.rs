@@ -740,3 +740,71 @@ fn a_hub_taken_over_records_no_new_order_under_its_id() {
     );
     a.kill();
 }
+
+/// Orders whose steps the database refused are read back beside the
+/// sequencer: while hub b waits to read back an order delivered at hub a
+/// (its history is locked here), b still answers other clients at once, and
+/// afterwards it knows the order for what the database says.
+#[test]
+fn a_hub_reading_back_an_order_another_hub_delivered_keeps_answering_others() {
+    use caps::protocol::{Event, Handshake, StoreId};
+    use caps::roles::hub_link::{HubLink, LinkConfig};
+
+    let cluster = PgCluster::start();
+    let (_a, url_a) = group_hub(&cluster, "a", &[]);
+    let (b, url_b) = group_hub(&cluster, "b", &[]);
+    let _dana = driver(&url_a, "dana", "1ms", "1ms", &[]);
+    let order = serde_json::json!({"store": "acme", "orderId": "done-at-a", "customer": "Ann", "address": "Here"});
+    assert_eq!(place(&url_a, order.clone()), 201);
+    common::wait_for_status(&url_a, "delivered at hub a", |status| {
+        status["orders"]["delivered"] == 1
+    });
+
+    let mut lock = cluster.psql_in_background(
+        "BEGIN; LOCK TABLE transitions IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(10); COMMIT;",
+    );
+    common::wait_until("the lock is held", || {
+        cluster.query("SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted AND relation = 'transitions'::regclass") == "1"
+    });
+    // Hub b never held the order: its insert is refused (the order is
+    // recorded), and reading it back waits for the lock on its history.
+    let (status, _) = common::http("POST", &format!("{url_b}/api/orders"), Some(order.clone()));
+    assert_eq!(status, 503, "the repeat is refused until it is read back");
+
+    let config = LinkConfig {
+        hubs: vec![url_b.clone()],
+        handshake: Handshake::vendor(StoreId::new("other").unwrap()),
+        connect_timeout: common::WAIT,
+        listen: vec![Event::Delivered],
+        token: None,
+    };
+    let answered_within = common::block_on(async move {
+        let (mut link, _inbound) = HubLink::connect(&config).await.expect("connects");
+        let asked = std::time::Instant::now();
+        let replay = link
+            .request(
+                Event::GetAll,
+                &serde_json::json!({"queueId": "other"}),
+                Duration::from_secs(8),
+            )
+            .await
+            .expect("hub b answers while it reads an order back");
+        assert_eq!(replay.sent, Some(0));
+        asked.elapsed()
+    });
+    assert!(
+        !b.logged("changed elsewhere"),
+        "the order was read back before the lock was let go: the test proves nothing"
+    );
+    assert!(
+        lock.wait().unwrap().success(),
+        "the lock was held and let go"
+    );
+    assert!(
+        answered_within < Duration::from_secs(8),
+        "answered in {answered_within:?}"
+    );
+    b.wait_for_log("changed elsewhere");
+    // Read back, the order is known at hub b as the same order, delivered.
+    assert_eq!(place(&url_b, order), 201, "{}", b.describe());
+}

@@ -60,6 +60,13 @@ pub trait Records: Send + Sync + 'static {
     fn held(&self, key: &OrderKey) -> anyhow::Result<Option<StoredOrder>> {
         self.order(key)
     }
+    /// [`Records::held`] of several orders at once: those found, in one
+    /// query where the records are remote.
+    fn held_all(&self, keys: &[OrderKey]) -> anyhow::Result<Vec<StoredOrder>> {
+        keys.iter()
+            .filter_map(|key| self.held(key).transpose())
+            .collect()
+    }
     /// The stores that have an order with this id.
     fn stores_of(&self, order_id: &OrderId) -> anyhow::Result<Vec<StoreId>>;
     /// A page of orders by arrival (without their histories).

@@ -89,7 +89,9 @@ use self::journal::{Backend, Journal, Records};
 use self::metrics::Metrics;
 use self::postgres::{Pg, PgBackend};
 use self::readers::Readers;
-use self::sequencer::{PresenceBoard, QueueSource, Retention, SequencerHandle, SequencerSetup};
+use self::sequencer::{
+    PresenceBoard, QueueSource, Reloader, Retention, SequencerHandle, SequencerSetup,
+};
 use self::sqlite::{SqliteBackend, SyncMode};
 use crate::protocol::NAMESPACE;
 
@@ -208,6 +210,8 @@ struct RecordReaders {
     api: Vec<Box<dyn Records>>,
     /// For replays (`getAll`), at the hub's own priority.
     replays: Box<dyn Records>,
+    /// For orders read back after a refused commit, at the hub's priority.
+    reloads: Box<dyn Records>,
 }
 
 impl Hub {
@@ -256,6 +260,7 @@ impl Hub {
             mailbox: backend.records()?,
             api: api_records,
             replays: backend.records()?,
+            reloads: backend.records()?,
         };
         log::info!(
             "{described}: {} open orders, {} delivered, {} queued notices",
@@ -291,15 +296,17 @@ impl Hub {
             records,
             group,
         } = self;
-        let (sequencer_records, mailbox_records, api_records, replay_records) = match records {
-            Some(records) => (
-                Some(records.sequencer),
-                Some(records.mailbox),
-                Some(records.api),
-                Some(records.replays),
-            ),
-            None => (None, None, None, None),
-        };
+        let (sequencer_records, mailbox_records, api_records, replay_records, reload_records) =
+            match records {
+                Some(records) => (
+                    Some(records.sequencer),
+                    Some(records.mailbox),
+                    Some(records.api),
+                    Some(records.replays),
+                    Some(records.reloads),
+                ),
+                None => (None, None, None, None, None),
+            };
         let metrics = Arc::new(Metrics::labelled(
             log.dropped_lines(),
             group.as_ref().map(|(pg, _)| pg.hub_id()),
@@ -352,7 +359,9 @@ impl Hub {
         let (presence, presence_view) = PresenceBoard::new();
         let readers = api_records.map(Readers::start);
         let queues = match replay_records {
-            Some(records) => QueueSource::Records(Readers::start_urgent(vec![records])),
+            Some(records) => {
+                QueueSource::Records(Readers::start_urgent(vec![records], "caps-replayer"))
+            }
             None => QueueSource::Memory(sequencer.downgrade()),
         };
         let setup = SequencerSetup {
@@ -372,6 +381,10 @@ impl Hub {
             bridge: group.as_ref().map(|(_, _, bridge, _)| bridge.clone()),
             queues,
             replay_deadline: config.replay_deadline,
+            reloader: reload_records.map(|records| {
+                let readers = Readers::start_urgent(vec![records], "caps-reloader");
+                Reloader::new(readers, sequencer.downgrade())
+            }),
         };
         let task = tokio::spawn(self::sequencer::run(inbox, io.clone(), log, setup));
         let (others, others_view) = match group {

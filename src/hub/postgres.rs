@@ -380,7 +380,7 @@ impl Pg {
         .bind(limit as i64)
         .fetch_all(&mut *tx)
         .await?;
-        let orders = read_orders(&mut tx, keys).await?;
+        let orders = read_orders(&mut *tx, &keys, None).await?;
         tx.commit().await?;
         Ok(orders)
     }
@@ -417,7 +417,7 @@ impl Pg {
             .bind(argument)
             .fetch_all(&mut **tx)
             .await?;
-        read_orders(tx, keys).await
+        read_orders(&mut **tx, &keys, None).await
     }
 
     /// Those of `orders` this hub no longer owns (another hub took them).
@@ -654,6 +654,8 @@ async fn register(pool: &PgPool, hub: &str) -> anyhow::Result<u64> {
 /// The columns [`read_order`] reads, in its order.
 const ORDER_COLUMNS: &str = "store, order_id, seq, customer, address, state, driver, \
      told_in_transit, (extract(epoch FROM updated_at) * 1000000)::BIGINT, version, digest";
+/// How many columns [`ORDER_COLUMNS`] names.
+const ORDER_COLUMN_COUNT: usize = 11;
 
 fn read_order(row: &PgRow) -> anyhow::Result<StoredOrder> {
     let since: i64 = row.try_get(8)?;
@@ -673,55 +675,71 @@ fn read_order(row: &PgRow) -> anyhow::Result<StoredOrder> {
     .into_stored()
 }
 
-/// Every state `key` entered, oldest first.
-async fn history<'c>(
-    conn: impl sqlx::PgExecutor<'c>,
-    key: &OrderKey,
-) -> anyhow::Result<Vec<Transition>> {
-    let rows = sqlx::query(
-        "SELECT state, driver, (extract(epoch FROM at) * 1000000)::BIGINT
-         FROM transitions WHERE store = $1 AND order_id = $2 ORDER BY id",
-    )
-    .bind(key.store.as_str())
-    .bind(key.order_id.as_str())
-    .fetch_all(conn)
-    .await?;
-    let mut steps = Vec::new();
-    for row in rows {
-        let state: String = row.try_get(0)?;
-        let driver: Option<String> = row.try_get(1)?;
-        let at: i64 = row.try_get(2)?;
-        if let Some(state) = parse_state(&state) {
-            steps.push(Transition {
-                state,
+/// An order's history as three arrays (states, drivers, times in µs), oldest
+/// first, from [`HISTORY_JOIN`]: with it, one query reads orders whole
+/// instead of one more query per order.
+const HISTORY_COLUMNS: &str = "h.states, h.drivers, h.ats";
+/// The lateral join that gives [`HISTORY_COLUMNS`] for the orders `o`.
+const HISTORY_JOIN: &str = "LEFT JOIN LATERAL (
+         SELECT array_agg(t.state ORDER BY t.id) AS states,
+                array_agg(t.driver ORDER BY t.id) AS drivers,
+                array_agg((extract(epoch FROM t.at) * 1000000)::BIGINT ORDER BY t.id) AS ats
+         FROM transitions t WHERE t.store = o.store AND t.order_id = o.order_id) h ON TRUE";
+
+/// [`read_order`] with the history of [`HISTORY_COLUMNS`] after the order's
+/// columns.
+fn read_whole_order(row: &PgRow) -> anyhow::Result<StoredOrder> {
+    let mut order = read_order(row)?;
+    let first = ORDER_COLUMN_COUNT;
+    let states: Option<Vec<String>> = row.try_get(first)?;
+    let drivers: Option<Vec<Option<String>>> = row.try_get(first + 1)?;
+    let times: Option<Vec<i64>> = row.try_get(first + 2)?;
+    let steps = states
+        .unwrap_or_default()
+        .into_iter()
+        .zip(drivers.unwrap_or_default())
+        .zip(times.unwrap_or_default());
+    order.history = steps
+        .filter_map(|((state, driver), at)| {
+            Some(Transition {
+                state: parse_state(&state)?,
                 driver: driver.as_deref().and_then(driver_from_column),
                 at: DateTime::from_timestamp_micros(at).unwrap_or_else(Utc::now),
-            });
-        }
-    }
-    Ok(steps)
+            })
+        })
+        .collect();
+    Ok(order)
 }
 
-/// The orders `keys` with their histories, read in `tx`.
-async fn read_orders(
-    tx: &mut Transaction<'static, Postgres>,
-    keys: Vec<(String, String)>,
+/// The orders `keys` (store, order id) with their histories, by arrival, in
+/// one query; with `held_by`, only those delivered or owned by that hub.
+async fn read_orders<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    keys: &[(String, String)],
+    held_by: Option<&str>,
 ) -> anyhow::Result<Vec<StoredOrder>> {
-    let mut orders = Vec::with_capacity(keys.len());
-    for (store, order_id) in keys {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ORDER_COLUMNS} FROM orders WHERE store = $1 AND order_id = $2"
-        )))
-        .bind(&store)
-        .bind(&order_id)
-        .fetch_one(&mut **tx)
-        .await?;
-        let mut order = read_order(&row)?;
-        order.history = history(&mut **tx, &OrderKey::of(&order.order)).await?;
-        orders.push(order);
+    if keys.is_empty() {
+        return Ok(Vec::new());
     }
-    orders.sort_by_key(|order| order.seq);
-    Ok(orders)
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS}, {HISTORY_COLUMNS}
+         FROM unnest($1::TEXT[], $2::TEXT[]) AS k(key_store, key_order)
+         JOIN orders o ON o.store = k.key_store AND o.order_id = k.key_order
+         {HISTORY_JOIN}
+         WHERE $3::TEXT IS NULL OR o.state = 'delivered' OR o.hub = $3
+         ORDER BY o.seq"
+    )))
+    .bind(column(keys, |(store, _)| store.clone()))
+    .bind(column(keys, |(_, order_id)| order_id.clone()))
+    .bind(held_by)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(read_whole_order).collect()
+}
+
+/// The columns of `key` as [`read_orders`] takes them.
+fn key_columns(key: &OrderKey) -> (String, String) {
+    (key.store.to_string(), key.order_id.to_string())
 }
 
 /// A page of a store's queue: the notices after place `after` (from the
@@ -803,18 +821,16 @@ impl Backend for PgBackend {
         self.pg.wait(async move {
             let pool = &pg.pool;
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {ORDER_COLUMNS} FROM orders
-                 WHERE hub = $1 AND state <> 'delivered' ORDER BY seq"
+                "SELECT {ORDER_COLUMNS}, {HISTORY_COLUMNS} FROM orders o {HISTORY_JOIN}
+                 WHERE o.hub = $1 AND o.state <> 'delivered' ORDER BY o.seq"
             )))
             .bind(&*pg.hub)
             .fetch_all(pool)
             .await?;
-            let mut orders = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let mut order = read_order(row)?;
-                order.history = history(pool, &OrderKey::of(&order.order)).await?;
-                orders.push(order);
-            }
+            let orders = rows
+                .iter()
+                .map(read_whole_order)
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let delivered_total: i64 =
                 sqlx::query_scalar("SELECT coalesce(sum(delivered), 0)::BIGINT FROM deliveries")
                     .fetch_one(pool)
@@ -1323,6 +1339,11 @@ impl Records for PgRecords {
         self.read(|pg| async move { order_of(&pg, &key, true).await })
     }
 
+    fn held_all(&self, keys: &[OrderKey]) -> anyhow::Result<Vec<StoredOrder>> {
+        let keys: Vec<_> = keys.iter().map(key_columns).collect();
+        self.read(|pg| async move { read_orders(&pg.pool, &keys, Some(&pg.hub)).await })
+    }
+
     fn stores_of(&self, order_id: &OrderId) -> anyhow::Result<Vec<StoreId>> {
         let order_id = order_id.clone();
         self.read(|pg| async move {
@@ -1446,20 +1467,7 @@ impl Records for PgRecords {
 /// One order with its history; with `held`, only if this hub may act on it
 /// (it owns the order, or the order is delivered and so nobody's).
 async fn order_of(pg: &Pg, key: &OrderKey, held: bool) -> anyhow::Result<Option<StoredOrder>> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE store = $1 AND order_id = $2
-           AND (NOT $3 OR state = 'delivered' OR hub = $4)"
-    )))
-    .bind(key.store.as_str())
-    .bind(key.order_id.as_str())
-    .bind(held)
-    .bind(&*pg.hub)
-    .fetch_optional(&pg.pool)
-    .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let mut order = read_order(&row)?;
-    order.history = history(&pg.pool, key).await?;
-    Ok(Some(order))
+    let held_by = held.then_some(&*pg.hub);
+    let mut orders = read_orders(&pg.pool, &[key_columns(key)], held_by).await?;
+    Ok(orders.pop())
 }

@@ -52,9 +52,10 @@ impl Readers {
 
     /// Starts one reader thread for each of `connections`, at the hub's own
     /// priority: reads that are part of the protocol (a replay's pages),
-    /// which CPU-bound work elsewhere on the machine must not starve.
-    pub fn start_urgent(connections: Vec<Box<dyn Records>>) -> Readers {
-        Readers::start_named(connections, "caps-replayer", false)
+    /// which CPU-bound work elsewhere on the machine must not starve;
+    /// `name` names their threads.
+    pub fn start_urgent(connections: Vec<Box<dyn Records>>, name: &str) -> Readers {
+        Readers::start_named(connections, name, false)
     }
 
     fn start_named(connections: Vec<Box<dyn Records>>, name: &str, lower: bool) -> Readers {

@@ -280,6 +280,9 @@ pub(in crate::hub) enum Command {
     /// The drivers whose packages the group should move here (see
     /// `Sequencer::report_refused`), taken from the sequencer.
     DriversToClaim(oneshot::Sender<Vec<DriverName>>),
+    /// Orders read back after the records refused their steps (see
+    /// [`super::reload`]).
+    Reloaded(Vec<OrderKey>, super::reload::Reloaded),
     /// A page of a store's queue held in memory (an ephemeral hub's).
     Notices(
         StoreId,
@@ -471,5 +474,12 @@ impl WeakSequencerHandle {
             .ok()?;
         drop(commands);
         answer.await.ok()
+    }
+
+    /// Hands orders read back to the sequencer (dropped if it has stopped).
+    pub fn reloaded(&self, keys: Vec<OrderKey>, read: super::reload::Reloaded) {
+        if let Some(commands) = self.0.upgrade() {
+            let _ = commands.send(Command::Reloaded(keys, read));
+        }
     }
 }

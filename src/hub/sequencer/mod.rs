@@ -16,6 +16,7 @@
 mod handle;
 mod outbox;
 mod presence;
+mod reload;
 mod replay;
 
 use std::collections::{HashMap, HashSet};
@@ -36,6 +37,7 @@ pub use handle::{
 use outbox::Outbox;
 pub use outbox::{Message, Output};
 pub use presence::{Connections, GroupPresence, Presence, PresenceBoard, PresenceView};
+pub use reload::Reloader;
 pub use replay::{DEFAULT_DEADLINE as DEFAULT_REPLAY_DEADLINE, QueueSource, Replay, Replaying};
 
 use super::dispatch::{Dispatch, DispatchConfig, Effect};
@@ -97,6 +99,8 @@ pub struct SequencerSetup {
     pub queues: QueueSource,
     /// How long a replay may take.
     pub replay_deadline: Duration,
+    /// Where the orders of refused steps are read back (with a journal).
+    pub reloader: Option<Reloader>,
 }
 
 /// Compaction of old delivered orders.
@@ -143,6 +147,8 @@ pub async fn run(
         journal,
         records: setup.records,
         held_elsewhere: HashSet::new(),
+        reloader: setup.reloader,
+        reloading: HashSet::new(),
         drivers_to_claim: HashSet::new(),
         outbox: Outbox::new(io, setup.bridge, setup.queues, setup.replay_deadline),
         guard: setup.guard,
@@ -265,6 +271,10 @@ pub struct Sequencer {
     /// of one was refused: a pickup of one is looked up before it is taken
     /// (bounded; cleared when full).
     held_elsewhere: HashSet<OrderKey>,
+    /// Reads back the orders of refused steps beside the sequencer.
+    reloader: Option<Reloader>,
+    /// Orders being read back: events on them are refused until then.
+    reloading: HashSet<OrderKey>,
     /// Drivers here that reported on packages another hub of the group
     /// records (it took them while this hub restarted, say): the group
     /// moves their packages here at its next beat (bounded; see
@@ -318,7 +328,10 @@ impl Sequencer {
             }
             Command::Event(origin, event, reply) => {
                 self.metrics.event(event.event().name());
-                match event.permit(&origin.peer()) {
+                match event
+                    .permit(&origin.peer())
+                    .and_then(|()| self.not_reloading(event.order()))
+                {
                     Ok(()) => event.apply(self, &origin, reply, &mut outputs),
                     Err(refusal) => outputs.push(Output::Refuse {
                         reply,
@@ -362,6 +375,7 @@ impl Sequencer {
             Command::DriversToClaim(reply) => {
                 let _ = reply.send(self.drivers_to_claim.drain().collect());
             }
+            Command::Reloaded(keys, read) => self.reloaded(keys, read),
             Command::Notices(store, after, limit, reply) => {
                 let _ = reply.send(self.mailbox.page(&store, after, limit));
             }
@@ -471,28 +485,73 @@ impl Sequencer {
     }
 
     /// Reads back the orders of steps the data dir refused: its record is
-    /// the truth, and the desk takes it as it is.
+    /// the truth, and the desk takes it as it is. All of one commit's are
+    /// read together, beside the sequencer where a reader is set up.
     fn reload(&mut self, stale: Vec<OrderKey>) {
-        for key in stale {
-            let held = match &self.records {
-                Some(records) => records.held(&key).map_err(|error| {
-                    log::error!("cannot read {key} from the data dir: {error:#}");
-                }),
-                None => Ok(None),
-            };
-            match held {
-                Ok(record) => {
-                    log::warn!("{key} changed elsewhere; taking the data dir's record");
-                    if record.is_none() && self.records_are_remote() {
-                        if self.held_elsewhere.len() >= HELD_ELSEWHERE_KEPT {
-                            self.held_elsewhere.clear();
-                        }
-                        self.held_elsewhere.insert(key.clone());
-                    }
-                    self.desk.reload(&key, record, Instant::now());
-                }
-                Err(_) => log::error!("{key} may differ from the data dir until a restart"),
+        let keys: Vec<OrderKey> = stale
+            .into_iter()
+            .filter(|key| self.reloading.insert(key.clone()))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        match (&self.reloader, &self.records) {
+            (Some(reloader), _) => reloader.start(keys),
+            (None, Some(records)) => {
+                let read = records
+                    .held_all(&keys)
+                    .map_err(|error| format!("{error:#}"));
+                self.reloaded(keys, read);
             }
+            (None, None) => self.reloaded(keys, Ok(Vec::new())),
+        }
+    }
+
+    /// Takes the records read back for `keys`.
+    fn reloaded(&mut self, keys: Vec<OrderKey>, read: reload::Reloaded) {
+        for key in &keys {
+            self.reloading.remove(key);
+        }
+        let mut records: HashMap<OrderKey, StoredOrder> = match read {
+            Ok(records) => records
+                .into_iter()
+                .map(|record| (OrderKey::of(&record.order), record))
+                .collect(),
+            Err(error) => {
+                log::error!(
+                    "cannot read {} orders back from the data dir ({error}); they may differ \
+                     from it until a restart",
+                    keys.len()
+                );
+                return;
+            }
+        };
+        let now = Instant::now();
+        for key in keys {
+            log::warn!("{key} changed elsewhere; taking the data dir's record");
+            let record = records.remove(&key);
+            if record.is_none() && self.records_are_remote() {
+                if self.held_elsewhere.len() >= HELD_ELSEWHERE_KEPT {
+                    self.held_elsewhere.clear();
+                }
+                self.held_elsewhere.insert(key.clone());
+            }
+            self.desk.reload(&key, record, now);
+        }
+    }
+
+    /// Refuses an event on an order being read back: what the desk holds of
+    /// it is stale until then.
+    fn not_reloading(&self, order: Option<&Order>) -> Result<(), Refusal> {
+        match order {
+            Some(order) if self.reloading.contains(&OrderKey::of(order)) => Err(Refusal::new(
+                ErrorCode::Busy,
+                format!(
+                    "{} changed meanwhile and is being read back; try again",
+                    OrderKey::of(order)
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 

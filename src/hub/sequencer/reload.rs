@@ -1,0 +1,42 @@
+//! Reloads: the orders of steps the records refused (another hub of the
+//! group changed them, say) are read back beside the sequencer, all of one
+//! commit's in one query, and handed to it as a command. Until they are
+//! back, the sequencer refuses events on them `busy`, as its memory of them
+//! is stale; on a shared database it would otherwise wait a round trip per
+//! order with every socket's events queued behind it.
+
+use super::handle::WeakSequencerHandle;
+use crate::hub::domain::{OrderKey, StoredOrder};
+use crate::hub::readers::Readers;
+
+/// What reading orders back gave: the records found (an order missing is
+/// not held here), or why they could not be read.
+pub type Reloaded = Result<Vec<StoredOrder>, String>;
+
+/// Reads orders back for the sequencer.
+pub struct Reloader {
+    readers: Readers,
+    sequencer: WeakSequencerHandle,
+}
+
+impl Reloader {
+    /// Reads on `readers` and answers `sequencer`.
+    pub fn new(readers: Readers, sequencer: WeakSequencerHandle) -> Self {
+        Reloader { readers, sequencer }
+    }
+
+    /// Starts reading `keys` back; the sequencer hears of them as
+    /// `Command::Reloaded`.
+    pub fn start(&self, keys: Vec<OrderKey>) {
+        let readers = self.readers.clone();
+        let sequencer = self.sequencer.clone();
+        tokio::spawn(async move {
+            let wanted = keys.clone();
+            let read = readers
+                .read(move |records| records.held_all(&wanted))
+                .await
+                .map_err(|error| error.to_string());
+            sequencer.reloaded(keys, read);
+        });
+    }
+}
