@@ -48,18 +48,59 @@ impl Status {
     pub const OPEN_ORDERS_SHOWN: usize = 1000;
 }
 
-/// Orders per state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderCounts {
-    /// Waiting for a driver.
-    pub ready: u64,
-    /// Offered to a driver.
-    pub assigned: u64,
-    /// Picked up.
-    #[serde(rename = "in-transit")]
-    pub in_transit: u64,
-    /// Delivered since the hub started.
-    pub delivered: u64,
+/// Orders per state: open ones as they are now, final ones since the
+/// records began. On the wire, an object with every state's name (see
+/// [`crate::lifecycle`]); a state a client does not know is left out when
+/// read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderCounts([u64; OrderState::COUNT]);
+
+impl OrderCounts {
+    /// How many orders are in `state`.
+    pub fn get(&self, state: OrderState) -> u64 {
+        self.0[state as usize]
+    }
+
+    /// Sets how many orders are in `state`.
+    pub fn set(&mut self, state: OrderState, count: u64) {
+        self.0[state as usize] = count;
+    }
+
+    /// Counts one more order in `state`.
+    pub fn add_one(&mut self, state: OrderState) {
+        self.0[state as usize] += 1;
+    }
+
+    /// Every state with its count, in lifecycle order.
+    pub fn iter(&self) -> impl Iterator<Item = (OrderState, u64)> + '_ {
+        OrderState::ALL
+            .into_iter()
+            .map(|state| (state, self.get(state)))
+    }
+}
+
+impl Serialize for OrderCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(OrderState::COUNT))?;
+        for (state, count) in self.iter() {
+            map.serialize_entry(state.name(), &count)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for OrderCounts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let named = std::collections::BTreeMap::<String, u64>::deserialize(deserializer)?;
+        let mut counts = OrderCounts::default();
+        for (name, count) in named {
+            if let Some(state) = OrderState::parse(&name) {
+                counts.set(state, count);
+            }
+        }
+        Ok(counts)
+    }
 }
 
 /// One open order.

@@ -2,7 +2,8 @@
 //!
 //! The modules read as the design:
 //! - the contracts both sides keep: [`protocol`] (every Socket.IO event and
-//!   payload), [`api`] (the HTTP API's payloads) and [`token`] (signed
+//!   payload), [`lifecycle`] (an order's states and what moves it between
+//!   them), [`api`] (the HTTP API's payloads) and [`token`] (signed
 //!   identities);
 //! - the [`hub`], which routes events between shops and couriers;
 //! - the [`roles`] that talk to it: the shop ([`roles::vendor`]), the
@@ -11,6 +12,7 @@
 //! - [`cli`] and [`shutdown`], which wire it all to the `caps` binary.
 
 pub mod api;
+pub mod lifecycle;
 pub mod protocol;
 pub mod token;
 

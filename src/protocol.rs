@@ -583,45 +583,7 @@ impl DeliveryNotice {
     }
 }
 
-/// Where an order is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OrderState {
-    /// Waiting for a driver.
-    Ready,
-    /// Offered to one driver, who has not picked it up yet.
-    Assigned,
-    /// Picked up by its driver.
-    InTransit,
-    /// Delivered; final.
-    Delivered,
-}
-
-impl OrderState {
-    /// Every state, in lifecycle order.
-    pub const ALL: [OrderState; 4] = [
-        OrderState::Ready,
-        OrderState::Assigned,
-        OrderState::InTransit,
-        OrderState::Delivered,
-    ];
-
-    /// The state's name, as the API spells it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            OrderState::Ready => "ready",
-            OrderState::Assigned => "assigned",
-            OrderState::InTransit => "in-transit",
-            OrderState::Delivered => "delivered",
-        }
-    }
-}
-
-impl fmt::Display for OrderState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::lifecycle::OrderState;
 
 /// The payload of `activity`: one order entered a state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -55,3 +55,30 @@ fn the_readme_shows_the_load_balancer_configuration_the_tests_run() {
         "README's HAProxy block differs from deploy/haproxy.cfg"
     );
 }
+
+#[test]
+fn the_readme_lifecycle_is_the_lifecycle_table() {
+    use caps::lifecycle::{OrderState, TRANSITIONS, markdown_table};
+
+    let readme = read("README.md");
+    let table = markdown_table();
+    assert!(
+        readme.contains(&table),
+        "README's table of order states differs from src/lifecycle.rs; it should read:\n{table}"
+    );
+    // The diagram above it names every state and every report.
+    let diagram = readme
+        .split("## Dispatch")
+        .nth(1)
+        .and_then(|dispatch| dispatch.split("```text").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("README's Dispatch section has a diagram");
+    for state in OrderState::ALL {
+        assert!(diagram.contains(state.name()), "the diagram lacks {state}");
+    }
+    for (_, report, _) in TRANSITIONS {
+        let word = report.label().trim_matches('`');
+        let word = word.strip_suffix("al").unwrap_or(word);
+        assert!(diagram.contains(word), "the diagram lacks {word}");
+    }
+}

@@ -276,3 +276,60 @@ async fn with_a_secret_each_token_reads_and_writes_only_what_it_may() {
     let (status, _) = call(&routes, "GET", "/api/status", Some(&operator), None).await;
     assert_eq!(status, StatusCode::OK, "an operator reads too");
 }
+
+/// The lifecycle table reaches every door that lists states: the board has
+/// a column per state, the status counts and the metrics name each one, and
+/// a bad `?state=` is told every name.
+#[tokio::test]
+async fn every_order_state_has_its_column_count_label_and_name() {
+    use caps::protocol::OrderState;
+
+    let routes = routes(Admission::Open);
+    let page = routes
+        .clone()
+        .oneshot(Request::builder().uri("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let page = axum::body::to_bytes(page.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let page = String::from_utf8(page.to_vec()).unwrap();
+    let (_, status) = call(&routes, "GET", "/api/status", None, None).await;
+    let metrics = routes
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let metrics = axum::body::to_bytes(metrics.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    let (_, refused) = call(&routes, "GET", "/api/orders?state=lost", None, None).await;
+    let message = refused["error"]["message"].as_str().unwrap();
+    for state in OrderState::ALL {
+        let name = state.name();
+        assert!(
+            page.contains(&format!(
+                "data-state=\"{name}\" data-final=\"{}\"",
+                state.is_final()
+            )),
+            "no column for {name}"
+        );
+        assert!(page.contains(&format!("id=\"list-{name}\"")), "{name}");
+        assert_eq!(status["orders"][name], json!(0), "{status}");
+        assert!(
+            metrics.contains(&format!("state=\"{name}\"")),
+            "no metric for {name}"
+        );
+        assert!(message.contains(name), "{message}");
+    }
+    assert_eq!(
+        status["orders"].as_object().unwrap().len(),
+        OrderState::COUNT
+    );
+}

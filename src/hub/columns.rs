@@ -66,9 +66,7 @@ impl OrderRow {
 
 /// The state written as `name`.
 pub fn parse_state(name: &str) -> Option<OrderState> {
-    OrderState::ALL
-        .into_iter()
-        .find(|state| state.name() == name)
+    OrderState::parse(name)
 }
 
 /// How a driver is written down: `n:<name>` or `a:<socket id>`.

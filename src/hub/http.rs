@@ -86,8 +86,30 @@ const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
 /// package-lock.json, copied in by build.rs.
 const SOCKET_IO_CLIENT: &str = include_str!(concat!(env!("OUT_DIR"), "/socket.io.min.js"));
 
+/// Where the page's columns go.
+const COLUMNS_PLACE: &str =
+    "<!-- one column per order state, filled in by the hub from its lifecycle table -->";
+
+/// The dashboard page, with one column per order state from the lifecycle
+/// table: a new state shows up on the board without touching the page.
+static DASHBOARD_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let columns: String = OrderState::ALL
+        .into_iter()
+        .map(|state| {
+            let name = state.name();
+            format!(
+                "<div class=\"column\" data-state=\"{name}\" data-final=\"{}\">\
+                 <h2>{} <b id=\"count-{name}\">0</b></h2><ul id=\"list-{name}\"></ul></div>\n    ",
+                state.is_final(),
+                state.words()
+            )
+        })
+        .collect();
+    DASHBOARD_HTML.replacen(COLUMNS_PLACE, columns.trim_end(), 1)
+});
+
 async fn dashboard_page() -> Html<&'static str> {
-    Html(DASHBOARD_HTML)
+    Html(DASHBOARD_PAGE.as_str())
 }
 
 async fn dashboard_script() -> Response {
@@ -256,17 +278,14 @@ async fn list_orders(
     };
     let order_state = match params.state.as_deref() {
         None => None,
-        Some(name) => match OrderState::ALL
-            .into_iter()
-            .find(|state| state.name() == name)
-        {
+        Some(name) => match OrderState::parse(name) {
             Some(state) => Some(state),
             None => {
-                return failure(
-                    StatusCode::BAD_REQUEST,
+                let refusal = Refusal::new(
                     ErrorCode::InvalidPayload,
-                    "state must be ready, assigned, in-transit or delivered",
+                    format!("state must be {}", OrderState::names()),
                 );
+                return refuse(StatusCode::BAD_REQUEST, refusal);
             }
         },
     };

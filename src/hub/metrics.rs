@@ -160,13 +160,10 @@ impl Metrics {
         let dropped = self.log_dropped_source.load(Ordering::Relaxed);
         self.log_dropped
             .inc_by(dropped.saturating_sub(self.log_dropped.get()));
-        for (state, count) in [
-            ("ready", counts.ready),
-            ("assigned", counts.assigned),
-            ("in-transit", counts.in_transit),
-            ("delivered", counts.delivered),
-        ] {
-            self.orders.with_label_values(&[state]).set(count as i64);
+        for (state, count) in counts.iter() {
+            self.orders
+                .with_label_values(&[state.name()])
+                .set(count as i64);
         }
         for (role, count) in connections {
             self.connections

@@ -81,7 +81,7 @@ pub use event_log::EventLog;
 pub use guard::Limits;
 pub use peer::{Admission, Peer};
 
-use self::domain::{OrderState, Snapshot};
+use self::domain::Snapshot;
 use self::door::{CountingListener, Door, DoorConfig};
 use self::group::{Group, GroupConfig};
 use self::guard::Guard;
@@ -264,11 +264,7 @@ impl Hub {
         };
         log::info!(
             "{described}: {} open orders, {} delivered, {} queued notices",
-            snapshot
-                .orders
-                .iter()
-                .filter(|o| o.state != OrderState::Delivered)
-                .count(),
+            snapshot.orders.iter().filter(|o| o.state.is_open()).count(),
             snapshot.delivered_total,
             snapshot
                 .queue_counts

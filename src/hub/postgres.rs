@@ -1430,18 +1430,15 @@ impl Records for PgRecords {
             let mut counts = OrderCounts::default();
             for (state, count) in open {
                 let count = count as u64;
-                match parse_state(&state) {
-                    Some(OrderState::Ready) => counts.ready = count,
-                    Some(OrderState::Assigned) => counts.assigned = count,
-                    Some(OrderState::InTransit) => counts.in_transit = count,
-                    Some(OrderState::Delivered) | None => {}
+                if let Some(state) = parse_state(&state).filter(|state| state.is_open()) {
+                    counts.set(state, count);
                 }
             }
             let delivered: i64 =
                 sqlx::query_scalar("SELECT coalesce(sum(delivered), 0)::BIGINT FROM deliveries")
                     .fetch_one(&pg.pool)
                     .await?;
-            counts.delivered = delivered as u64;
+            counts.set(OrderState::Delivered, delivered as u64);
             Ok(counts)
         })
     }

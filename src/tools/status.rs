@@ -126,11 +126,11 @@ pub fn render_track(view: &OrderView) -> String {
 pub fn render(status: &Status) -> String {
     let mut out = String::new();
     let counts = &status.orders;
-    let _ = writeln!(
-        out,
-        "orders: {} ready, {} assigned, {} in-transit, {} delivered",
-        counts.ready, counts.assigned, counts.in_transit, counts.delivered
-    );
+    let counted: Vec<String> = counts
+        .iter()
+        .map(|(state, count)| format!("{count} {state}"))
+        .collect();
+    let _ = writeln!(out, "orders: {}", counted.join(", "));
 
     let online = status.drivers.iter().filter(|d| d.online).count();
     let _ = writeln!(out, "\ndrivers: {online} online");

@@ -5,14 +5,18 @@
   'use strict';
   const $ = (id) => document.getElementById(id);
   const FEED_LENGTH = 50;
-  const RECENT_DELIVERED = 12;
+  const RECENT_FINISHED = 12;
 
   const fromHash = new URLSearchParams(location.hash.slice(1)).get('token');
   if (fromHash) sessionStorage.setItem('caps-token', fromHash);
   const token = sessionStorage.getItem('caps-token') || '';
   $('token').value = token;
 
-  const recentlyDelivered = [];
+  // The hub writes one column per order state (open ones list the orders
+  // under way; final ones, those that recently got there).
+  const columns = [...document.querySelectorAll('.board .column[data-state]')]
+    .map((column) => ({ state: column.dataset.state, final: column.dataset.final === 'true' }));
+  const recentlyFinished = new Map(columns.filter((c) => c.final).map((c) => [c.state, []]));
   const mine = new Map(); // orderId -> { store, state, li }
   const storesSeen = new Set();
   let lastStatus = null;
@@ -48,15 +52,18 @@
   function renderBoard() {
     if (!lastStatus) return;
     const { orders, openOrders, drivers, stores } = lastStatus;
-    for (const state of ['ready', 'assigned', 'in-transit']) {
+    for (const { state, final } of columns) {
       const list = $(`list-${state}`);
-      const shown = openOrders.filter((o) => o.state === state && visible(o.store));
-      list.replaceChildren(...shown.map((o) => item(o.orderId, o.driver ? `${o.store} · ${o.driver}` : o.store)));
-      $(`count-${state}`).textContent = filter() ? shown.length : orders[state];
+      if (final) {
+        const recent = recentlyFinished.get(state).filter((a) => visible(a.store));
+        list.replaceChildren(...recent.map((a) => item(a.orderId, `${a.store} · ${a.driver || ''}`)));
+        $(`count-${state}`).textContent = orders[state] ?? 0;
+      } else {
+        const shown = openOrders.filter((o) => o.state === state && visible(o.store));
+        list.replaceChildren(...shown.map((o) => item(o.orderId, o.driver ? `${o.store} · ${o.driver}` : o.store)));
+        $(`count-${state}`).textContent = filter() ? shown.length : (orders[state] ?? 0);
+      }
     }
-    const delivered = recentlyDelivered.filter((a) => visible(a.store));
-    $('list-delivered').replaceChildren(...delivered.map((a) => item(a.orderId, `${a.store} · ${a.driver || ''}`)));
-    $('count-delivered').textContent = orders.delivered;
 
     const online = drivers.filter((d) => d.online);
     $('count-drivers').textContent = online.length;
@@ -122,9 +129,10 @@
     pill.textContent = error.message;
   });
   socket.on('activity', (activity) => {
-    if (activity.state === 'delivered') {
-      recentlyDelivered.unshift(activity);
-      recentlyDelivered.length = Math.min(recentlyDelivered.length, RECENT_DELIVERED);
+    const recent = recentlyFinished.get(activity.state);
+    if (recent) {
+      recent.unshift(activity);
+      recent.length = Math.min(recent.length, RECENT_FINISHED);
     }
     addToFeed(activity);
     trackMine(activity);

@@ -5,9 +5,9 @@
 //! [`Effect`]s for the sequencer to carry out. `S` is how the sequencer reaches a
 //! driver (a socket); tests use plain numbers.
 //!
-//! Lifecycle: `ready` → `assigned` (offered to one driver) → `in-transit` →
-//! `delivered`. An offer not taken up within the offer timeout, or whose
-//! driver goes offline, returns to `ready`. Policy: the oldest ready order
+//! The lifecycle is [`crate::lifecycle`]'s table: every change of state goes
+//! through its [`next`]. An offer not taken up within the offer timeout, or
+//! whose driver goes offline, returns to `ready`. Policy: the oldest ready order
 //! goes to the online driver with spare capacity and the lowest load; ties go
 //! to the driver that was given a package least recently (round robin).
 
@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use super::domain::{Change, DriverKey, OrderKey, OrderState, StoredOrder, Transition};
+use crate::lifecycle::{Holder, Misstep, Next, Report, next};
 use crate::protocol::{ErrorCode, Event, Order, OrderId, Refusal};
 
 /// Tunables of the desk.
@@ -141,6 +142,15 @@ impl OrderEntry {
             passed_over: None,
             store_told_in_transit: stored.told_in_transit,
             version: stored.version,
+        }
+    }
+
+    /// Hands the order back to the desk (its offer or its package
+    /// withdrawn), recording the change in `changes`.
+    fn withdraw(&mut self, key: &OrderKey, changes: &mut Vec<Change>) {
+        match next(self.state, Report::Withdraw) {
+            Next::Enter(state) => changes.push(self.enter(key, state, None)),
+            other => log::error!("{key} cannot be withdrawn from {}: {other:?}", self.state),
         }
     }
 
@@ -284,15 +294,17 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             }
             self.reload(&key, None, now);
             let mut entry = OrderEntry::from_stored(stored);
-            let returns = match (&entry.state, &entry.driver) {
-                (OrderState::InTransit, Some(DriverKey::Named(_))) => false,
-                (OrderState::Assigned, Some(DriverKey::Named(_))) => adoption == Adoption::Restart,
-                (OrderState::Assigned | OrderState::InTransit, _) => true,
-                (OrderState::Ready | OrderState::Delivered, _) => false,
+            // A named driver comes back for what it carries; an offer stands
+            // only if its driver moves here; an anonymous driver never
+            // comes back.
+            let returns = match (entry.state.holder(), &entry.driver) {
+                (Holder::Carrying, Some(DriverKey::Named(_))) => false,
+                (Holder::Offered, Some(DriverKey::Named(_))) => adoption == Adoption::Restart,
+                (Holder::Offered | Holder::Carrying, _) => true,
+                (Holder::Nobody, _) => false,
             };
             if returns {
-                let change = entry.enter(&key, OrderState::Ready, None);
-                self.changes.push(change);
+                entry.withdraw(&key, &mut self.changes);
             }
             self.place(key, entry, now);
         }
@@ -339,7 +351,7 @@ impl<S: Clone + PartialEq> Dispatch<S> {
                 holder.offered.remove(key);
                 holder.carrying.remove(key);
             }
-            if entry.state == OrderState::Delivered {
+            if entry.state.is_final() {
                 self.delivered_order.retain(|delivered| delivered != key);
             }
         }
@@ -354,25 +366,25 @@ impl<S: Clone + PartialEq> Dispatch<S> {
     /// before (a refused commit may have dropped the message), it is never
     /// held for ever.
     fn place(&mut self, key: OrderKey, mut entry: OrderEntry, now: Instant) {
-        if entry.state == OrderState::Assigned && entry.driver.is_some() {
+        if entry.state.holder() == Holder::Offered && entry.driver.is_some() {
             entry.offer = self.next_offer;
             self.next_offer += 1;
             let deadline = (now + self.config.offer_timeout, entry.offer);
             entry.offer_deadline = Some(deadline);
             self.offer_deadlines.insert(deadline, key.clone());
         }
-        match (entry.state, &entry.driver) {
-            (OrderState::Delivered, _) => self.remember_delivered(&key),
-            (OrderState::Ready, _) | (_, None) => {
+        match (entry.state.holder(), &entry.driver) {
+            _ if entry.state.is_final() => self.remember_delivered(&key),
+            (Holder::Nobody, _) | (_, None) => {
                 self.ready.insert(entry.seq, key.clone());
             }
-            (state, Some(driver)) => {
+            (held, Some(driver)) => {
                 let holder = self.drivers.entry(driver.clone()).or_insert_with(|| {
                     let mut holder = DriverEntry::new();
                     holder.offline_since = Some(now);
                     holder
                 });
-                if state == OrderState::Assigned {
+                if held == Holder::Offered {
                     holder.offered.insert(key.clone());
                 } else {
                     holder.carrying.insert(key.clone());
@@ -520,17 +532,17 @@ impl<S: Clone + PartialEq> Dispatch<S> {
         if entry.driver.as_ref() != Some(driver) {
             return Err(not_yours(key, entry));
         }
-        match entry.state {
-            OrderState::Assigned => {}
+        let state = match next(entry.state, Report::PickUp) {
+            Next::Enter(state) => state,
             // A repeat (the driver re-announcing after a reconnect) changes nothing.
-            OrderState::InTransit | OrderState::Delivered => return Ok(Vec::new()),
-            OrderState::Ready => return Err(not_yours(key, entry)),
-        }
+            Next::Unchanged => return Ok(Vec::new()),
+            Next::Refused(misstep) => return Err(misstep_refusal(misstep, key, entry)),
+        };
         let first_time = !std::mem::replace(&mut entry.store_told_in_transit, true);
         if let Some(deadline) = entry.offer_deadline.take() {
             self.offer_deadlines.remove(&deadline);
         }
-        let change = entry.enter(key, OrderState::InTransit, Some(driver.clone()));
+        let change = entry.enter(key, state, Some(driver.clone()));
         self.changes.push(change);
         let order = entry.order.clone();
         if let Some(holder) = self.drivers.get_mut(driver) {
@@ -558,18 +570,12 @@ impl<S: Clone + PartialEq> Dispatch<S> {
         if entry.driver.as_ref() != Some(driver) {
             return Err(not_yours(key, entry));
         }
-        match entry.state {
-            OrderState::InTransit => {}
-            OrderState::Delivered => return Ok(Vec::new()),
-            OrderState::Assigned => {
-                return Err(Refusal::new(
-                    ErrorCode::OutOfOrder,
-                    format!("{key} was not reported in transit before delivered"),
-                ));
-            }
-            OrderState::Ready => return Err(not_yours(key, entry)),
-        }
-        let change = entry.enter(key, OrderState::Delivered, Some(driver.clone()));
+        let state = match next(entry.state, Report::Deliver) {
+            Next::Enter(state) => state,
+            Next::Unchanged => return Ok(Vec::new()),
+            Next::Refused(misstep) => return Err(misstep_refusal(misstep, key, entry)),
+        };
+        let change = entry.enter(key, state, Some(driver.clone()));
         self.changes.push(change);
         let order = entry.order.clone();
         if let Some(holder) = self.drivers.get_mut(driver) {
@@ -599,7 +605,7 @@ impl<S: Clone + PartialEq> Dispatch<S> {
                 continue;
             };
             entry.offer_deadline = None;
-            if entry.state != OrderState::Assigned || entry.offer != offer {
+            if entry.state.holder() != Holder::Offered || entry.offer != offer {
                 continue;
             }
             let Some(driver) = entry.driver.clone() else {
@@ -752,10 +758,13 @@ impl<S: Clone + PartialEq> Dispatch<S> {
             holder.peak_load = holder.peak_load.max(holder.load());
             let socket = holder.socket.clone().expect("chosen driver is online");
             let entry = self.orders.get_mut(&key).expect("ready order exists");
+            let Next::Enter(offered) = next(entry.state, Report::Offer) else {
+                unreachable!("{key} is {} in the ready queue", entry.state);
+            };
             entry.offer = offer;
             let deadline = (now + self.config.offer_timeout, offer);
             entry.offer_deadline = Some(deadline);
-            let change = entry.enter(&key, OrderState::Assigned, Some(driver.clone()));
+            let change = entry.enter(&key, offered, Some(driver.clone()));
             self.changes.push(change);
             self.offer_deadlines.insert(deadline, key);
             effects.push(Effect::Offer {
@@ -785,8 +794,7 @@ impl<S: Clone + PartialEq> Dispatch<S> {
                 self.offer_deadlines.remove(&deadline);
             }
             entry.passed_over = passed_over;
-            let change = entry.enter(key, OrderState::Ready, None);
-            self.changes.push(change);
+            entry.withdraw(key, &mut self.changes);
             self.ready.insert(entry.seq, key.clone());
         }
     }
@@ -794,6 +802,20 @@ impl<S: Clone + PartialEq> Dispatch<S> {
 
 fn unknown(key: &OrderKey) -> Refusal {
     Refusal::new(ErrorCode::UnknownOrder, format!("no such order: {key}"))
+}
+
+/// The refusal of a report that does not apply to `entry`.
+fn misstep_refusal(misstep: Misstep, key: &OrderKey, entry: &OrderEntry) -> Refusal {
+    match misstep {
+        Misstep::NotHeld => not_yours(key, entry),
+        Misstep::TooEarly => Refusal::new(
+            ErrorCode::OutOfOrder,
+            format!(
+                "{key} is {}: report each step in turn (in-transit before delivered)",
+                entry.state
+            ),
+        ),
+    }
 }
 
 fn not_yours(key: &OrderKey, entry: &OrderEntry) -> Refusal {

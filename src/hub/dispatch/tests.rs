@@ -75,11 +75,11 @@ fn pickups_wait_until_a_driver_connects_and_go_oldest_first() {
     for n in 0..3 {
         assert!(pickup(&mut desk, &format!("o{n}"), now).is_empty());
     }
-    assert_eq!(desk.counts().ready, 3);
+    assert_eq!(desk.counts().get(OrderState::Ready), 3);
     let effects = desk.driver_online(named("a"), 1, Some(2), now);
     let ids: Vec<String> = offers(&effects).into_iter().map(|(_, id)| id).collect();
     assert_eq!(ids, ["o0", "o1"], "oldest first, up to capacity");
-    assert_eq!(desk.counts().ready, 1);
+    assert_eq!(desk.counts().get(OrderState::Ready), 1);
 }
 
 #[test]
@@ -364,7 +364,7 @@ fn every_change_is_recorded_and_a_restored_desk_resumes() {
         1,
         "the void offer is recorded as ready again"
     );
-    assert_eq!(restored.counts().delivered, 7);
+    assert_eq!(restored.counts().get(OrderState::Delivered), 7);
     let (outcome, _) = restored.pickup(order("done"), now).unwrap();
     assert_eq!(outcome, PickupOutcome::Repeated(OrderState::Delivered));
     let back = offers(&restored.driver_online(named("a"), 2, None, now));
@@ -463,7 +463,7 @@ fn delivered_orders_beyond_the_memory_limit_are_forgotten() {
         desk.state_of(&OrderKey::of(&order("o2"))),
         Some(OrderState::Delivered)
     );
-    assert_eq!(desk.counts().delivered, 3);
+    assert_eq!(desk.counts().get(OrderState::Delivered), 3);
 }
 
 #[test]

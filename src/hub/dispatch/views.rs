@@ -42,18 +42,11 @@ impl<S: Clone + PartialEq> Dispatch<S> {
 
     /// Orders per state.
     pub fn counts(&self) -> OrderCounts {
-        let mut counts = OrderCounts {
-            delivered: self.delivered_total,
-            ..OrderCounts::default()
-        };
-        for entry in self.orders.values() {
-            match entry.state {
-                OrderState::Ready => counts.ready += 1,
-                OrderState::Assigned => counts.assigned += 1,
-                OrderState::InTransit => counts.in_transit += 1,
-                OrderState::Delivered => {}
-            }
+        let mut counts = OrderCounts::default();
+        for entry in self.orders.values().filter(|entry| entry.state.is_open()) {
+            counts.add_one(entry.state);
         }
+        counts.set(OrderState::Delivered, self.delivered_total);
         counts
     }
 
@@ -62,7 +55,7 @@ impl<S: Clone + PartialEq> Dispatch<S> {
         let mut open: Vec<&OrderEntry> = self
             .orders
             .values()
-            .filter(|entry| entry.state != OrderState::Delivered)
+            .filter(|entry| entry.state.is_open())
             .collect();
         open.sort_by_key(|entry| entry.seq);
         open.into_iter()

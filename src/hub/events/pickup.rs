@@ -42,9 +42,9 @@ impl ClientEvent for Pickup {
         // The desk holds open orders and recent deliveries; older ones are
         // in the data dir, and a re-sent order is the same order however old.
         let outcome = match hub.desk.state_of(&key) {
-            // A delivered order may be held compacted: its record knows
+            // A finished order may be held compacted: its record knows
             // whether this is the same order.
-            Some(OrderState::Delivered) if hub.records_are_remote() => {
+            Some(state) if state.is_final() && hub.records_are_remote() => {
                 as_recorded(hub, &key, &order).and_then(|taken| {
                     taken.ok_or_else(|| {
                         Refusal::new(ErrorCode::Busy, "the order changed meanwhile; try again")
