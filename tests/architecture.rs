@@ -56,7 +56,7 @@ fn code_of(text: &str) -> String {
 }
 
 /// Every module path the file names through `crate::…`, `super::…` or `self::…`.
-fn references(code: &str, own: &[String], is_mod_file: bool) -> Vec<Vec<String>> {
+fn references(code: &str, own: &[String]) -> Vec<Vec<String>> {
     let mut found = Vec::new();
     let bytes = code.as_bytes();
     for start in ["crate::", "super::", "self::"] {
@@ -64,7 +64,11 @@ fn references(code: &str, own: &[String], is_mod_file: bool) -> Vec<Vec<String>>
         while let Some(at) = code[from..].find(start) {
             let begin = from + at;
             from = begin + start.len();
-            if begin > 0 && (bytes[begin - 1].is_ascii_alphanumeric() || bytes[begin - 1] == b'_') {
+            // Inside a longer path (`super::super::x`, `a::self::`): counted with it.
+            if begin > 0
+                && (bytes[begin - 1].is_ascii_alphanumeric()
+                    || matches!(bytes[begin - 1], b'_' | b':'))
+            {
                 continue;
             }
             let path: Vec<&str> = code[begin..]
@@ -74,11 +78,12 @@ fn references(code: &str, own: &[String], is_mod_file: bool) -> Vec<Vec<String>>
                 .split("::")
                 .filter(|part| !part.is_empty())
                 .collect();
-            // Where the path starts from: the crate, this module, or its parent.
+            // Where the path starts from: the crate, or this module (`own`
+            // is the module, whether its file is `a/b.rs` or `a/b/mod.rs`);
+            // each `super` is then one level up.
             let mut base: Vec<String> = match path[0] {
                 "crate" => Vec::new(),
-                _ if is_mod_file => own.to_vec(),
-                _ => own[..own.len().saturating_sub(1)].to_vec(),
+                _ => own.to_vec(),
             };
             let mut rest = &path[1..];
             if path[0] == "super" {
@@ -115,9 +120,8 @@ fn no_module_imports_another_that_imports_it_back() {
     // a::b to a::d; references up or down one's own line do not count.
     let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
     for (path, own) in &modules {
-        let is_mod_file = path.ends_with("mod.rs") || path.ends_with("lib.rs");
         let code = code_of(&fs::read_to_string(path).unwrap());
-        for target in references(&code, own, is_mod_file) {
+        for target in references(&code, own) {
             let Some(target) = (0..=target.len())
                 .rev()
                 .map(|len| target[..len].to_vec())
@@ -229,4 +233,37 @@ fn the_event_flow_map_names_what_exists() {
             }
         }
     }
+}
+
+#[test]
+fn paths_resolve_from_the_module_a_file_is() {
+    let own = |path: &str| -> Vec<String> { path.split("::").map(str::to_owned).collect() };
+    let resolve = |code: &str, module: &str| -> Vec<String> {
+        references(code, &own(module))
+            .into_iter()
+            .map(|path| path.join("::"))
+            .collect()
+    };
+    // `hub/sequencer/outbox.rs` is hub::sequencer::outbox; `hub/sequencer/mod.rs`
+    // is hub::sequencer: `self` is the module, each `super` one level up.
+    assert_eq!(
+        resolve("use self::x::Y;", "hub::sequencer::outbox"),
+        ["hub::sequencer::outbox::x::Y"]
+    );
+    assert_eq!(
+        resolve("use super::replay::Z;", "hub::sequencer::outbox"),
+        ["hub::sequencer::replay::Z"]
+    );
+    assert_eq!(
+        resolve("use super::super::group::B;", "hub::sequencer::outbox"),
+        ["hub::group::B"]
+    );
+    assert_eq!(
+        resolve("use super::group::B;", "hub::sequencer"),
+        ["hub::group::B"]
+    );
+    assert_eq!(
+        resolve("use crate::hub::group::B;", "hub::sequencer::outbox"),
+        ["hub::group::B"]
+    );
 }

@@ -27,11 +27,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use socketioxide::SocketIo;
 use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch};
 
+use super::bridge::{Bridged, BridgedWhat};
 use super::dispatch::Adoption;
 use super::domain::rooms;
 use super::metrics::Metrics;
@@ -41,18 +41,11 @@ use crate::protocol::{DeliveryNotice, DriverName, Event, NAMESPACE, StoreId};
 
 /// The `NOTIFY` channel of the bridge.
 const CHANNEL: &str = "caps_bridge";
-/// NOTIFY refuses payloads of 8,000 bytes or more; larger messages are not
-/// bridged (a delivery notice then arrives through the queue).
-const MAX_BRIDGED: usize = 7_900;
 /// Messages published in one statement at most.
 const PUBLISH_BATCH: usize = 200;
 /// How far back a listener that lost its connection re-sends notices: the
 /// loss is noticed a moment after it happens.
 const RESEND_MARGIN: Duration = Duration::from_secs(30);
-/// Bridge messages waiting to be published at most; beyond, they are
-/// dropped (counted): while the database is away they would pile up, and
-/// the notices they carry stay queued anyway.
-const PUBLISH_QUEUE: usize = 10_000;
 /// Orders taken from other hubs in one go at most.
 const TAKE_AT_ONCE: usize = 100;
 
@@ -74,66 +67,6 @@ impl Default for GroupConfig {
             beat_every: Duration::from_secs(1),
             dead_after: Duration::from_secs(10),
             take_after: Duration::from_millis(500),
-        }
-    }
-}
-
-/// One message on the bridge.
-#[derive(Serialize, Deserialize)]
-struct Bridged {
-    /// The hub that sent it (which has told its own sockets already).
-    from: String,
-    #[serde(flatten)]
-    what: BridgedWhat,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum BridgedWhat {
-    /// Tell a store's room (or, with no store, the viewers) of `event`.
-    Tell {
-        store: Option<StoreId>,
-        event: Event,
-        message: serde_json::Value,
-    },
-    /// The sender could not publish since `since`: every hub re-sends the
-    /// delivery notices queued since then to its own vendors.
-    ResendSince { resend_since: DateTime<Utc> },
-}
-
-/// The outbox's end of the bridge: publishes what this hub tells its rooms.
-#[derive(Clone)]
-pub struct Bridge {
-    hub: Arc<str>,
-    outgoing: mpsc::Sender<String>,
-    metrics: Arc<Metrics>,
-}
-
-impl Bridge {
-    /// Publishes `message` for `store`'s room, or the viewers' (`None`).
-    pub fn publish(&self, store: Option<&StoreId>, event: Event, message: &impl Serialize) {
-        let Ok(message) = serde_json::to_value(message) else {
-            return;
-        };
-        let bridged = Bridged {
-            from: self.hub.to_string(),
-            what: BridgedWhat::Tell {
-                store: store.cloned(),
-                event,
-                message,
-            },
-        };
-        match serde_json::to_string(&bridged) {
-            Ok(text) if text.len() <= MAX_BRIDGED => {
-                if self.outgoing.try_send(text).is_err() {
-                    self.metrics.group("bridge_dropped", 1);
-                }
-            }
-            Ok(text) => log::debug!(
-                "not bridging {event} of {} bytes (over NOTIFY's limit); it stays queued",
-                text.len()
-            ),
-            Err(_) => {}
         }
     }
 }
@@ -220,19 +153,6 @@ async fn claim_driver(
         }
         Err(error) => log::warn!("claiming driver={driver}'s packages failed: {error}"),
     }
-}
-
-/// The bridge's two ends, made before the sequencer starts.
-pub fn bridge(pg: &Pg, metrics: Arc<Metrics>) -> (Bridge, mpsc::Receiver<String>) {
-    let (outgoing, incoming) = mpsc::channel(PUBLISH_QUEUE);
-    (
-        Bridge {
-            hub: pg.hub_id().into(),
-            outgoing,
-            metrics,
-        },
-        incoming,
-    )
 }
 
 /// The group's board: who is online here (read), and at the other hubs

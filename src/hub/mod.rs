@@ -40,6 +40,7 @@
 //! [`Hub::start`] gives the routes without a listener, for tests that call
 //! them directly.
 
+mod bridge;
 mod columns;
 mod decode;
 pub mod dispatch;
@@ -309,7 +310,7 @@ impl Hub {
         ));
         let (sequencer, inbox) = self::sequencer::channel(Arc::clone(&metrics));
         let group = group.map(|(pg, timing)| {
-            let (bridge, published) = group::bridge(&pg, Arc::clone(&metrics));
+            let (bridge, published) = bridge::bridge(pg.hub_id(), Arc::clone(&metrics));
             let handle = Group::new(pg, sequencer.clone(), Arc::clone(&metrics));
             (handle, timing, bridge, published)
         });

@@ -251,6 +251,10 @@ impl RefusalWarnings {
     }
 }
 
+/// What reading orders back gave (see [`super::reload`]): the records found
+/// (an order missing is not held here), or why they could not be read.
+pub type Reloaded = Result<Vec<StoredOrder>, String>;
+
 pub(in crate::hub) enum Command {
     Connected(SocketRef),
     Disconnected(SocketRef),
@@ -282,7 +286,7 @@ pub(in crate::hub) enum Command {
     DriversToClaim(oneshot::Sender<Vec<DriverName>>),
     /// Orders read back after the records refused their steps (see
     /// [`super::reload`]).
-    Reloaded(Vec<OrderKey>, super::reload::Reloaded),
+    Reloaded(Vec<OrderKey>, Reloaded),
     /// A page of a store's queue held in memory (an ephemeral hub's).
     Notices(
         StoreId,
@@ -477,7 +481,7 @@ impl WeakSequencerHandle {
     }
 
     /// Hands orders read back to the sequencer (dropped if it has stopped).
-    pub fn reloaded(&self, keys: Vec<OrderKey>, read: super::reload::Reloaded) {
+    pub fn reloaded(&self, keys: Vec<OrderKey>, read: Reloaded) {
         if let Some(commands) = self.0.upgrade() {
             let _ = commands.send(Command::Reloaded(keys, read));
         }

@@ -14,6 +14,7 @@
 //! nobody hears of a change the hub could still forget.
 
 mod handle;
+mod message;
 mod outbox;
 mod presence;
 mod reload;
@@ -34,16 +35,17 @@ use handle::Command;
 pub use handle::{
     Origin, RefusalWarnings, Reply, SequencerHandle, SequencerInbox, channel, peer_of,
 };
+pub use message::Message;
 use outbox::Outbox;
-pub use outbox::{Message, Output};
+pub use outbox::Output;
 pub use presence::{Connections, GroupPresence, Presence, PresenceBoard, PresenceView};
 pub use reload::Reloader;
 pub use replay::{DEFAULT_DEADLINE as DEFAULT_REPLAY_DEADLINE, QueueSource, Replay, Replaying};
 
+use super::bridge::Bridge;
 use super::dispatch::{Dispatch, DispatchConfig, Effect};
 use super::domain::{Change, DriverKey, OrderKey, OrderState, Snapshot, StoredOrder};
 use super::event_log::EventLog;
-use super::group::Bridge;
 use super::guard::Guard;
 use super::journal::{Commit, Committed, Journal, Records};
 use super::mailbox::Mailbox;
@@ -508,7 +510,7 @@ impl Sequencer {
     }
 
     /// Takes the records read back for `keys`.
-    fn reloaded(&mut self, keys: Vec<OrderKey>, read: reload::Reloaded) {
+    fn reloaded(&mut self, keys: Vec<OrderKey>, read: handle::Reloaded) {
         for key in &keys {
             self.reloading.remove(key);
         }

@@ -3,29 +3,17 @@
 
 use std::collections::VecDeque;
 
-use serde::Serialize;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
 use super::handle::Reply;
+use super::message::Message;
 use super::replay::{self, QueueSource, Replay, ReplayTurn};
+use crate::hub::bridge::Bridge;
 use crate::hub::domain::{Change, DriverKey, OrderKey, OrderState, rooms};
-use crate::hub::group::Bridge;
 use crate::hub::journal::Commit;
 use crate::hub::mailbox::not_queued;
-use crate::protocol::{
-    Activity, DeliveryNotice, ErrorCode, Event, NAMESPACE, Order, Refusal, StoreId,
-};
-
-/// A message to a store or a socket.
-#[derive(Serialize)]
-#[serde(untagged)]
-pub enum Message {
-    /// The order itself (`pickup`, `in-transit`, and Phase 2's `delivered`).
-    Order(Order),
-    /// A queued delivery notice, with its Phase 3 envelope.
-    Notice(DeliveryNotice),
-}
+use crate::protocol::{Activity, ErrorCode, Event, NAMESPACE, Order, Refusal, StoreId};
 
 /// Something to do once the changes that caused it are recorded.
 pub enum Output {

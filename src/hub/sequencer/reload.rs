@@ -6,12 +6,8 @@
 //! order with every socket's events queued behind it.
 
 use super::handle::WeakSequencerHandle;
-use crate::hub::domain::{OrderKey, StoredOrder};
+use crate::hub::domain::OrderKey;
 use crate::hub::readers::Readers;
-
-/// What reading orders back gave: the records found (an order missing is
-/// not held here), or why they could not be read.
-pub type Reloaded = Result<Vec<StoredOrder>, String>;
 
 /// Reads orders back for the sequencer.
 pub struct Reloader {

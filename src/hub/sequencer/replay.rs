@@ -13,7 +13,7 @@ use socketioxide::{SendError, SocketError};
 use tokio::time::Instant;
 
 use super::handle::{Reply, WeakSequencerHandle};
-use super::outbox::Message;
+use super::message::Message;
 use crate::hub::domain::StoredNotice;
 use crate::hub::readers::{ReadError, Readers};
 use crate::protocol::{DeliveryNotice, ErrorCode, Event, Refusal, StoreId};
