@@ -767,9 +767,17 @@ fn a_hub_reading_back_an_order_another_hub_delivered_keeps_answering_others() {
         cluster.query("SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted AND relation = 'transitions'::regclass") == "1"
     });
     // Hub b never held the order: its insert is refused (the order is
-    // recorded), and reading it back waits for the lock on its history.
-    let (status, _) = common::http("POST", &format!("{url_b}/api/orders"), Some(order.clone()));
-    assert_eq!(status, 503, "the repeat is refused until it is read back");
+    // recorded), and reading it back waits for the lock on its history. The
+    // refusal waits for the read, so that a retry finds hub b true.
+    let repeat = {
+        let (url_b, order) = (url_b.clone(), order.clone());
+        std::thread::spawn(move || {
+            common::http("POST", &format!("{url_b}/api/orders"), Some(order)).0
+        })
+    };
+    common::wait_until("hub b waits to read the order back", || {
+        cluster.query("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'transitions'::regclass") == "1"
+    });
 
     let config = LinkConfig {
         hubs: vec![url_b.clone()],
@@ -797,12 +805,21 @@ fn a_hub_reading_back_an_order_another_hub_delivered_keeps_answering_others() {
         "the order was read back before the lock was let go: the test proves nothing"
     );
     assert!(
+        !repeat.is_finished(),
+        "the repeat was answered before its order was read back"
+    );
+    assert!(
         lock.wait().unwrap().success(),
         "the lock was held and let go"
     );
     assert!(
         answered_within < Duration::from_secs(8),
         "answered in {answered_within:?}"
+    );
+    assert_eq!(
+        repeat.join().unwrap(),
+        503,
+        "the repeat is refused: try again"
     );
     b.wait_for_log("changed elsewhere");
     // Read back, the order is known at hub b as the same order, delivered.

@@ -286,7 +286,8 @@ pub(in crate::hub) enum Command {
     DriversToClaim(oneshot::Sender<Vec<DriverName>>),
     /// Orders read back after the records refused their steps (see
     /// [`super::reload`]).
-    Reloaded(Vec<OrderKey>, Reloaded),
+    /// (Their batch, its orders, what was read.)
+    Reloaded(u64, Vec<OrderKey>, Reloaded),
     /// A page of a store's queue held in memory (an ephemeral hub's).
     Notices(
         StoreId,
@@ -481,9 +482,9 @@ impl WeakSequencerHandle {
     }
 
     /// Hands orders read back to the sequencer (dropped if it has stopped).
-    pub fn reloaded(&self, keys: Vec<OrderKey>, read: Reloaded) {
+    pub fn reloaded(&self, batch: u64, keys: Vec<OrderKey>, read: Reloaded) {
         if let Some(commands) = self.0.upgrade() {
-            let _ = commands.send(Command::Reloaded(keys, read));
+            let _ = commands.send(Command::Reloaded(batch, keys, read));
         }
     }
 }

@@ -36,8 +36,8 @@ pub use handle::{
     Origin, RefusalWarnings, Reply, SequencerHandle, SequencerInbox, channel, peer_of,
 };
 pub use message::Message;
-use outbox::Outbox;
 pub use outbox::Output;
+use outbox::{Outbox, Refused};
 pub use presence::{Connections, GroupPresence, Presence, PresenceBoard, PresenceView};
 pub use reload::Reloader;
 pub use replay::{DEFAULT_DEADLINE as DEFAULT_REPLAY_DEADLINE, QueueSource, Replay, Replaying};
@@ -151,6 +151,8 @@ pub async fn run(
         held_elsewhere: HashSet::new(),
         reloader: setup.reloader,
         reloading: HashSet::new(),
+        reload_batches: 0,
+        awaiting_reload: HashMap::new(),
         drivers_to_claim: HashSet::new(),
         outbox: Outbox::new(io, setup.bridge, setup.queues, setup.replay_deadline),
         guard: setup.guard,
@@ -171,6 +173,7 @@ pub async fn run(
     let mut ticks: u32 = 0;
     loop {
         if hub.outbox.is_empty()
+            && hub.awaiting_reload.is_empty()
             && let Some(waiting) = hub.draining.as_mut()
         {
             for drained in waiting.drain(..) {
@@ -189,9 +192,11 @@ pub async fn run(
                 let commit = report.map_err(|error| anyhow::anyhow!("the data dir cannot be written: {error}"))?;
                 hub.count_acknowledgements(&commit);
                 hub.mailbox.committed(commit.up_to);
-                let (ready, stale) = hub.outbox.committed(&commit);
+                let (ready, refused) = hub.outbox.committed(&commit);
                 hub.carry_out(ready).await;
-                hub.reload(stale);
+                let answers = hub.reload(refused);
+                let answers = hub.settle(answers);
+                hub.carry_out(answers).await;
                 hub.maybe_publish_presence();
             }
             _ = ticker.tick() => {
@@ -277,6 +282,10 @@ pub struct Sequencer {
     reloader: Option<Reloader>,
     /// Orders being read back: events on them are refused until then.
     reloading: HashSet<OrderKey>,
+    /// Reads back started (numbering them).
+    reload_batches: u64,
+    /// The refused steps' answers, by the read back they wait for.
+    awaiting_reload: HashMap<u64, Vec<Output>>,
     /// Drivers here that reported on packages another hub of the group
     /// records (it took them while this hub restarted, say): the group
     /// moves their packages here at its next beat (bounded; see
@@ -377,7 +386,10 @@ impl Sequencer {
             Command::DriversToClaim(reply) => {
                 let _ = reply.send(self.drivers_to_claim.drain().collect());
             }
-            Command::Reloaded(keys, read) => self.reloaded(keys, read),
+            Command::Reloaded(batch, keys, read) => {
+                self.reloaded(keys, read);
+                outputs.extend(self.awaiting_reload.remove(&batch).unwrap_or_default());
+            }
             Command::Notices(store, after, limit, reply) => {
                 let _ = reply.send(self.mailbox.page(&store, after, limit));
             }
@@ -488,24 +500,36 @@ impl Sequencer {
 
     /// Reads back the orders of steps the data dir refused: its record is
     /// the truth, and the desk takes it as it is. All of one commit's are
-    /// read together, beside the sequencer where a reader is set up.
-    fn reload(&mut self, stale: Vec<OrderKey>) {
-        let keys: Vec<OrderKey> = stale
+    /// read together, beside the sequencer where a reader is set up; the
+    /// refused steps' answers go out once they are back (returned here if
+    /// that is now), so that a sender's retry finds the desk true.
+    fn reload(&mut self, refused: Refused) -> Vec<Output> {
+        let Refused { orders, outputs } = refused;
+        let keys: Vec<OrderKey> = orders
             .into_iter()
             .filter(|key| self.reloading.insert(key.clone()))
             .collect();
         if keys.is_empty() {
-            return;
+            return outputs;
         }
         match (&self.reloader, &self.records) {
-            (Some(reloader), _) => reloader.start(keys),
+            (Some(reloader), _) => {
+                self.reload_batches += 1;
+                reloader.start(self.reload_batches, keys);
+                self.awaiting_reload.insert(self.reload_batches, outputs);
+                Vec::new()
+            }
             (None, Some(records)) => {
                 let read = records
                     .held_all(&keys)
                     .map_err(|error| format!("{error:#}"));
                 self.reloaded(keys, read);
+                outputs
             }
-            (None, None) => self.reloaded(keys, Ok(Vec::new())),
+            (None, None) => {
+                self.reloaded(keys, Ok(Vec::new()));
+                outputs
+            }
         }
     }
 

@@ -15,6 +15,17 @@ use crate::hub::journal::Commit;
 use crate::hub::mailbox::not_queued;
 use crate::protocol::{Activity, ErrorCode, Event, NAMESPACE, Order, Refusal, StoreId};
 
+/// What the steps a commit refused leave: their orders, which the desk holds
+/// stale until they are read back, and what their senders are told, which
+/// waits for that (so that a retry finds the desk true).
+#[derive(Default)]
+pub struct Refused {
+    /// The orders the refused steps changed.
+    pub orders: Vec<OrderKey>,
+    /// Their refusals (and offers that stand).
+    pub outputs: Vec<Output>,
+}
+
 /// Something to do once the changes that caused it are recorded.
 pub enum Output {
     /// Accept the sender's event.
@@ -209,14 +220,14 @@ impl Outbox {
         }
     }
 
-    /// Everything settled by `commit`, in order, and the orders of the steps
-    /// the data dir refused. A refused step's sender is told to try again
+    /// Everything settled by `commit`, in order, and what the steps the
+    /// data dir refused leave. A refused step's sender is told to try again
     /// (what it asked for was not recorded); its other outputs are dropped,
     /// but for packages handed back to a driver that the step did not
     /// change (their offers stand, whatever became of the step).
-    pub fn committed(&mut self, commit: &Commit) -> (Vec<Output>, Vec<OrderKey>) {
+    pub fn committed(&mut self, commit: &Commit) -> (Vec<Output>, Refused) {
         let mut ready = Vec::new();
-        let mut stale = Vec::new();
+        let mut refused = Refused::default();
         while self
             .waiting
             .front()
@@ -245,7 +256,8 @@ impl Outbox {
                 continue;
             }
             let changed = step.orders;
-            ready.extend(step.outputs.into_iter().filter_map(|output| match output {
+            let outputs = &mut refused.outputs;
+            outputs.extend(step.outputs.into_iter().filter_map(|output| match output {
                 Output::Offer { ref order, .. } if !changed.contains(&OrderKey::of(order)) => {
                     Some(output)
                 }
@@ -260,9 +272,9 @@ impl Outbox {
                 refused @ Output::Refuse { .. } => Some(refused),
                 _ => None,
             }));
-            stale.extend(changed);
+            refused.orders.extend(changed);
         }
-        (ready, stale)
+        (ready, refused)
     }
 
     /// Whether nothing waits for a commit.
@@ -433,9 +445,11 @@ mod tests {
                 },
                 spent: vec![acknowledgement(7)],
             };
-            let (ready, _) = outbox.committed(&commit);
+            let (ready, refused) = outbox.committed(&commit);
             assert!(outbox.is_empty());
             outbox.send(ready).await;
+            // A refused step's answers wait for its orders to be read back.
+            outbox.send(refused.outputs).await;
             let received = received_outcome.await.unwrap();
             assert!(
                 received.is_err(),
