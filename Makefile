@@ -17,7 +17,9 @@ demo-group: setup
 
 ## Build once, then run the Rust tests, the JavaScript tests, a small
 ## benchmark (it fails on any lost or duplicated order, never on a timing),
-## and the scale suite (thousands of orders at the default limits).
+## and the scale suite (thousands of orders at the default limits). Tests
+## that need PostgreSQL skip themselves where it is missing, but not here.
+test: export CAPS_REQUIRE_POSTGRES = 1
 test: setup
 	$(CARGO) build --locked --all-targets
 	$(CARGO) test --locked

@@ -329,31 +329,21 @@ mod tests {
 
     #[test]
     fn the_happy_path_and_its_repeats() {
-        assert_eq!(
-            next(OrderState::Ready, Report::Offer),
-            Next::Enter(OrderState::Assigned)
-        );
-        assert_eq!(
-            next(OrderState::Assigned, Report::PickUp),
-            Next::Enter(OrderState::InTransit)
-        );
-        assert_eq!(
-            next(OrderState::InTransit, Report::Deliver),
-            Next::Enter(OrderState::Delivered)
-        );
-        assert_eq!(next(OrderState::Delivered, Report::PickUp), Next::Unchanged);
-        assert_eq!(
-            next(OrderState::Assigned, Report::Deliver),
-            Next::Refused(Misstep::TooEarly)
-        );
-        assert_eq!(
-            next(OrderState::Ready, Report::PickUp),
-            Next::Refused(Misstep::NotHeld)
-        );
-        assert_eq!(
-            next(OrderState::Delivered, Report::Withdraw),
-            Next::Refused(Misstep::NotHeld)
-        );
+        use OrderState::*;
+        let cases = [
+            (Ready, Report::Offer, Next::Enter(Assigned)),
+            (Assigned, Report::PickUp, Next::Enter(InTransit)),
+            (InTransit, Report::Deliver, Next::Enter(Delivered)),
+            (Assigned, Report::Withdraw, Next::Enter(Ready)),
+            (Delivered, Report::PickUp, Next::Unchanged),
+            (Delivered, Report::Deliver, Next::Unchanged),
+            (Assigned, Report::Deliver, Next::Refused(Misstep::TooEarly)),
+            (Ready, Report::PickUp, Next::Refused(Misstep::NotHeld)),
+            (Delivered, Report::Withdraw, Next::Refused(Misstep::NotHeld)),
+        ];
+        for (state, report, expected) in cases {
+            assert_eq!(next(state, report), expected, "{state} on {report:?}");
+        }
     }
 
     #[test]

@@ -53,6 +53,16 @@ async fn call(
     (status, json)
 }
 
+/// The body of `GET uri`, as text.
+async fn text(routes: &Router, uri: &str) -> String {
+    let request = Request::builder().uri(uri).body(Body::empty()).unwrap();
+    let response = routes.clone().oneshot(request).await.unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
 fn order(store: &str, id: &str) -> Value {
     json!({"store": store, "orderId": id, "customer": "Jamal Braun", "address": "Schmittfurt, LA"})
 }
@@ -285,30 +295,9 @@ async fn every_order_state_has_its_column_count_label_and_name() {
     use caps::protocol::OrderState;
 
     let routes = routes(Admission::Open);
-    let page = routes
-        .clone()
-        .oneshot(Request::builder().uri("/").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let page = axum::body::to_bytes(page.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let page = String::from_utf8(page.to_vec()).unwrap();
+    let page = text(&routes, "/").await;
     let (_, status) = call(&routes, "GET", "/api/status", None, None).await;
-    let metrics = routes
-        .clone()
-        .oneshot(
-            Request::builder()
-                .uri("/metrics")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let metrics = axum::body::to_bytes(metrics.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    let metrics = text(&routes, "/metrics").await;
     let (_, refused) = call(&routes, "GET", "/api/orders?state=lost", None, None).await;
     let message = refused["error"]["message"].as_str().unwrap();
     for state in OrderState::ALL {

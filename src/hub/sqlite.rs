@@ -395,8 +395,6 @@ impl Backend for SqliteBackend {
         }))
     }
 
-    /// Every acknowledgement here was looked up first (it is a removal), so
-    /// none is found missing at commit: `not_queued` stays empty.
     fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Settled> {
         // The fast path, and the only one with a single hub: every condition
         // holds, so the batch is one plain transaction. Savepoints make
@@ -407,18 +405,26 @@ impl Backend for SqliteBackend {
             let held = {
                 // Prepared once for the batch, not once per step.
                 let mut writes = Writes::prepare(&tx)?;
-                let mut held = true;
+                let mut held = Some(Vec::new());
                 for step in steps {
                     if !writes.apply(&step.changes)? {
-                        held = false;
+                        held = None;
                         break;
+                    }
+                    if std::mem::take(&mut writes.acknowledged_nothing)
+                        && let Some(not_queued) = held.as_mut()
+                    {
+                        not_queued.push(step.seq);
                     }
                 }
                 held
             };
-            if held {
+            if let Some(not_queued) = held {
                 tx.commit().context("committing to the data dir")?;
-                return Ok(Settled::default());
+                return Ok(Settled {
+                    refused: Vec::new(),
+                    not_queued,
+                });
             }
             // Dropping the transaction rolls it back.
         }
@@ -426,10 +432,17 @@ impl Backend for SqliteBackend {
         // refused step is left out whole and the others commit.
         let mut tx = self.conn.transaction()?;
         let mut refused = Vec::new();
+        let mut not_queued = Vec::new();
         for step in steps {
             let mut savepoint = tx.savepoint()?;
-            let applied = Writes::prepare(&savepoint)?.apply(&step.changes)?;
+            let mut writes = Writes::prepare(&savepoint)?;
+            let applied = writes.apply(&step.changes)?;
+            let acknowledged_nothing = writes.acknowledged_nothing;
+            drop(writes);
             if applied {
+                if acknowledged_nothing {
+                    not_queued.push(step.seq);
+                }
                 savepoint.commit()?;
             } else {
                 savepoint.set_drop_behavior(DropBehavior::Rollback);
@@ -440,7 +453,7 @@ impl Backend for SqliteBackend {
         tx.commit().context("committing to the data dir")?;
         Ok(Settled {
             refused,
-            not_queued: Vec::new(),
+            not_queued,
         })
     }
 }
@@ -457,6 +470,9 @@ struct Writes<'c> {
     acknowledge: rusqlite::CachedStatement<'c>,
     trim: rusqlite::CachedStatement<'c>,
     count_delivery: rusqlite::CachedStatement<'c>,
+    /// Set when an acknowledgement made without a look-up found no notice
+    /// (the caller reports its step as `not_queued`).
+    acknowledged_nothing: bool,
 }
 
 impl<'c> Writes<'c> {
@@ -496,6 +512,7 @@ impl<'c> Writes<'c> {
             )?,
             count_delivery: conn
                 .prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'delivered'")?,
+            acknowledged_nothing: false,
         })
     }
 
@@ -511,6 +528,7 @@ impl<'c> Writes<'c> {
             acknowledge,
             trim,
             count_delivery,
+            acknowledged_nothing,
         } = self;
         let mut changes = changes.iter().peekable();
         while let Some(change) = changes.next() {
@@ -617,7 +635,9 @@ impl<'c> Writes<'c> {
                     unqueue.execute(params![message_id.as_str()])?;
                 }
                 Change::NoticeAcknowledged { store, id } => {
-                    acknowledge.execute(params![store.as_str(), id])?;
+                    if acknowledge.execute(params![store.as_str(), id])? == 0 {
+                        *acknowledged_nothing = true;
+                    }
                 }
                 Change::NoticesTrimmed { store, keep } => {
                     trim.execute(params![store.as_str(), *keep as i64])?;
