@@ -82,3 +82,57 @@ fn the_readme_lifecycle_is_the_lifecycle_table() {
         assert!(diagram.contains(word), "the diagram lacks {word}");
     }
 }
+
+#[test]
+fn the_architecture_map_names_every_file_of_the_hub() {
+    let map = read("docs/ARCHITECTURE.md");
+    let hub = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/hub");
+    let mut missing = Vec::new();
+    let mut folders = vec![hub.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if !map.contains(&format!("{name}/")) {
+                    missing.push(format!("{name}/"));
+                }
+                folders.push(path);
+            } else if name.ends_with(".rs")
+                && !["mod.rs", "tests.rs"].contains(&name.as_str())
+                && !map.contains(&name)
+            {
+                missing.push(path.strip_prefix(&hub).unwrap().display().to_string());
+            }
+        }
+    }
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "docs/ARCHITECTURE.md does not name {missing:?}"
+    );
+}
+
+#[test]
+fn the_readme_tests_table_names_every_test_file() {
+    let readme = read("README.md");
+    let tests = readme
+        .split("## Tests")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README has a Tests section");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for folder in ["tests", "tests/js"] {
+        for entry in fs::read_dir(root.join(folder)).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            let is_test =
+                (folder == "tests" && name.ends_with(".rs")) || name.ends_with(".test.mjs");
+            if is_test {
+                assert!(
+                    tests.contains(&format!("| `{folder}/{name}`")),
+                    "README's Tests table lacks {folder}/{name}"
+                );
+            }
+        }
+    }
+}
