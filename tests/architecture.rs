@@ -205,7 +205,7 @@ fn the_event_flow_map_names_what_exists() {
     // Every file and method a row names exists.
     let source_of = |owner: &str| -> String {
         let path = match owner {
-            "Dispatch" => "src/hub/dispatch/mod.rs",
+            "Desk" => "src/hub/desk/mod.rs",
             "Mailbox" => "src/hub/mailbox.rs",
             "Sequencer" => "src/hub/sequencer/mod.rs",
             "handlers" => "src/hub/handlers.rs",

@@ -13,7 +13,7 @@ use args::{Command, DispatchArgs, HubArgs, Reclaim, SecurityArgs, SyncArg, Token
 
 use crate::hub::group::GroupConfig;
 use crate::hub::sqlite::SyncMode;
-use crate::hub::{self, Admission, DispatchConfig, EventLog, Hub, HubConfig, Limits, Storage};
+use crate::hub::{self, Admission, DeskConfig, EventLog, Hub, HubConfig, Limits, Storage};
 use crate::protocol::RoleName;
 use crate::roles::console::Console;
 use crate::roles::demo::{self, DemoConfig};
@@ -294,8 +294,8 @@ fn default_hub_id(port: u16) -> String {
 
 impl DispatchArgs {
     /// The desk's configuration; `keep_delivered` unless the flag says otherwise.
-    fn config(&self, keep_delivered: usize) -> DispatchConfig {
-        DispatchConfig {
+    fn config(&self, keep_delivered: usize) -> DeskConfig {
+        DeskConfig {
             offer_timeout: self.offer_timeout,
             reclaim_after: match self.reclaim_after {
                 Reclaim::After(after) => Some(after),

@@ -32,7 +32,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch};
 
 use super::bridge::{Bridged, BridgedWhat};
-use super::dispatch::Adoption;
+use super::desk::Adoption;
 use super::domain::rooms;
 use super::metrics::Metrics;
 use super::postgres::Pg;

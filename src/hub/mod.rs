@@ -29,10 +29,10 @@
 //! | event | enters at | applied by | calls | yields | who hears |
 //! |---|---|---|---|---|---|
 //! | `join` | `handlers::Inlet` | `events/join.rs` | `Sequencer::join` | `Accept` | the sender (ack) |
-//! | `pickup` | `handlers::Inlet`, `http::place_order` | `events/pickup.rs` | `Dispatch::pickup` | `Accept`, `Offer` | the sender; one driver (`pickup`); viewers |
-//! | `in-transit` | `handlers::Inlet` | `events/in_transit.rs` | `Dispatch::in_transit` | `Accept`, `ToStore` | the sender; the store's room, once; viewers |
-//! | `delivered` | `handlers::Inlet` | `events/delivered.rs` | `Dispatch::delivered`, `Mailbox::enqueue` | `Accept`, `ToStore`, `Offer` | the sender; the store's room (a queued notice); viewers |
-//! | `getAll` | `handlers::Inlet` | `events/get_all.rs` | `Dispatch::held_by` | `Replay` (a store's queue is read by `sequencer/replay.rs` a page at a time, beside the sequencer) | the sender, again |
+//! | `pickup` | `handlers::Inlet`, `http::place_order` | `events/pickup.rs` | `Desk::pickup` | `Accept`, `Offer` | the sender; one driver (`pickup`); viewers |
+//! | `in-transit` | `handlers::Inlet` | `events/in_transit.rs` | `Desk::in_transit` | `Accept`, `ToStore` | the sender; the store's room, once; viewers |
+//! | `delivered` | `handlers::Inlet` | `events/delivered.rs` | `Desk::delivered`, `Mailbox::enqueue` | `Accept`, `ToStore`, `Offer` | the sender; the store's room (a queued notice); viewers |
+//! | `getAll` | `handlers::Inlet` | `events/get_all.rs` | `Desk::held_by` | `Replay` (a store's queue is read by `sequencer/replay.rs` a page at a time, beside the sequencer) | the sender, again |
 //! | `received` | `handlers::Inlet` | `events/received.rs` | `Mailbox::acknowledge` | `Accept` | the sender (ack) |
 //!
 //! [`Hub::serve`] takes its listener and its shutdown signal as arguments, so
@@ -43,7 +43,7 @@
 mod bridge;
 mod columns;
 mod decode;
-pub mod dispatch;
+pub mod desk;
 pub mod domain;
 mod door;
 mod event_log;
@@ -77,7 +77,7 @@ use socketioxide::SocketIo;
 use socketioxide::handler::ConnectHandler;
 use tokio::net::TcpListener;
 
-pub use dispatch::DispatchConfig;
+pub use desk::DeskConfig;
 pub use event_log::EventLog;
 pub use guard::Limits;
 pub use peer::{Admission, Peer};
@@ -107,7 +107,7 @@ pub struct HubConfig {
     /// What one client may cost the hub.
     pub limits: Limits,
     /// How packages are handed out.
-    pub dispatch: DispatchConfig,
+    pub dispatch: DeskConfig,
     /// Where the hub keeps its state.
     pub storage: Storage,
     /// Most delivery notices queued per store.
@@ -154,7 +154,7 @@ impl HubConfig {
         HubConfig {
             admission: Admission::Open,
             limits: Limits::default(),
-            dispatch: DispatchConfig::default(),
+            dispatch: DeskConfig::default(),
             storage: Storage::Ephemeral,
             queue_limit: 10_000,
             sync: SyncMode::Full,
@@ -171,7 +171,7 @@ impl HubConfig {
             storage: Storage::DataDir(dir.into()),
             ..HubConfig::ephemeral()
         };
-        config.dispatch.keep_delivered = DispatchConfig::DURABLE_CACHE;
+        config.dispatch.keep_delivered = DeskConfig::DURABLE_CACHE;
         config
     }
 }

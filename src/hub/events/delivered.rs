@@ -5,7 +5,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::{ClientEvent, refused};
-use crate::hub::dispatch::Effect;
+use crate::hub::desk::Effect;
 use crate::hub::domain::OrderKey;
 use crate::hub::peer::Peer;
 use crate::hub::sequencer::{Origin, Output, Reply, Sequencer};

@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use super::{ClientEvent, refused};
 
-use crate::hub::dispatch::{Effect, PickupOutcome};
+use crate::hub::desk::{Effect, PickupOutcome};
 use crate::hub::domain::OrderKey;
 use crate::hub::peer::Peer;
 use crate::hub::sequencer::{Message, Origin, Output, Reply, Sequencer};

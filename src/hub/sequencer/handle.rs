@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use socketioxide::extract::{AckSender, SocketRef};
 use tokio::sync::{mpsc, oneshot};
 
-use super::super::dispatch::Adoption;
+use super::super::desk::Adoption;
 use super::super::domain::{DriverKey, OrderKey, OrderQuery, StoredNotice, StoredOrder};
 use super::super::metrics::Metrics;
 use super::super::peer::Peer;

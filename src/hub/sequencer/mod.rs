@@ -43,7 +43,7 @@ pub use reload::Reloader;
 pub use replay::{DEFAULT_DEADLINE as DEFAULT_REPLAY_DEADLINE, QueueSource, Replay, Replaying};
 
 use super::bridge::Bridge;
-use super::dispatch::{Dispatch, DispatchConfig, Effect};
+use super::desk::{Desk, DeskConfig, Effect};
 use super::domain::{Change, DriverKey, OrderKey, OrderState, Snapshot, StoredOrder};
 use super::event_log::EventLog;
 use super::guard::Guard;
@@ -75,7 +75,7 @@ const LIVENESS_EVERY: u32 = 10;
 /// Where the sequencer's state comes from and goes to.
 pub struct SequencerSetup {
     /// How packages are handed out.
-    pub dispatch: DispatchConfig,
+    pub dispatch: DeskConfig,
     /// Most notices kept per store.
     pub queue_limit: usize,
     /// The state to resume from (empty for a new or ephemeral hub).
@@ -134,7 +134,7 @@ pub async fn run(
         None => Mailbox::new(setup.queue_limit),
     };
     let mut hub = Sequencer {
-        desk: Dispatch::restore(
+        desk: Desk::restore(
             setup.dispatch,
             setup.snapshot.orders,
             setup.snapshot.delivered_total,
@@ -261,7 +261,7 @@ pub trait ClientEvent: Send + 'static {
 /// it through [`crate::hub::events::ClientEvent::apply`].
 pub struct Sequencer {
     /// Who holds which package, and who gets the next one.
-    pub(in crate::hub) desk: Dispatch<SocketRef>,
+    pub(in crate::hub) desk: Desk<SocketRef>,
     /// The stores' delivery notices.
     pub(in crate::hub) mailbox: Mailbox,
     /// Mailbox changes not yet handed to the journal.

@@ -3,10 +3,10 @@
 use super::*;
 use crate::protocol::{Address, Customer, DriverName, OrderId, StoreId};
 
-type Desk = Dispatch<u32>;
+type TestDesk = Desk<u32>;
 
-fn desk() -> Desk {
-    Dispatch::new(DispatchConfig {
+fn desk() -> TestDesk {
+    Desk::new(DeskConfig {
         offer_timeout: Duration::from_secs(10),
         reclaim_after: Some(Duration::from_secs(60)),
         keep_delivered: 100,
@@ -39,7 +39,7 @@ fn offers(effects: &[Effect<u32>]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn pickup(desk: &mut Desk, id: &str, now: Instant) -> Vec<Effect<u32>> {
+fn pickup(desk: &mut TestDesk, id: &str, now: Instant) -> Vec<Effect<u32>> {
     let (outcome, effects) = desk.pickup(order(id), now).unwrap();
     assert_eq!(outcome, PickupOutcome::Accepted);
     effects
@@ -344,8 +344,8 @@ fn every_change_is_recorded_and_a_restored_desk_resumes() {
         since: Utc::now(),
         history: Vec::new(),
     };
-    let mut restored: Desk = Dispatch::restore(
-        DispatchConfig::default(),
+    let mut restored: TestDesk = Desk::restore(
+        DeskConfig::default(),
         vec![
             stored("carried", 0, OrderState::InTransit, Some(named("a"))),
             stored("offered", 1, OrderState::Assigned, Some(named("a"))),
@@ -390,7 +390,7 @@ fn every_change_is_recorded_and_a_restored_desk_resumes() {
 fn hubs_sharing_a_database_number_orders_apart_and_adopt_each_others() {
     let now = Instant::now();
     // Hub slot 2 of stride 8: its numbers are 2, 10, 18, ...
-    let mut desk: Desk = Dispatch::restore(DispatchConfig::default(), Vec::new(), 0, (10, 8), now);
+    let mut desk: TestDesk = Desk::restore(DeskConfig::default(), Vec::new(), 0, (10, 8), now);
     pickup(&mut desk, "mine", now);
     let adopted = StoredOrder {
         order: order("theirs"),
@@ -446,9 +446,9 @@ fn hubs_sharing_a_database_number_orders_apart_and_adopt_each_others() {
 #[test]
 fn delivered_orders_beyond_the_memory_limit_are_forgotten() {
     let now = Instant::now();
-    let mut desk = Dispatch::new(DispatchConfig {
+    let mut desk = Desk::new(DeskConfig {
         keep_delivered: 2,
-        ..DispatchConfig::default()
+        ..DeskConfig::default()
     });
     desk.driver_online(named("a"), 1, None, now);
     for n in 0..3 {
@@ -469,9 +469,9 @@ fn delivered_orders_beyond_the_memory_limit_are_forgotten() {
 #[test]
 fn delivered_orders_read_back_count_against_the_memory_limit() {
     let now = Instant::now();
-    let mut desk: Desk = Dispatch::new(DispatchConfig {
+    let mut desk: TestDesk = Desk::new(DeskConfig {
         keep_delivered: 2,
-        ..DispatchConfig::default()
+        ..DeskConfig::default()
     });
     for n in 0..5 {
         let placed = order(&format!("r{n}"));
@@ -561,7 +561,7 @@ fn an_offer_read_back_from_the_records_still_expires() {
     };
     desk.reload(&key, Some(recorded), now);
     assert!(desk.tick(now).is_empty(), "the offer stands for now");
-    let later = now + DispatchConfig::default().offer_timeout + Duration::from_millis(1);
+    let later = now + DeskConfig::default().offer_timeout + Duration::from_millis(1);
     let offers = offers(&desk.tick(later));
     assert_eq!(
         offers,

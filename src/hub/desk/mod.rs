@@ -25,7 +25,7 @@ use crate::protocol::{ErrorCode, Event, Order, OrderId, Refusal};
 
 /// Tunables of the desk.
 #[derive(Debug, Clone)]
-pub struct DispatchConfig {
+pub struct DeskConfig {
     /// How long a driver has to report `in-transit` for an offered package.
     pub offer_timeout: Duration,
     /// Packages held by a named driver offline this long go back to `ready`;
@@ -37,17 +37,17 @@ pub struct DispatchConfig {
     pub keep_delivered: usize,
 }
 
-impl Default for DispatchConfig {
+impl Default for DeskConfig {
     fn default() -> Self {
-        DispatchConfig {
+        DeskConfig {
             offer_timeout: Duration::from_secs(30),
-            reclaim_after: Some(DispatchConfig::RECLAIM_AFTER),
-            keep_delivered: DispatchConfig::EPHEMERAL_MEMORY,
+            reclaim_after: Some(DeskConfig::RECLAIM_AFTER),
+            keep_delivered: DeskConfig::EPHEMERAL_MEMORY,
         }
     }
 }
 
-impl DispatchConfig {
+impl DeskConfig {
     /// Delivered orders an ephemeral hub remembers: its bound on memory,
     /// and on how long a repeated order is recognised.
     pub const EPHEMERAL_MEMORY: usize = 100_000;
@@ -81,7 +81,7 @@ pub enum Effect<S> {
     },
 }
 
-/// Why orders are taken over (see [`Dispatch::adopt`]).
+/// Why orders are taken over (see [`Desk::adopt`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Adoption {
     /// A (re)start, or a hub that stopped: nobody has the offers any more.
@@ -214,8 +214,8 @@ impl<S> DriverEntry<S> {
 }
 
 /// The desk itself.
-pub struct Dispatch<S> {
-    config: DispatchConfig,
+pub struct Desk<S> {
+    config: DeskConfig,
     orders: HashMap<OrderKey, OrderEntry>,
     ready: BTreeMap<u64, OrderKey>,
     drivers: HashMap<DriverKey, DriverEntry<S>>,
@@ -235,10 +235,10 @@ pub struct Dispatch<S> {
     changes: Vec<Change>,
 }
 
-impl<S: Clone + PartialEq> Dispatch<S> {
+impl<S: Clone + PartialEq> Desk<S> {
     /// An empty desk.
-    pub fn new(config: DispatchConfig) -> Self {
-        Dispatch {
+    pub fn new(config: DeskConfig) -> Self {
+        Desk {
             config,
             orders: HashMap::new(),
             ready: BTreeMap::new(),
@@ -261,13 +261,13 @@ impl<S: Clone + PartialEq> Dispatch<S> {
     /// reconnects; an anonymous driver cannot come back, so its packages are
     /// ready again.
     pub fn restore(
-        config: DispatchConfig,
+        config: DeskConfig,
         snapshot_orders: Vec<StoredOrder>,
         delivered_total: u64,
         (next_seq, seq_stride): (u64, u64),
         now: Instant,
     ) -> Self {
-        let mut desk = Dispatch::new(config);
+        let mut desk = Desk::new(config);
         desk.delivered_total = delivered_total;
         desk.next_seq = next_seq;
         desk.seq_stride = seq_stride.max(1);

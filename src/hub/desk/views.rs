@@ -3,12 +3,12 @@
 
 use chrono::Utc;
 
-use super::{Dispatch, OrderEntry};
+use super::{Desk, OrderEntry};
 use crate::api::{DriverStatus, OrderCounts, OrderPage, OrderSummary, OrderView};
 use crate::hub::domain::{OrderKey, OrderState, StoredOrder};
 use crate::protocol::StoreId;
 
-impl<S: Clone + PartialEq> Dispatch<S> {
+impl<S: Clone + PartialEq> Desk<S> {
     /// One order, its state and its history.
     pub fn view(&self, key: &OrderKey) -> Option<OrderView> {
         self.orders.get(key).map(|entry| record_of(entry).view())
