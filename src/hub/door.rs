@@ -65,7 +65,7 @@ impl Default for DoorConfig {
 
 /// Whom a request counts against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Caller {
+enum Account {
     Address(IpAddr),
     Identity(String),
 }
@@ -78,7 +78,7 @@ struct DoorState {
     config: DoorConfig,
     /// TCP connections held: in total, and per address.
     held: Mutex<(usize, HashMap<IpAddr, usize>)>,
-    requests: DefaultKeyedRateLimiter<Caller>,
+    requests: DefaultKeyedRateLimiter<Account>,
     /// When idle callers were last forgotten.
     swept: Mutex<Instant>,
     metrics: Arc<Metrics>,
@@ -143,10 +143,10 @@ impl Door {
     /// Charges one request to `identity` (e.g. a token's subject); false if
     /// it is over its rate (answer it with [`Door::too_many_requests`]).
     pub fn charge_identity(&self, identity: String) -> bool {
-        self.charge(Caller::Identity(identity))
+        self.charge(Account::Identity(identity))
     }
 
-    fn charge(&self, caller: Caller) -> bool {
+    fn charge(&self, caller: Account) -> bool {
         let requests = &self.0.requests;
         // Forget idle callers now and then (not on every request: a sweep
         // walks them all), so the table holds the active ones only.
@@ -250,7 +250,7 @@ pub async fn screen(State(door): State<Door>, request: Request, next: Next) -> R
     if (opens_session || is_api(&request))
         && let Some(ConnectInfo(Remote { address, .. })) =
             request.extensions().get::<ConnectInfo<Remote>>()
-        && !door.charge(Caller::Address(address.ip()))
+        && !door.charge(Account::Address(address.ip()))
     {
         return door.too_many_requests();
     }
@@ -266,7 +266,7 @@ pub async fn screen(State(door): State<Door>, request: Request, next: Next) -> R
 /// read buffer. hyper parses them as slices of that buffer (16 KiB), and
 /// socketioxide keeps a session's request head for the session's life: a
 /// shared slice would keep the whole buffer alive for every connection.
-pub(crate) fn detach_from_read_buffer(request: Request) -> Request {
+pub fn detach_from_read_buffer(request: Request) -> Request {
     let (mut parts, body) = request.into_parts();
     let mut headers = HeaderMap::with_capacity(parts.headers.len());
     for (name, value) in &parts.headers {

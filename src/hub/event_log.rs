@@ -50,7 +50,7 @@ struct Buffer {
 }
 
 #[derive(Serialize)]
-struct Record<'a, P: Serialize> {
+struct LogLine<'a, P: Serialize> {
     event: Event,
     time: String,
     payload: &'a P,
@@ -101,7 +101,7 @@ impl EventLog {
 
     /// Appends one line: `EVENT {"event":…,"time":…,"payload":…}`.
     pub fn record(&self, event: Event, payload: &impl Serialize) {
-        let record = Record {
+        let record = LogLine {
             event,
             time: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
             payload,

@@ -4,7 +4,7 @@
 //! [`Change`]. The sequencer appends each event's changes to the journal and holds
 //! back that event's replies and messages until they are committed, so the
 //! hub never confirms what it has not recorded. One writer thread commits
-//! whatever has queued up in one transaction (group commit), so a slow disk
+//! whatever has queued up in one transaction (a batched commit), so a slow disk
 //! costs latency, not throughput.
 //!
 //! [`Backend`] is the seam for where changes go: SQLite today

@@ -12,7 +12,7 @@
 //!   and its outbox, which holds replies and messages until their commit;
 //! - [`dispatch`] (the pure desk) and `mailbox` (the Phase 3 queues), which
 //!   describe every change as a [`domain::Change`];
-//! - [`journal`]: the group-commit writer, and the storage seam
+//! - [`journal`]: the batched-commit writer, and the storage seam
 //!   [`journal::Backend`] with its read side [`journal::Records`], with
 //!   [`sqlite`] behind it;
 //! - `readers`: the HTTP API's reads of committed state, on low-priority
@@ -61,8 +61,12 @@ mod readers;
 mod sequencer;
 pub mod sqlite;
 
-/// The bench's socketioxide peer runs the same request-head fix.
-pub(crate) use door::detach_from_read_buffer;
+// Two pieces of how the hub runs its stack, exported for anyone who serves
+// socketioxide on axum the same way (the bench's floor servers do): the
+// request-head fix that keeps an idle connection's memory small, and the
+// rule for how long a batched commit waits for company.
+pub use door::detach_from_read_buffer;
+pub use journal::worth_waiting;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -69,7 +69,7 @@ enum Stage {
 }
 
 /// The next step of one package's timeline.
-enum Step {
+enum Leg {
     PickedUp(Order),
     Delivered(Order),
     /// Report this again: the hub was too busy to take it.
@@ -97,7 +97,7 @@ pub async fn run(
         config.hubs.join(",")
     );
 
-    let mut timelines: JoinSet<Step> = JoinSet::new();
+    let mut timelines: JoinSet<Leg> = JoinSet::new();
     let mut holding: HashMap<PackageKey, (Order, Stage)> = HashMap::new();
     let mut delivered = RecentSet::new(REMEMBERED_DELIVERIES);
     // The deliveries just reported, to report again if the hub was too busy.
@@ -119,7 +119,7 @@ pub async fn run(
             }
             Some(step) = timelines.join_next(), if !timelines.is_empty() => {
                 match step {
-                    Ok(Step::PickedUp(order)) => {
+                    Ok(Leg::PickedUp(order)) => {
                         let Some((_, stage)) = holding.get_mut(&key_of(&order)) else {
                             continue; // dropped while on the way
                         };
@@ -129,10 +129,10 @@ pub async fn run(
                         let delay = config.deliver_delay;
                         timelines.spawn(async move {
                             sleep(delay).await;
-                            Step::Delivered(order)
+                            Leg::Delivered(order)
                         });
                     }
-                    Ok(Step::Delivered(order)) => {
+                    Ok(Leg::Delivered(order)) => {
                         let key = key_of(&order);
                         if holding.remove(&key).is_none() {
                             continue; // dropped while in transit
@@ -143,7 +143,7 @@ pub async fn run(
                         reported.insert(key, order);
                         delivered_count += 1;
                     }
-                    Ok(Step::Report(event, order)) => {
+                    Ok(Leg::Report(event, order)) => {
                         link.send(event, &order).await;
                         // An in-transit sent again for a package already
                         // delivered is followed by its delivery.
@@ -188,7 +188,7 @@ pub async fn run(
                             let event = notice.event;
                             timelines.spawn(async move {
                                 sleep(wait).await;
-                                Step::Report(event, order)
+                                Leg::Report(event, order)
                             });
                         }
                     }
@@ -203,7 +203,7 @@ pub async fn run(
                             log::info!("the hub missed our in-transit of {}; reporting it again in {wait:?}", order.order_id);
                             timelines.spawn(async move {
                                 sleep(wait).await;
-                                Step::Report(Event::InTransit, order.clone())
+                                Leg::Report(Event::InTransit, order.clone())
                             });
                         }
                     }
@@ -230,7 +230,7 @@ pub async fn run(
                             let delay = config.pickup_delay;
                             timelines.spawn(async move {
                                 sleep(delay).await;
-                                Step::PickedUp(order)
+                                Leg::PickedUp(order)
                             });
                         }
                     }

@@ -20,7 +20,7 @@ use crate::protocol::{Order, OrderId, StoreId};
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-enum Record {
+enum LedgerLine {
     /// Orders placed in earlier runs and settled (delivered or refused).
     Settled(u64),
     Placed(Order),
@@ -52,9 +52,9 @@ impl Ledger {
                 File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
             for (number, line) in BufReader::new(file).lines().enumerate() {
                 let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-                match serde_json::from_str::<Record>(&line) {
-                    Ok(Record::Settled(count)) => ledger.placed += count,
-                    Ok(Record::Placed(order)) => {
+                match serde_json::from_str::<LedgerLine>(&line) {
+                    Ok(LedgerLine::Settled(count)) => ledger.placed += count,
+                    Ok(LedgerLine::Placed(order)) => {
                         if &order.store != store {
                             bail!(
                                 "{} belongs to store {}, not {store}",
@@ -65,7 +65,7 @@ impl Ledger {
                         ledger.placed += 1;
                         ledger.outstanding.insert(order.order_id.clone(), order);
                     }
-                    Ok(Record::Thanked(order_id)) => {
+                    Ok(LedgerLine::Thanked(order_id)) => {
                         ledger.outstanding.remove(&order_id);
                     }
                     Err(error) => {
@@ -88,8 +88,8 @@ impl Ledger {
         let temporary = std::path::PathBuf::from(temporary);
         let mut contents = Vec::new();
         let settled = self.placed - self.outstanding.len() as u64;
-        for record in std::iter::once(Record::Settled(settled))
-            .chain(self.outstanding.values().cloned().map(Record::Placed))
+        for record in std::iter::once(LedgerLine::Settled(settled))
+            .chain(self.outstanding.values().cloned().map(LedgerLine::Placed))
         {
             serde_json::to_writer(&mut contents, &record)?;
             contents.push(b'\n');
@@ -126,7 +126,7 @@ impl Ledger {
 
     /// Records a new order, before it is sent.
     pub fn record_placed(&mut self, order: &Order) -> anyhow::Result<()> {
-        self.append(&Record::Placed(order.clone()))?;
+        self.append(&LedgerLine::Placed(order.clone()))?;
         self.placed += 1;
         self.outstanding
             .insert(order.order_id.clone(), order.clone());
@@ -136,7 +136,7 @@ impl Ledger {
     /// Records a thank-you for an outstanding order, right after it is
     /// printed; it is outstanding no more.
     pub fn record_thanked(&mut self, order_id: &OrderId) -> anyhow::Result<()> {
-        self.append(&Record::Thanked(order_id.clone()))?;
+        self.append(&LedgerLine::Thanked(order_id.clone()))?;
         self.outstanding.remove(order_id);
         Ok(())
     }
@@ -146,7 +146,7 @@ impl Ledger {
         self.outstanding.remove(order_id).is_some()
     }
 
-    fn append(&mut self, record: &Record) -> anyhow::Result<()> {
+    fn append(&mut self, record: &LedgerLine) -> anyhow::Result<()> {
         if let Some(file) = &mut self.file {
             let mut line = serde_json::to_vec(record)?;
             line.push(b'\n');

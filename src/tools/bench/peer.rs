@@ -9,7 +9,7 @@
 //! to an SQLite log (one row per event and per assignment, no row ever
 //! updated, one index: of new orders' keys, which recognising a re-sent
 //! order of any age needs), committed as the
-//! hub commits (WAL, `synchronous=FULL`, group commit with the hub's commit
+//! hub commits (WAL, `synchronous=FULL`, a batched commit with the hub's commit
 //! delay), and what the event sends waits for that commit, as the hub's
 //! replies do. What `caps hub` spends beyond it is what caps's record of an
 //! order costs over the cheapest record there is.
@@ -29,15 +29,15 @@ use socketioxide::extract::{Data, SocketRef, State, TryData};
 use socketioxide::handler::{FromMessageParts, MessageHandler, Value as RawValue};
 use socketioxide::socket::{Sid, Socket};
 
-use crate::hub::journal::worth_waiting;
+use crate::hub::worth_waiting;
 use crate::protocol::NAMESPACE;
 
 /// Serves until the process is stopped; the first stdout line names the URL.
 /// With a recorder, every event is recorded before what it sends is sent.
 pub async fn serve(port: u16, recorder: Option<Recorder>) -> anyhow::Result<()> {
-    let shared = Shared(Arc::new(Mutex::new(Peer {
+    let shared = Shared(Arc::new(Mutex::new(PeerState {
         recorder,
-        ..Peer::default()
+        ..PeerState::default()
     })));
     let (layer, io) = SocketIo::builder()
         .ws_read_buffer_size(1024)
@@ -70,10 +70,10 @@ pub async fn serve(port: u16, recorder: Option<Recorder>) -> anyhow::Result<()> 
 }
 
 #[derive(Clone)]
-struct Shared(Arc<Mutex<Peer>>);
+struct Shared(Arc<Mutex<PeerState>>);
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Peer> {
+    fn lock(&self) -> MutexGuard<'_, PeerState> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -81,7 +81,7 @@ impl Shared {
 }
 
 #[derive(Default)]
-struct Peer {
+struct PeerState {
     /// By `store/orderId`.
     orders: HashMap<String, Entry>,
     /// By name.
@@ -95,7 +95,7 @@ struct Peer {
     /// Durable: where each event's step goes to be committed.
     recorder: Option<Recorder>,
     /// Durable: what the event being handled records and sends.
-    step: Step,
+    step: PeerTurn,
 }
 
 struct Entry {
@@ -208,14 +208,14 @@ impl MessageHandler<LocalAdapter, HandlerCall> for Handler {
     }
 }
 
-impl Peer {
+impl PeerState {
     fn pickup(&mut self, order: Value) {
         let Some(key) = key_of(&order) else { return };
         if self.orders.contains_key(&key) {
             return;
         }
         if self.recorder.is_some() {
-            self.step.records.push(Record {
+            self.step.records.push(LogRow {
                 kind: "pickup",
                 key: key.clone(),
                 detail: Some(order.to_string()),
@@ -275,7 +275,7 @@ impl Peer {
         if self.notices.get(message_id).map(String::as_str) == Some(store) {
             self.notices.remove(message_id);
             if self.recorder.is_some() {
-                self.step.records.push(Record {
+                self.step.records.push(LogRow {
                     kind: "received",
                     key: store.to_owned(),
                     detail: Some(message_id.to_owned()),
@@ -305,7 +305,7 @@ impl Peer {
             courier.load += 1;
             let durable = self.recorder.is_some();
             if durable {
-                self.step.records.push(Record {
+                self.step.records.push(LogRow {
                     kind: "assigned",
                     key,
                     detail: Some(name.clone()),
@@ -336,7 +336,7 @@ impl Peer {
         if self.recorder.is_some()
             && let Some(key) = key_of(order)
         {
-            self.step.records.push(Record {
+            self.step.records.push(LogRow {
                 kind,
                 key,
                 detail: detail.map(str::to_owned),
@@ -356,12 +356,12 @@ impl Peer {
 
 /// One event's records and the messages that wait for them.
 #[derive(Default)]
-struct Step {
-    records: Vec<Record>,
+struct PeerTurn {
+    records: Vec<LogRow>,
     sends: Vec<Outgoing>,
 }
 
-impl Step {
+impl PeerTurn {
     /// Sends at once, or (durable) once the step is committed.
     fn send(&mut self, durable: bool, to: &SocketRef, event: &'static str, message: &Value) {
         if durable {
@@ -377,7 +377,7 @@ impl Step {
 }
 
 /// One row of the durable peer's log.
-struct Record {
+struct LogRow {
     kind: &'static str,
     key: String,
     detail: Option<String>,
@@ -393,7 +393,7 @@ struct Outgoing {
 /// The durable peer's writer: a thread that commits steps in batches (as
 /// the hub's journal does) and then sends what they hold.
 pub struct Recorder {
-    steps: tokio::sync::mpsc::UnboundedSender<Step>,
+    steps: tokio::sync::mpsc::UnboundedSender<PeerTurn>,
 }
 
 impl Recorder {
@@ -431,7 +431,7 @@ impl Recorder {
         Ok(Recorder { steps })
     }
 
-    fn append(&self, step: Step) {
+    fn append(&self, step: PeerTurn) {
         // The writer thread only ends by ending the process (see `start`).
         let _ = self.steps.send(step);
     }
@@ -442,7 +442,7 @@ impl Recorder {
 fn commit_steps(
     mut conn: rusqlite::Connection,
     commit_delay: Duration,
-    mut incoming: tokio::sync::mpsc::UnboundedReceiver<Step>,
+    mut incoming: tokio::sync::mpsc::UnboundedReceiver<PeerTurn>,
 ) -> anyhow::Result<()> {
     let mut batch = Vec::new();
     let mut last_commit: Option<Instant> = None;
