@@ -178,8 +178,18 @@ test('the API and session openings are rate limited per address, with 429 and th
   }
   assert.ok(statuses.includes(429), `never limited: ${statuses}`);
   assert.ok(statuses.filter((s) => s === 200).length >= 9, `a burst of twice the rate is served: ${statuses}`);
-  // Opening a Socket.IO session draws on the same bucket.
-  const handshake = await request('GET', '/socket.io/?EIO=4&transport=polling', host, undefined, at);
-  assert.equal(handshake.status, 429);
-  assert.equal(handshake.body.error.code, 'rate_limited');
+  // Opening a Socket.IO session draws on the same bucket, now empty: it is
+  // refused at once, or after the few tokens that trickled back meanwhile
+  // (on a busy machine a request can take longer than a refill), never after
+  // a burst of its own.
+  const opened = [];
+  for (let i = 0; i < 30; i += 1) {
+    const handshake = await request('GET', '/socket.io/?EIO=4&transport=polling', host, undefined, at);
+    if (handshake.status === 429) {
+      assert.equal(handshake.body.error.code, 'rate_limited');
+      break;
+    }
+    opened.push(handshake.status);
+  }
+  assert.ok(opened.length < 9, `session openings had a bucket of their own: ${opened.length} opened`);
 });
