@@ -507,7 +507,10 @@ fn hubs_starting_together_on_an_empty_database_share_one_schema_and_refuse_a_tak
     for hub in &starting {
         hub.wait_for_line("listening on http://");
     }
-    assert_eq!(cluster.query("SELECT version FROM caps_schema"), "1");
+    assert_eq!(
+        cluster.query("SELECT version FROM caps_schema"),
+        caps::hub::postgres::MIGRATIONS.len().to_string()
+    );
     let slots = cluster.query("SELECT count(DISTINCT slot) FROM hubs");
     assert_eq!(slots, "3", "each hub has its own slot");
 
@@ -846,4 +849,46 @@ fn a_hub_reading_back_an_order_another_hub_delivered_keeps_answering_others() {
     b.wait_for_log("changed elsewhere");
     // Read back, the order is known at hub b as the same order, delivered.
     assert_eq!(place(&url_b, order), 201, "{}", b.describe());
+}
+
+/// A database as the first schema left it (deliveries counted per hub, no
+/// `closed_at`) is migrated in place: its delivered orders are closed and
+/// counted, its open ones still open, and hubs carry on from there.
+#[test]
+fn a_database_from_before_closed_at_keeps_its_orders_and_counts() {
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    cluster.query(caps::hub::postgres::MIGRATIONS[0]);
+    cluster.query(
+        "CREATE TABLE caps_schema (version BIGINT NOT NULL);
+         INSERT INTO caps_schema VALUES (1);
+         INSERT INTO orders (store, order_id, seq, customer, address, state, driver,
+                             told_in_transit, updated_at, version, hub) VALUES
+           ('acme', 'done', 0, 'Ann', 'Here', 'delivered', 'n:bob', true,
+            '2026-01-01T00:03:00Z', 4, 'old'),
+           ('acme', 'open', 256, 'Bea', 'There', 'ready', NULL, false,
+            '2026-01-01T00:05:00Z', 1, 'old');
+         INSERT INTO deliveries VALUES ('old', 1);",
+    );
+    let (_a, url) = group_hub(&cluster, "a", &[]);
+    common::wait_for_status(&url, "the old hub's open order taken over", |status| {
+        status["orders"]["delivered"] == 1 && status["orders"]["ready"] == 1
+    });
+    assert_eq!(
+        cluster.query("SELECT order_id FROM orders WHERE closed_at IS NOT NULL"),
+        "done"
+    );
+    let _dana = driver(&url, "dana", "1ms", "1ms", &[]);
+    common::wait_for_status(&url, "the open order delivered", |status| {
+        status["orders"]["delivered"] == 2
+    });
+    assert_eq!(
+        cluster.query("SELECT count(*) FROM orders WHERE closed_at IS NULL"),
+        "0"
+    );
+    assert_eq!(
+        cluster.query("SELECT sum(closed) FROM closed_counts WHERE state = 'delivered'"),
+        "2"
+    );
 }

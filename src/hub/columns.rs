@@ -69,6 +69,14 @@ pub fn parse_state(name: &str) -> Option<OrderState> {
     OrderState::parse(name)
 }
 
+/// Whether a step into `state` closes the order: both engines then set its
+/// `closed_at` (to the step's time) and count it under the state's name, so
+/// that "open" is `closed_at IS NULL` everywhere and a new final state
+/// changes no SQL.
+pub fn closes(state: OrderState) -> bool {
+    state.is_final()
+}
+
 /// How a driver is written down: `n:<name>` or `a:<socket id>`.
 pub fn driver_column(driver: &DriverKey) -> String {
     match driver {

@@ -29,7 +29,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 use tokio::sync::watch;
 
-use super::columns::{OrderRow, driver_column, driver_from_column, order_from, parse_state};
+use super::columns::{
+    OrderRow, closes, driver_column, driver_from_column, order_from, parse_state,
+};
 use super::domain::{
     Change, DriverKey, OrderKey, OrderQuery, OrderState, Snapshot, StoredNotice, StoredOrder,
     Transition, payload_digest,
@@ -42,7 +44,8 @@ use crate::protocol::{DriverName, MessageId, OrderId, StoreId};
 pub const SLOTS: u64 = 256;
 
 /// Numbered schema migrations; `caps_schema.version` is the number applied.
-const MIGRATIONS: &[&str] = &[
+/// Public for the tests that build a database as an older caps left it.
+pub const MIGRATIONS: &[&str] = &[
     // 1: orders (with the hub that owns each open one), their history, the
     // stores' notice queues, deliveries counted per hub, and the hubs.
     "CREATE TABLE orders (
@@ -92,6 +95,31 @@ const MIGRATIONS: &[&str] = &[
         beat_at TIMESTAMPTZ NOT NULL
     );
     CREATE TABLE hub_presence (hub TEXT PRIMARY KEY, presence TEXT NOT NULL);",
+    // 2: one storage rule for every final state, the same as a data dir's:
+    // `closed_at` is set when an order enters a final state, so "open" is
+    // `closed_at IS NULL` and "held by a driver" is an open order with one,
+    // whatever the states; which states exist is the code's table
+    // (`src/lifecycle.rs`), not a CHECK. Final states are counted per hub
+    // and state in `closed_counts` (was `deliveries`).
+    "ALTER TABLE orders DROP CONSTRAINT IF EXISTS orders_state_check;
+    ALTER TABLE orders ADD COLUMN closed_at TIMESTAMPTZ;
+    UPDATE orders SET closed_at = updated_at WHERE state = 'delivered';
+    DROP INDEX open_orders;
+    CREATE INDEX open_orders ON orders (seq) WHERE closed_at IS NULL;
+    DROP INDEX open_orders_of_hub;
+    CREATE INDEX open_orders_of_hub ON orders (hub, seq) WHERE closed_at IS NULL;
+    DROP INDEX held_by_driver;
+    CREATE INDEX held_by_driver ON orders (driver) WHERE closed_at IS NULL AND driver IS NOT NULL;
+    DROP INDEX compactable;
+    CREATE INDEX compactable ON orders (closed_at) WHERE closed_at IS NOT NULL AND digest IS NULL;
+    CREATE TABLE closed_counts (
+        hub TEXT NOT NULL,
+        state TEXT NOT NULL,
+        closed BIGINT NOT NULL,
+        PRIMARY KEY (hub, state)
+    );
+    INSERT INTO closed_counts (hub, state, closed) SELECT hub, 'delivered', delivered FROM deliveries;
+    DROP TABLE deliveries;",
 ];
 
 /// The schema version this build writes.
@@ -344,7 +372,7 @@ impl Pg {
                 .take(
                     &mut tx,
                     "UPDATE orders SET hub = $1, hub_since = now(), version = version + 1
-                     WHERE hub = $2 AND state <> 'delivered'
+                     WHERE hub = $2 AND closed_at IS NULL
                      RETURNING store, order_id",
                     &hub,
                 )
@@ -366,7 +394,7 @@ impl Pg {
         let keys: Vec<(String, String)> = sqlx::query_as(
             "WITH waiting AS (
                 SELECT store, order_id FROM orders
-                WHERE state = 'ready' AND hub IS DISTINCT FROM $1
+                WHERE closed_at IS NULL AND driver IS NULL AND hub IS DISTINCT FROM $1
                   AND updated_at < now() - make_interval(secs => $2)
                   AND hub_since < now() - make_interval(secs => $2)
                 ORDER BY seq LIMIT $3
@@ -394,7 +422,7 @@ impl Pg {
             .take(
                 &mut tx,
                 "UPDATE orders SET hub = $1, hub_since = now(), version = version + 1
-                 WHERE driver = $2 AND state IN ('assigned', 'in-transit')
+                 WHERE driver = $2 AND closed_at IS NULL
                    AND hub IS DISTINCT FROM $1
                  RETURNING store, order_id",
                 &driver_column(&DriverKey::Named(driver.clone())),
@@ -712,7 +740,7 @@ fn read_whole_order(row: &PgRow) -> anyhow::Result<StoredOrder> {
 }
 
 /// The orders `keys` (store, order id) with their histories, by arrival, in
-/// one query; with `held_by`, only those delivered or owned by that hub.
+/// one query; with `held_by`, only those closed or owned by that hub.
 async fn read_orders<'c>(
     conn: impl sqlx::PgExecutor<'c>,
     keys: &[(String, String)],
@@ -726,7 +754,7 @@ async fn read_orders<'c>(
          FROM unnest($1::TEXT[], $2::TEXT[]) AS k(key_store, key_order)
          JOIN orders o ON o.store = k.key_store AND o.order_id = k.key_order
          {HISTORY_JOIN}
-         WHERE $3::TEXT IS NULL OR o.state = 'delivered' OR o.hub = $3
+         WHERE $3::TEXT IS NULL OR o.closed_at IS NOT NULL OR o.hub = $3
          ORDER BY o.seq"
     )))
     .bind(column(keys, |(store, _)| store.clone()))
@@ -822,7 +850,7 @@ impl Backend for PgBackend {
             let pool = &pg.pool;
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {ORDER_COLUMNS}, {HISTORY_COLUMNS} FROM orders o {HISTORY_JOIN}
-                 WHERE o.hub = $1 AND o.state <> 'delivered' ORDER BY o.seq"
+                 WHERE o.hub = $1 AND o.closed_at IS NULL ORDER BY o.seq"
             )))
             .bind(&*pg.hub)
             .fetch_all(pool)
@@ -831,10 +859,7 @@ impl Backend for PgBackend {
                 .iter()
                 .map(read_whole_order)
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let delivered_total: i64 =
-                sqlx::query_scalar("SELECT coalesce(sum(delivered), 0)::BIGINT FROM deliveries")
-                    .fetch_one(pool)
-                    .await?;
+            let delivered_total = closed_count(pool, OrderState::Delivered).await?;
             let highest: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM orders")
                 .fetch_one(pool)
                 .await?;
@@ -910,7 +935,7 @@ impl Backend for PgBackend {
             let mut tx = pg.pool.begin().await?;
             let old: Vec<(String, String, String, String)> = sqlx::query_as(
                 "SELECT store, order_id, customer, address FROM orders
-                 WHERE state = 'delivered' AND digest IS NULL AND updated_at < $1::TIMESTAMPTZ
+                 WHERE closed_at IS NOT NULL AND digest IS NULL AND closed_at < $1::TIMESTAMPTZ
                  ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED",
             )
             .bind(delivered_before.to_rfc3339())
@@ -990,7 +1015,8 @@ struct Batch {
     updates: Vec<FoldedOrder>,
     /// Every state entered, in order: store, order, state, driver, at.
     history: Vec<(String, String, &'static str, Option<String>, String)>,
-    delivered: i64,
+    /// Orders closed in the batch, by final state.
+    closed: std::collections::BTreeMap<&'static str, i64>,
     /// Notices queued: message id, store, order, at.
     queued: Vec<(String, String, String, String)>,
     removed: Vec<String>,
@@ -1013,6 +1039,8 @@ struct FoldedOrder {
     driver: Option<String>,
     told_in_transit: bool,
     at: String,
+    /// When it entered a final state, if it did.
+    closed_at: Option<String>,
 }
 
 impl Batch {
@@ -1048,6 +1076,7 @@ impl Batch {
                         driver: None,
                         told_in_transit: false,
                         at,
+                        closed_at: None,
                     });
                 }
                 Change::Transition {
@@ -1068,8 +1097,8 @@ impl Batch {
                         driver.clone(),
                         at.clone(),
                     ));
-                    if *state == OrderState::Delivered {
-                        batch.delivered += 1;
+                    if closes(*state) {
+                        *batch.closed.entry(state.name()).or_default() += 1;
                     }
                     let entry = match folded.get(key) {
                         Some((true, index)) => &mut batch.inserts[*index],
@@ -1085,6 +1114,7 @@ impl Batch {
                                 driver: None,
                                 told_in_transit: false,
                                 at: at.clone(),
+                                closed_at: None,
                             });
                             batch.updates.last_mut().expect("just pushed")
                         }
@@ -1099,6 +1129,7 @@ impl Batch {
                     entry.state = state.name();
                     entry.driver = driver;
                     entry.told_in_transit = *told_in_transit;
+                    entry.closed_at = closes(*state).then(|| at.clone());
                     entry.at = at;
                 }
                 Change::NoticeQueued {
@@ -1150,11 +1181,12 @@ impl Batch {
             let rows = &self.inserts;
             let inserted = sqlx::query(
                 "INSERT INTO orders (store, order_id, seq, customer, address, state, driver,
-                                     told_in_transit, updated_at, version, hub)
-                 SELECT s, o, q, c, a, st, d, t, at::TIMESTAMPTZ, v, $11
+                                     told_in_transit, updated_at, version, closed_at, hub)
+                 SELECT s, o, q, c, a, st, d, t, at::TIMESTAMPTZ, v, ca::TIMESTAMPTZ, $11
                  FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[],
-                             $6::TEXT[], $7::TEXT[], $8::BOOLEAN[], $9::TEXT[], $10::BIGINT[])
-                      AS n(s, o, q, c, a, st, d, t, at, v)
+                             $6::TEXT[], $7::TEXT[], $8::BOOLEAN[], $9::TEXT[], $10::BIGINT[],
+                             $12::TEXT[])
+                      AS n(s, o, q, c, a, st, d, t, at, v, ca)
                  -- Fenced by the hub's registration: a hub taken over (its
                  -- row deleted) records no new order under an id nobody
                  -- answers for. The key-share lock makes a take-over wait
@@ -1177,6 +1209,7 @@ impl Batch {
             .bind(column(rows, |r| r.at.clone()))
             .bind(column(rows, |r| r.to_version))
             .bind(hub)
+            .bind(column(rows, |r| r.closed_at.clone()))
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() != rows.len() as u64 {
@@ -1187,10 +1220,11 @@ impl Batch {
             let rows = &self.updates;
             let updated = sqlx::query(
                 "UPDATE orders SET state = u.st, driver = u.d, told_in_transit = u.t,
-                        updated_at = u.at::TIMESTAMPTZ, version = u.tv
+                        updated_at = u.at::TIMESTAMPTZ, version = u.tv,
+                        closed_at = u.ca::TIMESTAMPTZ
                  FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BOOLEAN[],
-                             $6::TEXT[], $7::BIGINT[], $8::BIGINT[])
-                      AS u(s, o, st, d, t, at, fv, tv)
+                             $6::TEXT[], $7::BIGINT[], $8::BIGINT[], $10::TEXT[])
+                      AS u(s, o, st, d, t, at, fv, tv, ca)
                  WHERE orders.store = u.s AND orders.order_id = u.o
                    AND orders.version = u.fv AND orders.hub = $9",
             )
@@ -1203,6 +1237,7 @@ impl Batch {
             .bind(column(rows, |r| r.from_version))
             .bind(column(rows, |r| r.to_version))
             .bind(hub)
+            .bind(column(rows, |r| r.closed_at.clone()))
             .execute(&mut *tx)
             .await?;
             if updated.rows_affected() != rows.len() as u64 {
@@ -1226,13 +1261,15 @@ impl Batch {
             .execute(&mut *tx)
             .await?;
         }
-        if self.delivered > 0 {
+        for (state, closed) in &self.closed {
             sqlx::query(
-                "INSERT INTO deliveries (hub, delivered) VALUES ($1, $2)
-                 ON CONFLICT (hub) DO UPDATE SET delivered = deliveries.delivered + excluded.delivered",
+                "INSERT INTO closed_counts (hub, state, closed) VALUES ($1, $2, $3)
+                 ON CONFLICT (hub, state) DO UPDATE
+                 SET closed = closed_counts.closed + excluded.closed",
             )
             .bind(hub)
-            .bind(self.delivered)
+            .bind(state)
+            .bind(closed)
             .execute(&mut *tx)
             .await?;
         }
@@ -1411,7 +1448,7 @@ impl Records for PgRecords {
     fn open_orders(&self, limit: usize) -> anyhow::Result<Vec<StoredOrder>> {
         self.read(|pg| async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {ORDER_COLUMNS} FROM orders WHERE state <> 'delivered' ORDER BY seq LIMIT $1"
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE closed_at IS NULL ORDER BY seq LIMIT $1"
             )))
             .bind(limit as i64)
             .fetch_all(&pg.pool)
@@ -1423,7 +1460,7 @@ impl Records for PgRecords {
     fn counts(&self) -> anyhow::Result<OrderCounts> {
         self.read(|pg| async move {
             let open: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT state, count(*) FROM orders WHERE state <> 'delivered' GROUP BY state",
+                "SELECT state, count(*) FROM orders WHERE closed_at IS NULL GROUP BY state",
             )
             .fetch_all(&pg.pool)
             .await?;
@@ -1434,11 +1471,9 @@ impl Records for PgRecords {
                     counts.set(state, count);
                 }
             }
-            let delivered: i64 =
-                sqlx::query_scalar("SELECT coalesce(sum(delivered), 0)::BIGINT FROM deliveries")
-                    .fetch_one(&pg.pool)
-                    .await?;
-            counts.set(OrderState::Delivered, delivered as u64);
+            for state in OrderState::ALL.into_iter().filter(|state| state.is_final()) {
+                counts.set(state, closed_count(&pg.pool, state).await?);
+            }
             Ok(counts)
         })
     }
@@ -1462,9 +1497,20 @@ impl Records for PgRecords {
 }
 
 /// One order with its history; with `held`, only if this hub may act on it
-/// (it owns the order, or the order is delivered and so nobody's).
+/// (it owns the order, or the order is closed and so nobody's).
 async fn order_of(pg: &Pg, key: &OrderKey, held: bool) -> anyhow::Result<Option<StoredOrder>> {
     let held_by = held.then_some(&*pg.hub);
     let mut orders = read_orders(&pg.pool, &[key_columns(key)], held_by).await?;
     Ok(orders.pop())
+}
+
+/// How many orders entered the final state `state`, at every hub, ever.
+async fn closed_count(pool: &PgPool, state: OrderState) -> anyhow::Result<u64> {
+    let closed: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(closed), 0)::BIGINT FROM closed_counts WHERE state = $1",
+    )
+    .bind(state.name())
+    .fetch_one(pool)
+    .await?;
+    Ok(closed as u64)
 }
