@@ -72,10 +72,18 @@ pub enum Effect<S> {
         /// The package.
         order: Order,
     },
-    /// Tell the order's store (its room) of `event`.
+    /// Tell the order's store (its room) of `event`, once, now.
     Notify {
-        /// `in-transit` or `delivered`.
+        /// What happened (`in-transit`).
         event: Event,
+        /// The order.
+        order: Order,
+    },
+    /// Tell the order's store with a notice of `kind` that waits in the
+    /// store's queue until the store says `received` (Phase 3).
+    Notice {
+        /// What happened (`delivered`).
+        kind: Event,
         /// The order.
         order: Order,
     },
@@ -584,8 +592,8 @@ impl<S: Clone + PartialEq> Desk<S> {
         }
         self.delivered_total += 1;
         self.remember_delivered(key);
-        let mut effects = vec![Effect::Notify {
-            event: Event::Delivered,
+        let mut effects = vec![Effect::Notice {
+            kind: Event::Delivered,
             order,
         }];
         effects.extend(self.dispatch(now));

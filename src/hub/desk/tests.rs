@@ -34,7 +34,7 @@ fn offers(effects: &[Effect<u32>]) -> Vec<(String, String)> {
             Effect::Offer { driver, order, .. } => {
                 Some((driver.to_string(), order.order_id.to_string()))
             }
-            Effect::Notify { .. } => None,
+            Effect::Notify { .. } | Effect::Notice { .. } => None,
         })
         .collect()
 }
@@ -157,8 +157,8 @@ fn the_lifecycle_moves_only_forward_and_only_for_the_assigned_driver() {
     let effects = desk.delivered(&holder, &key, now).unwrap();
     assert!(matches!(
         &effects[..],
-        [Effect::Notify {
-            event: Event::Delivered,
+        [Effect::Notice {
+            kind: Event::Delivered,
             ..
         }]
     ));

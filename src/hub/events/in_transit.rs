@@ -2,8 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{ClientEvent, refused};
-use crate::hub::domain::OrderKey;
+use super::ClientEvent;
 use crate::hub::peer::Peer;
 use crate::hub::sequencer::{Origin, Output, Reply, Sequencer};
 use crate::protocol::{Event, Order, Refusal};
@@ -34,18 +33,12 @@ impl ClientEvent for InTransit {
         out: &mut Vec<Output>,
     ) {
         let InTransit(order) = *self;
-        let driver = hub.reporting_driver(from, out);
-        let key = OrderKey::of(&order);
-        match hub.desk.in_transit(&driver, &key) {
-            Ok(effects) => {
-                hub.log.record(Event::InTransit, &order);
-                out.push(Output::Accept(reply));
-                hub.add_effects(effects, out);
-            }
-            Err(refusal) => {
-                let refusal = hub.report_refused(&driver, &key, refusal);
-                out.push(refused(reply, Some(order), refusal));
-            }
-        }
+        hub.driver_report(
+            Event::InTransit,
+            order,
+            (from, reply),
+            out,
+            |desk, driver, key| desk.in_transit(driver, key),
+        );
     }
 }

@@ -416,29 +416,35 @@ impl Sequencer {
         effects: Vec<Effect<SocketRef>>,
         outputs: &mut Vec<Output>,
     ) {
-        outputs.extend(effects.into_iter().map(|effect| match effect {
-            Effect::Offer {
-                driver,
-                socket,
-                order,
-            } => Output::Offer {
-                driver,
-                socket,
-                order,
-            },
-            Effect::Notify { event, order } => Output::ToStore {
-                event,
-                store: order.store.clone(),
-                message: Message::Order(order),
-            },
-        }));
+        for effect in effects {
+            let output = match effect {
+                Effect::Offer {
+                    driver,
+                    socket,
+                    order,
+                } => Output::Offer {
+                    driver,
+                    socket,
+                    order,
+                },
+                Effect::Notify { event, order } => Output::ToStore {
+                    event,
+                    store: order.store.clone(),
+                    message: Message::Order(order),
+                },
+                Effect::Notice { kind, order } => self.queue_notice(kind, order),
+            };
+            outputs.push(output);
+        }
     }
 
-    /// Queues the notice of `order`'s delivery in its store's mailbox, where
+    /// Queues a notice of `kind` about `order` in its store's mailbox, where
     /// it stays until the store says `received`; returns the message that
     /// tells the store now.
-    pub(in crate::hub) fn queue_delivery_notice(&mut self, order: Order) -> Output {
-        if let Some(placed) = self.desk.placed_at(&OrderKey::of(&order)) {
+    fn queue_notice(&mut self, kind: Event, order: Order) -> Output {
+        if kind == Event::Delivered
+            && let Some(placed) = self.desk.placed_at(&OrderKey::of(&order))
+        {
             let latency = Utc::now().signed_duration_since(placed);
             self.metrics
                 .delivered_after(latency.num_microseconds().unwrap_or(0) as f64 / 1e6);
@@ -446,9 +452,44 @@ impl Sequencer {
         let (message_id, changes) = self.mailbox.enqueue(order.clone());
         self.mailbox_changes.extend(changes);
         Output::ToStore {
-            event: Event::Delivered,
+            event: kind,
             store: order.store.clone(),
             message: Message::Notice(DeliveryNotice::new(order, message_id)),
+        }
+    }
+
+    /// The skeleton every driver's report shares: who reports, the desk's
+    /// verdict (`decide`), the answer, and what the verdict means. A report
+    /// on a package the desk does not know may be of one recorded at another
+    /// hub of a group (see [`Self::report_refused`]).
+    pub(in crate::hub) fn driver_report(
+        &mut self,
+        event: Event,
+        order: Order,
+        (from, reply): (&Origin, Reply),
+        out: &mut Vec<Output>,
+        decide: impl FnOnce(
+            &mut Desk<SocketRef>,
+            &DriverKey,
+            &OrderKey,
+        ) -> Result<Vec<Effect<SocketRef>>, Refusal>,
+    ) {
+        let driver = self.reporting_driver(from, out);
+        let key = OrderKey::of(&order);
+        match decide(&mut self.desk, &driver, &key) {
+            Ok(effects) => {
+                self.log.record(event, &order);
+                out.push(Output::Accept(reply));
+                self.add_effects(effects, out);
+            }
+            Err(refusal) => {
+                let refusal = self.report_refused(&driver, &key, refusal);
+                out.push(Output::Refuse {
+                    reply,
+                    order: Some(order),
+                    refusal,
+                });
+            }
         }
     }
 
