@@ -15,7 +15,7 @@ use caps::hub::journal::{Backend, Records, Step};
 use caps::hub::postgres::{Pg, PgBackend};
 use caps::hub::sqlite::{SqliteBackend, SyncMode};
 use caps::protocol::{
-    Address, Customer, DriverName, MessageId, Order, OrderId, OrderState, StoreId,
+    Address, Customer, DriverName, Event, MessageId, Order, OrderId, OrderState, StoreId,
 };
 use chrono::{DateTime, Utc};
 use common::postgres::PgCluster;
@@ -292,8 +292,15 @@ fn a_queue_keeps_its_notices_in_order_until_each_is_acknowledged() {
         let mut changes = Vec::new();
         for (seq, id) in ["n1", "n2", "n3", "n4"].into_iter().enumerate() {
             changes.push(delivered_order(id, seq as u64, Utc::now()));
+            // A queue holds notices of more than one kind.
+            let kind = if id == "n3" {
+                Event::InTransit
+            } else {
+                Event::Delivered
+            };
             changes.push(vec![Change::NoticeQueued {
                 message_id: MessageId::new(format!("m-{id}")).unwrap(),
+                kind,
                 order: order(id),
                 at: Utc::now(),
             }]);
@@ -303,6 +310,13 @@ fn a_queue_keeps_its_notices_in_order_until_each_is_acknowledged() {
         let first = records.notices(&store(), None, 3).unwrap();
         let ids: Vec<&str> = first.iter().map(|n| n.message_id.as_str()).collect();
         assert_eq!(ids, ["m-n1", "m-n2", "m-n3"], "{}: a page", engine.name());
+        let kinds: Vec<Event> = first.iter().map(|n| n.kind).collect();
+        assert_eq!(
+            kinds,
+            [Event::Delivered, Event::Delivered, Event::InTransit],
+            "{}: each notice keeps its kind",
+            engine.name()
+        );
         let rest = records.notices(&store(), Some(first[2].place), 3).unwrap();
         let ids: Vec<&str> = rest.iter().map(|n| n.message_id.as_str()).collect();
         assert_eq!(ids, ["m-n4"], "{}: the next page", engine.name());

@@ -6,7 +6,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 
 use super::domain::{DriverKey, OrderState, StoredOrder};
-use crate::protocol::{Address, Customer, DriverName, Order, OrderId, StoreId};
+use crate::protocol::{Address, Customer, DriverName, Event, Order, OrderId, StoreId};
 
 /// What a compacted order shows for its customer and address.
 pub const REMOVED: &str = "(removed)";
@@ -67,6 +67,11 @@ impl OrderRow {
 /// The state written as `name`.
 pub fn parse_state(name: &str) -> Option<OrderState> {
     OrderState::parse(name)
+}
+
+/// A notice's kind as recorded: the name of the event the store hears it as.
+pub fn notice_kind(name: &str) -> anyhow::Result<Event> {
+    Event::from_name(name).ok_or_else(|| anyhow::anyhow!("a notice of an unknown kind: {name:?}"))
 }
 
 /// Whether a step into `state` closes the order: both engines then set its

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use crate::api::{OrderSummary, OrderView, TransitionView};
 pub use crate::protocol::OrderState;
-use crate::protocol::{DriverName, MessageId, Order, OrderId, StoreId};
+use crate::protocol::{DriverName, Event, MessageId, Order, OrderId, StoreId};
 
 /// Socket.IO rooms. A store's room and the hub's own rooms live in separate
 /// name spaces (`store:` and `hub:`), so that no store id, whatever it is,
@@ -118,11 +118,13 @@ pub enum Change {
         /// When.
         at: DateTime<Utc>,
     },
-    /// A delivery notice was queued for the order's store.
+    /// A notice was queued for the order's store.
     NoticeQueued {
         /// Its id.
         message_id: MessageId,
-        /// The order delivered.
+        /// What it tells (`delivered`): the event the store hears it as.
+        kind: Event,
+        /// The order.
         order: Order,
         /// When.
         at: DateTime<Utc>,
@@ -250,14 +252,16 @@ pub fn payload_digest(customer: &str, address: &str) -> String {
         .collect()
 }
 
-/// A queued delivery notice as recorded.
+/// A queued notice as recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredNotice {
     /// Its place in the queue: later notices have higher places.
     pub place: u64,
     /// Its id.
     pub message_id: MessageId,
-    /// The order delivered.
+    /// What it tells: the event the store hears it as.
+    pub kind: Event,
+    /// The order.
     pub order: Order,
 }
 

@@ -37,7 +37,7 @@ use super::domain::rooms;
 use super::metrics::Metrics;
 use super::postgres::Pg;
 use super::sequencer::{GroupPresence, PresenceView, SequencerHandle};
-use crate::protocol::{DeliveryNotice, DriverName, Event, NAMESPACE, StoreId};
+use crate::protocol::{DeliveryNotice, DriverName, NAMESPACE, StoreId};
 
 /// The `NOTIFY` channel of the bridge.
 const CHANNEL: &str = "caps_bridge";
@@ -464,7 +464,7 @@ async fn resend_store_notices(
             };
             if ns
                 .to(rooms::store(store))
-                .emit(Event::Delivered.name(), &message)
+                .emit(notice.kind.name(), &message)
                 .await
                 .is_ok()
             {

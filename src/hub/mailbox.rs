@@ -15,7 +15,7 @@ use chrono::Utc;
 
 use super::domain::{Change, StoredNotice};
 use super::journal::Records;
-use crate::protocol::{ErrorCode, MessageId, Order, Refusal, StoreId};
+use crate::protocol::{ErrorCode, Event, MessageId, Order, Refusal, StoreId};
 
 /// The notices of every store.
 pub struct Mailbox {
@@ -76,14 +76,15 @@ impl Mailbox {
 
     /// Queues the notice of `order`'s delivery; returns its id and the changes
     /// to record (its queuing, and any notices dropped over the limit).
-    pub fn enqueue(&mut self, order: Order) -> (MessageId, Vec<Change>) {
+    pub fn enqueue(&mut self, kind: Event, order: Order) -> (MessageId, Vec<Change>) {
         match &mut self.kept {
-            Kept::Memory(queues) => queues.enqueue(order),
+            Kept::Memory(queues) => queues.enqueue(kind, order),
             Kept::DataDir { counts, .. } => {
                 let message_id = new_message_id();
                 let store = order.store.clone();
                 let mut changes = vec![Change::NoticeQueued {
                     message_id: message_id.clone(),
+                    kind,
                     order,
                     at: Utc::now(),
                 }];
@@ -243,7 +244,7 @@ fn unreadable(error: anyhow::Error) -> Refusal {
 /// Every store's notices, in memory (an ephemeral hub).
 struct MemoryQueues {
     limit: usize,
-    queues: HashMap<StoreId, BTreeMap<u64, (MessageId, Order)>>,
+    queues: HashMap<StoreId, BTreeMap<u64, (MessageId, Order, Event)>>,
     /// Where each message sits: its store and its place in that queue.
     index: HashMap<MessageId, (StoreId, u64)>,
     next: u64,
@@ -261,18 +262,19 @@ impl MemoryQueues {
 
     /// Queues the notice of `order`'s delivery; returns its id and the changes
     /// to record (its queuing, and any notice dropped over the limit).
-    fn enqueue(&mut self, order: Order) -> (MessageId, Vec<Change>) {
+    fn enqueue(&mut self, kind: Event, order: Order) -> (MessageId, Vec<Change>) {
         let message_id = new_message_id();
         let store = order.store.clone();
         let mut changes = vec![Change::NoticeQueued {
             message_id: message_id.clone(),
+            kind,
             order: order.clone(),
             at: Utc::now(),
         }];
-        self.insert(message_id.clone(), order);
+        self.insert(message_id.clone(), order, kind);
         let queue = self.queues.get_mut(&store).expect("just inserted");
         while queue.len() > self.limit {
-            let (_, (dropped, order)) = queue.pop_first().expect("queue is over its limit");
+            let (_, (dropped, order, _)) = queue.pop_first().expect("queue is over its limit");
             log::warn!(
                 "store={store} queue over {} notices: dropped the oldest (order={})",
                 self.limit,
@@ -294,7 +296,7 @@ impl MemoryQueues {
             _ => self.queues.get(store).and_then(|queue| {
                 queue
                     .iter()
-                    .find(|(_, (_, order))| order.order_id.as_str() == message_id.as_str())
+                    .find(|(_, (_, order, _))| order.order_id.as_str() == message_id.as_str())
                     .map(|(place, _)| *place)
             }),
         };
@@ -316,8 +318,8 @@ impl MemoryQueues {
         self.queues.get(&order.store).and_then(|queue| {
             queue
                 .values()
-                .find(|(_, queued)| queued.order_id == order.order_id)
-                .map(|(message_id, _)| message_id.clone())
+                .find(|(_, queued, _)| queued.order_id == order.order_id)
+                .map(|(message_id, _, _)| message_id.clone())
         })
     }
 
@@ -331,9 +333,10 @@ impl MemoryQueues {
         queue
             .range((from, std::ops::Bound::Unbounded))
             .take(limit)
-            .map(|(place, (message_id, order))| StoredNotice {
+            .map(|(place, (message_id, order, kind))| StoredNotice {
                 place: *place,
                 message_id: message_id.clone(),
+                kind: *kind,
                 order: order.clone(),
             })
             .collect()
@@ -351,7 +354,7 @@ impl MemoryQueues {
         lengths
     }
 
-    fn insert(&mut self, message_id: MessageId, order: Order) {
+    fn insert(&mut self, message_id: MessageId, order: Order, kind: Event) {
         let place = self.next;
         self.next += 1;
         self.index
@@ -359,7 +362,7 @@ impl MemoryQueues {
         self.queues
             .entry(order.store.clone())
             .or_default()
-            .insert(place, (message_id, order));
+            .insert(place, (message_id, order, kind));
     }
 }
 
@@ -382,9 +385,9 @@ mod tests {
         let mut mailbox = Mailbox::new(10);
         let acme = StoreId::new("acme").unwrap();
         let globex = StoreId::new("globex").unwrap();
-        let (first, _) = mailbox.enqueue(order("acme", "o1"));
-        mailbox.enqueue(order("acme", "o2"));
-        mailbox.enqueue(order("globex", "g1"));
+        let (first, _) = mailbox.enqueue(Event::Delivered, order("acme", "o1"));
+        mailbox.enqueue(Event::Delivered, order("acme", "o2"));
+        mailbox.enqueue(Event::Delivered, order("globex", "g1"));
         let ids = |pending: Vec<StoredNotice>| -> Vec<String> {
             pending
                 .into_iter()
@@ -424,9 +427,9 @@ mod tests {
     fn a_queue_over_its_limit_drops_the_oldest() {
         let mut mailbox = Mailbox::new(2);
         let acme = StoreId::new("acme").unwrap();
-        mailbox.enqueue(order("acme", "o1"));
-        mailbox.enqueue(order("acme", "o2"));
-        let (_, changes) = mailbox.enqueue(order("acme", "o3"));
+        mailbox.enqueue(Event::Delivered, order("acme", "o1"));
+        mailbox.enqueue(Event::Delivered, order("acme", "o2"));
+        let (_, changes) = mailbox.enqueue(Event::Delivered, order("acme", "o3"));
         assert_eq!(changes.len(), 2, "queued one, dropped one");
         let left: Vec<String> = mailbox
             .page(&acme, None, 10)
@@ -449,7 +452,7 @@ mod tests {
         let mut seq = 0;
         let mut deliver = |mailbox: &mut Mailbox, id: &str| {
             let placed = order("acme", id);
-            let (message_id, mut changes) = mailbox.enqueue(placed.clone());
+            let (message_id, mut changes) = mailbox.enqueue(Event::Delivered, placed.clone());
             changes.insert(
                 0,
                 Change::NewOrder {

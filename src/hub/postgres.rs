@@ -30,7 +30,7 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 use tokio::sync::watch;
 
 use super::columns::{
-    OrderRow, closes, driver_column, driver_from_column, order_from, parse_state,
+    OrderRow, closes, driver_column, driver_from_column, notice_kind, order_from, parse_state,
 };
 use super::domain::{
     Change, DriverKey, OrderKey, OrderQuery, OrderState, Snapshot, StoredNotice, StoredOrder,
@@ -100,7 +100,9 @@ pub const MIGRATIONS: &[&str] = &[
     // `closed_at IS NULL` and "held by a driver" is an open order with one,
     // whatever the states; which states exist is the code's table
     // (`src/lifecycle.rs`), not a CHECK. Final states are counted per hub
-    // and state in `closed_counts` (was `deliveries`).
+    // and state in `closed_counts` (was `deliveries`). A notice has a kind
+    // (the event the store hears it as), so a store's queue can hold more
+    // than deliveries.
     "ALTER TABLE orders DROP CONSTRAINT IF EXISTS orders_state_check;
     ALTER TABLE orders ADD COLUMN closed_at TIMESTAMPTZ;
     UPDATE orders SET closed_at = updated_at WHERE state = 'delivered';
@@ -119,7 +121,8 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (hub, state)
     );
     INSERT INTO closed_counts (hub, state, closed) SELECT hub, 'delivered', delivered FROM deliveries;
-    DROP TABLE deliveries;",
+    DROP TABLE deliveries;
+    ALTER TABLE notices ADD COLUMN kind TEXT NOT NULL DEFAULT 'delivered';",
 ];
 
 /// The schema version this build writes.
@@ -785,7 +788,7 @@ async fn notices_of(
     page: Page,
 ) -> anyhow::Result<Vec<StoredNotice>> {
     let rows = sqlx::query(
-        "SELECT n.id, n.message_id, o.store, o.order_id, o.customer, o.address
+        "SELECT n.id, n.message_id, o.store, o.order_id, o.customer, o.address, n.kind
          FROM notices n JOIN orders o ON o.store = n.store AND o.order_id = n.order_id
          WHERE n.store = $1 AND ($2::TEXT IS NULL OR n.queued_at >= $2::TIMESTAMPTZ)
            AND n.id > $3
@@ -803,6 +806,7 @@ async fn notices_of(
                 place: row.try_get::<i64, _>(0)? as u64,
                 message_id: MessageId::new(row.try_get::<String, _>(1)?)
                     .map_err(anyhow::Error::msg)?,
+                kind: notice_kind(&row.try_get::<String, _>(6)?)?,
                 order: order_from(
                     row.try_get(2)?,
                     row.try_get(3)?,
@@ -1017,8 +1021,8 @@ struct Batch {
     history: Vec<(String, String, &'static str, Option<String>, String)>,
     /// Orders closed in the batch, by final state.
     closed: std::collections::BTreeMap<&'static str, i64>,
-    /// Notices queued: message id, store, order, at.
-    queued: Vec<(String, String, String, String)>,
+    /// Notices queued: message id, store, order, at, kind.
+    queued: Vec<(String, String, String, String, &'static str)>,
     removed: Vec<String>,
     /// Notices acknowledged unchecked: the step, the store, the message's
     /// (or its order's) id.
@@ -1134,6 +1138,7 @@ impl Batch {
                 }
                 Change::NoticeQueued {
                     message_id,
+                    kind,
                     order,
                     at,
                 } => batch.queued.push((
@@ -1141,6 +1146,7 @@ impl Batch {
                     order.store.to_string(),
                     order.order_id.to_string(),
                     at.to_rfc3339(),
+                    kind.name(),
                 )),
                 Change::NoticeRemoved { message_id } => batch.removed.push(message_id.to_string()),
                 Change::NoticeAcknowledged { store, id } => {
@@ -1276,10 +1282,10 @@ impl Batch {
         if !self.queued.is_empty() {
             let rows = &self.queued;
             sqlx::query(
-                "INSERT INTO notices (message_id, store, order_id, queued_at)
-                 SELECT m, s, o, at::TIMESTAMPTZ
-                 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[])
-                      WITH ORDINALITY AS q(m, s, o, at, n)
+                "INSERT INTO notices (message_id, store, order_id, queued_at, kind)
+                 SELECT m, s, o, at::TIMESTAMPTZ, k
+                 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[])
+                      WITH ORDINALITY AS q(m, s, o, at, k, n)
                  ORDER BY n
                  ON CONFLICT DO NOTHING",
             )
@@ -1287,6 +1293,7 @@ impl Batch {
             .bind(column(rows, |r| r.1.clone()))
             .bind(column(rows, |r| r.2.clone()))
             .bind(column(rows, |r| r.3.clone()))
+            .bind(column(rows, |r| r.4))
             .execute(&mut *tx)
             .await?;
         }

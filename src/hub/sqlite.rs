@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, DropBehavior, OpenFlags, OptionalExtension, params};
 
 use super::columns::{
-    OrderRow, closes, driver_column, driver_from_column, order_from, parse_state,
+    OrderRow, closes, driver_column, driver_from_column, notice_kind, order_from, parse_state,
 };
 use super::domain::{
     Change, DriverKey, OrderKey, OrderQuery, OrderState, Snapshot, StoredNotice, StoredOrder,
@@ -147,7 +147,9 @@ const MIGRATIONS: &[&str] = &[
     // enters a final state, so "open" is `closed_at IS NULL` whatever the
     // states; which states exist is the code's table (`src/lifecycle.rs`),
     // no longer a CHECK that a new state would have to rebuild the table
-    // for. Final states are counted in `counters` under their names.
+    // for. Final states are counted in `counters` under their names. A
+    // notice has a kind (the event the store hears it as), so a store's
+    // queue can hold more than deliveries.
     "CREATE TABLE orders_v10 (
         seq INTEGER PRIMARY KEY,
         store TEXT NOT NULL,
@@ -178,7 +180,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE VIEW transitions AS
         SELECT o.store, o.order_id, h.key AS step, h.value ->> 0 AS state,
                h.value ->> 1 AS driver, h.value ->> 2 AS at
-        FROM orders o, json_each('[' || o.history || ']') h;",
+        FROM orders o, json_each('[' || o.history || ']') h;
+    ALTER TABLE notices ADD COLUMN kind TEXT NOT NULL DEFAULT 'delivered';",
 ];
 
 /// The schema version this build writes.
@@ -536,7 +539,8 @@ impl<'c> Writes<'c> {
                  WHERE seq = ?9 AND store = ?1 AND order_id = ?2 AND version = ?7",
             )?,
             queue: conn.prepare_cached(
-                "INSERT INTO notices (message_id, store, order_id, queued_at) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO notices (message_id, store, order_id, queued_at, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?,
             unqueue: conn.prepare_cached("DELETE FROM notices WHERE message_id = ?1")?,
             acknowledge: conn.prepare_cached(
@@ -546,8 +550,7 @@ impl<'c> Writes<'c> {
                 "DELETE FROM notices WHERE store = ?1 AND rowid NOT IN (
                      SELECT rowid FROM notices WHERE store = ?1 ORDER BY rowid DESC LIMIT ?2)",
             )?,
-            count_closed: conn
-                .prepare_cached(
+            count_closed: conn.prepare_cached(
                 "INSERT INTO counters (name, value) VALUES (?1, 1)
                  ON CONFLICT (name) DO UPDATE SET value = value + 1",
             )?,
@@ -656,6 +659,7 @@ impl<'c> Writes<'c> {
                 }
                 Change::NoticeQueued {
                     message_id,
+                    kind,
                     order,
                     at,
                 } => {
@@ -664,6 +668,7 @@ impl<'c> Writes<'c> {
                         order.store.as_str(),
                         order.order_id.as_str(),
                         at.to_rfc3339(),
+                        kind.name(),
                     ])?;
                 }
                 Change::NoticeRemoved { message_id } => {
@@ -833,7 +838,7 @@ impl Records for SqliteRecords {
     ) -> anyhow::Result<Vec<StoredNotice>> {
         let conn = self.conn();
         let mut select = conn.prepare_cached(
-            "SELECT n.rowid, n.message_id, o.store, o.order_id, o.customer, o.address
+            "SELECT n.rowid, n.message_id, o.store, o.order_id, o.customer, o.address, n.kind
              FROM notices n INDEXED BY notices_by_store
              JOIN orders o ON o.store = n.store AND o.order_id = n.order_id
              WHERE n.store = ?1 AND n.rowid > ?2 ORDER BY n.rowid LIMIT ?3",
@@ -847,14 +852,16 @@ impl Records for SqliteRecords {
                 row.get::<_, String>(3)?,
                 row.get::<_, String>(4)?,
                 row.get::<_, String>(5)?,
+                row.get::<_, String>(6)?,
             ))
         })?;
         let mut notices = Vec::new();
         for row in rows {
-            let (place, message_id, store, order_id, customer, address) = row?;
+            let (place, message_id, store, order_id, customer, address, kind) = row?;
             notices.push(StoredNotice {
                 place: place as u64,
                 message_id: MessageId::new(message_id).map_err(anyhow::Error::msg)?,
+                kind: notice_kind(&kind)?,
                 order: order_from(store, order_id, customer, address)?,
             });
         }
@@ -973,7 +980,7 @@ fn read_order_with_history(
 mod tests {
     use super::*;
     use crate::hub::domain::DriverKey;
-    use crate::protocol::{DriverName, Order};
+    use crate::protocol::{DriverName, Event, Order};
 
     fn order(id: &str) -> Order {
         order_from(
@@ -1187,6 +1194,7 @@ mod tests {
                         },
                         Change::NoticeQueued {
                             message_id: MessageId::new("m1").unwrap(),
+                            kind: Event::Delivered,
                             order: order("o2"),
                             at: now,
                         },

@@ -449,7 +449,7 @@ impl Sequencer {
             self.metrics
                 .delivered_after(latency.num_microseconds().unwrap_or(0) as f64 / 1e6);
         }
-        let (message_id, changes) = self.mailbox.enqueue(order.clone());
+        let (message_id, changes) = self.mailbox.enqueue(kind, order.clone());
         self.mailbox_changes.extend(changes);
         Output::ToStore {
             event: kind,

@@ -133,7 +133,12 @@ pub async fn run(
         deadline: Instant::now() + deadline,
     };
     let outcome = match replay {
-        Replay::Messages(messages) => sender.send_all(messages.iter()).await,
+        Replay::Messages(messages) => {
+            let event = sender.event;
+            sender
+                .send_all(messages.iter().map(|message| (event, message)))
+                .await
+        }
         Replay::Queue(store) => sender.send_queue(&store, &source).await,
     };
     drop(turn);
@@ -181,25 +186,30 @@ impl Sender {
             };
             after = Some(last.place);
             let full = notices.len() == PAGE;
-            let messages: Vec<Message> = notices
+            let messages: Vec<(Event, Message)> = notices
                 .into_iter()
-                .map(|notice| Message::Notice(DeliveryNotice::new(notice.order, notice.message_id)))
+                .map(|notice| {
+                    let message = DeliveryNotice::new(notice.order, notice.message_id);
+                    (notice.kind, Message::Notice(message))
+                })
                 .collect();
-            self.send_all(messages.iter()).await?;
+            self.send_all(messages.iter().map(|(kind, message)| (*kind, message)))
+                .await?;
             if !full {
                 return Ok(());
             }
         }
     }
 
+    /// Sends each message as its event.
     async fn send_all<'a>(
         &mut self,
-        messages: impl Iterator<Item = &'a Message>,
+        messages: impl Iterator<Item = (Event, &'a Message)>,
     ) -> Result<(), Stopped> {
-        for message in messages {
+        for (event, message) in messages {
             let mut pause = Duration::from_millis(2);
             loop {
-                match self.socket.emit(self.event.name(), message) {
+                match self.socket.emit(event.name(), message) {
                     Ok(()) => break,
                     Err(SendError::Socket(SocketError::InternalChannelFull)) => {
                         self.pause(pause).await?;
