@@ -273,11 +273,17 @@ fn what_was_recorded_reads_back_the_same_after_a_stop() {
         );
         assert!(done.is_same(&order("done")));
         let counts = records.counts().unwrap();
-        let counted: Vec<u64> = OrderState::ALL
-            .into_iter()
-            .map(|state| counts.get(state))
-            .collect();
-        assert_eq!(counted, [1, 0, 1, 1], "{}: counts by state", engine.name());
+        let counted: Vec<(OrderState, u64)> = counts.iter().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(
+            counted,
+            [
+                (OrderState::Ready, 1),
+                (OrderState::InTransit, 1),
+                (OrderState::Delivered, 1)
+            ],
+            "{}: counts by state",
+            engine.name()
+        );
         assert_eq!(
             records.stores_of(&OrderId::new("done").unwrap()).unwrap(),
             [store()]
