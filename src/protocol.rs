@@ -548,15 +548,15 @@ text_type!(
     limits::ORDER_ID
 );
 
-/// `delivered` as the hub sends it to a store: the order's fields, plus the
-/// Phase 3 envelope.
+/// A queued notice as the hub sends it to a store (`delivered`): the
+/// order's fields, plus the Phase 3 envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryNotice {
     /// The order, flattened so that `payload.orderId` works as in Phase 2.
     #[serde(flatten)]
     pub order: Order,
-    /// Always `delivered`.
+    /// What it tells, the event it is sent as (`delivered`).
     pub event: Event,
     /// What to acknowledge with `received`.
     pub message_id: MessageId,
@@ -572,8 +572,13 @@ pub struct DeliveryNotice {
 impl DeliveryNotice {
     /// The notice of `order`'s delivery, acknowledged as `message_id`.
     pub fn new(order: Order, message_id: MessageId) -> Self {
+        DeliveryNotice::of_kind(Event::Delivered, order, message_id)
+    }
+
+    /// A notice of `kind` about `order`, acknowledged as `message_id`.
+    pub fn of_kind(kind: Event, order: Order, message_id: MessageId) -> Self {
         DeliveryNotice {
-            event: Event::Delivered,
+            event: kind,
             message_id,
             queue_id: order.store.clone(),
             client_id: order.store.clone(),

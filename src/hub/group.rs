@@ -458,7 +458,7 @@ async fn resend_store_notices(
         let last_page = notices.len() < RESEND_PAGE;
         for notice in notices {
             after = Some(notice.place);
-            let message = DeliveryNotice::new(notice.order, notice.message_id);
+            let message = DeliveryNotice::of_kind(notice.kind, notice.order, notice.message_id);
             let Some(ns) = io.of(NAMESPACE) else {
                 return resent;
             };

@@ -454,7 +454,7 @@ impl Sequencer {
         Output::ToStore {
             event: kind,
             store: order.store.clone(),
-            message: Message::Notice(DeliveryNotice::new(order, message_id)),
+            message: Message::Notice(DeliveryNotice::of_kind(kind, order, message_id)),
         }
     }
 

@@ -189,7 +189,8 @@ impl Sender {
             let messages: Vec<(Event, Message)> = notices
                 .into_iter()
                 .map(|notice| {
-                    let message = DeliveryNotice::new(notice.order, notice.message_id);
+                    let message =
+                        DeliveryNotice::of_kind(notice.kind, notice.order, notice.message_id);
                     (notice.kind, Message::Notice(message))
                 })
                 .collect();
