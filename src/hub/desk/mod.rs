@@ -233,7 +233,9 @@ pub struct Desk<S> {
     offer_deadlines: BTreeMap<(Instant, u64), OrderKey>,
     /// Delivered orders, oldest first, to forget beyond `keep_delivered`.
     delivered_order: VecDeque<OrderKey>,
-    delivered_total: u64,
+    /// Orders that entered each final state, ever (by state, as
+    /// [`OrderState`]'s variants are numbered).
+    closed: [u64; OrderState::COUNT],
     next_seq: u64,
     /// The step between arrival numbers (see [`super::domain::Snapshot::seq_stride`]).
     seq_stride: u64,
@@ -253,7 +255,7 @@ impl<S: Clone + PartialEq> Desk<S> {
             drivers: HashMap::new(),
             offer_deadlines: BTreeMap::new(),
             delivered_order: VecDeque::new(),
-            delivered_total: 0,
+            closed: [0; OrderState::COUNT],
             next_seq: 0,
             seq_stride: 1,
             next_offer: 0,
@@ -276,7 +278,7 @@ impl<S: Clone + PartialEq> Desk<S> {
         now: Instant,
     ) -> Self {
         let mut desk = Desk::new(config);
-        desk.delivered_total = delivered_total;
+        desk.closed[OrderState::Delivered as usize] = delivered_total;
         desk.next_seq = next_seq;
         desk.seq_stride = seq_stride.max(1);
         desk.adopt(snapshot_orders, Adoption::Restart, now);
@@ -574,30 +576,52 @@ impl<S: Clone + PartialEq> Desk<S> {
         key: &OrderKey,
         now: Instant,
     ) -> Result<Vec<Effect<S>>, Refusal> {
+        let closed = self.close_by(driver, key, Report::Deliver, Event::Delivered, now)?;
+        if closed.is_some()
+            && let Some(holder) = self.drivers.get_mut(driver)
+        {
+            holder.delivered += 1;
+        }
+        Ok(closed.unwrap_or_default())
+    }
+
+    /// `driver` ends `key` by `report` (a delivery, or any report that
+    /// leads to a final state): the order closes, its store gets a notice of
+    /// `kind`, and the driver has room for another package. `None` for a
+    /// repeat, which changes nothing.
+    fn close_by(
+        &mut self,
+        driver: &DriverKey,
+        key: &OrderKey,
+        report: Report,
+        kind: Event,
+        now: Instant,
+    ) -> Result<Option<Vec<Effect<S>>>, Refusal> {
         let entry = self.orders.get_mut(key).ok_or_else(|| unknown(key))?;
         if entry.driver.as_ref() != Some(driver) {
             return Err(not_yours(key, entry));
         }
-        let state = match next(entry.state, Report::Deliver) {
+        let state = match next(entry.state, report) {
             Next::Enter(state) => state,
-            Next::Unchanged => return Ok(Vec::new()),
+            Next::Unchanged => return Ok(None),
             Next::Refused(misstep) => return Err(misstep_refusal(misstep, key, entry)),
         };
+        debug_assert!(state.is_final(), "{report:?} closes an order");
+        if let Some(deadline) = entry.offer_deadline.take() {
+            self.offer_deadlines.remove(&deadline);
+        }
         let change = entry.enter(key, state, Some(driver.clone()));
         self.changes.push(change);
         let order = entry.order.clone();
         if let Some(holder) = self.drivers.get_mut(driver) {
             holder.carrying.remove(key);
-            holder.delivered += 1;
+            holder.offered.remove(key);
         }
-        self.delivered_total += 1;
+        self.closed[state as usize] += 1;
         self.remember_delivered(key);
-        let mut effects = vec![Effect::Notice {
-            kind: Event::Delivered,
-            order,
-        }];
+        let mut effects = vec![Effect::Notice { kind, order }];
         effects.extend(self.dispatch(now));
-        Ok(effects)
+        Ok(Some(effects))
     }
 
     /// Time has passed: expired offers go back to `ready` (other drivers

@@ -46,7 +46,9 @@ impl<S: Clone + PartialEq> Desk<S> {
         for entry in self.orders.values().filter(|entry| entry.state.is_open()) {
             counts.add_one(entry.state);
         }
-        counts.set(OrderState::Delivered, self.delivered_total);
+        for state in OrderState::ALL.into_iter().filter(|state| state.is_final()) {
+            counts.set(state, self.closed[state as usize]);
+        }
         counts
     }
 
