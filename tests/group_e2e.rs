@@ -582,8 +582,8 @@ fn an_order_sent_again_past_the_memory_window_is_recognised_by_any_hub_of_the_gr
 
 #[test]
 fn in_a_group_an_acknowledgement_of_a_notice_not_queued_is_refused_and_leaves_the_count() {
-    use caps::protocol::{ErrorCode, Event, Handshake, StoreId};
-    use caps::roles::hub_link::{HubLink, Inbound, LinkConfig};
+    use caps::protocol::{ErrorCode, Event};
+    use caps::roles::hub_link::{HubLink, Inbound};
 
     // Two deliveries to acme while no vendor of acme is online: two notices
     // wait in the queue.
@@ -605,13 +605,7 @@ fn in_a_group_an_acknowledgement_of_a_notice_not_queued_is_refused_and_leaves_th
     };
     common::wait_for_status(&url, "two notices queued", queued(2));
 
-    let config = LinkConfig {
-        hubs: vec![url.clone()],
-        handshake: Handshake::vendor(StoreId::new("acme").unwrap()),
-        connect_timeout: common::WAIT,
-        listen: vec![Event::Delivered],
-        token: None,
-    };
+    let config = vendor_link(&url, "acme");
     common::block_on(async move {
         let (mut link, mut inbound) = HubLink::connect(&config).await.expect("connects");
         let replay = link
@@ -770,8 +764,8 @@ fn a_hub_taken_over_records_no_new_order_under_its_id() {
 /// afterwards it knows the order for what the database says.
 #[test]
 fn a_hub_reading_back_an_order_another_hub_delivered_keeps_answering_others() {
-    use caps::protocol::{Event, Handshake, StoreId};
-    use caps::roles::hub_link::{HubLink, LinkConfig};
+    use caps::protocol::Event;
+    use caps::roles::hub_link::HubLink;
 
     let Some(cluster) = PgCluster::start() else {
         return;
@@ -804,13 +798,7 @@ fn a_hub_reading_back_an_order_another_hub_delivered_keeps_answering_others() {
         cluster.query("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'transitions'::regclass") == "1"
     });
 
-    let config = LinkConfig {
-        hubs: vec![url_b.clone()],
-        handshake: Handshake::vendor(StoreId::new("other").unwrap()),
-        connect_timeout: common::WAIT,
-        listen: vec![Event::Delivered],
-        token: None,
-    };
+    let config = vendor_link(&url_b, "other");
     let answered_within = common::block_on(async move {
         let (mut link, _inbound) = HubLink::connect(&config).await.expect("connects");
         let asked = std::time::Instant::now();
@@ -891,4 +879,17 @@ fn a_database_from_before_closed_at_keeps_its_orders_and_counts() {
         cluster.query("SELECT sum(closed) FROM closed_counts WHERE state = 'delivered'"),
         "2"
     );
+}
+
+/// The link of a vendor of `store` on the hub at `url`, listening for
+/// deliveries.
+fn vendor_link(url: &str, store: &str) -> caps::roles::hub_link::LinkConfig {
+    use caps::protocol::{Event, Handshake, StoreId};
+    caps::roles::hub_link::LinkConfig {
+        hubs: vec![url.to_owned()],
+        handshake: Handshake::vendor(StoreId::new(store).unwrap()),
+        connect_timeout: common::WAIT,
+        listen: vec![Event::Delivered],
+        token: None,
+    }
 }

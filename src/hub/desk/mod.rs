@@ -538,15 +538,9 @@ impl<S: Clone + PartialEq> Desk<S> {
         driver: &DriverKey,
         key: &OrderKey,
     ) -> Result<Vec<Effect<S>>, Refusal> {
-        let entry = self.orders.get_mut(key).ok_or_else(|| unknown(key))?;
-        if entry.driver.as_ref() != Some(driver) {
-            return Err(not_yours(key, entry));
-        }
-        let state = match next(entry.state, Report::PickUp) {
-            Next::Enter(state) => state,
-            // A repeat (the driver re-announcing after a reconnect) changes nothing.
-            Next::Unchanged => return Ok(Vec::new()),
-            Next::Refused(misstep) => return Err(misstep_refusal(misstep, key, entry)),
+        // A repeat (the driver re-announcing after a reconnect) changes nothing.
+        let Some((entry, state)) = reported(&mut self.orders, driver, key, Report::PickUp)? else {
+            return Ok(Vec::new());
         };
         let first_time = !std::mem::replace(&mut entry.store_told_in_transit, true);
         if let Some(deadline) = entry.offer_deadline.take() {
@@ -597,14 +591,8 @@ impl<S: Clone + PartialEq> Desk<S> {
         kind: Event,
         now: Instant,
     ) -> Result<Option<Vec<Effect<S>>>, Refusal> {
-        let entry = self.orders.get_mut(key).ok_or_else(|| unknown(key))?;
-        if entry.driver.as_ref() != Some(driver) {
-            return Err(not_yours(key, entry));
-        }
-        let state = match next(entry.state, report) {
-            Next::Enter(state) => state,
-            Next::Unchanged => return Ok(None),
-            Next::Refused(misstep) => return Err(misstep_refusal(misstep, key, entry)),
+        let Some((entry, state)) = reported(&mut self.orders, driver, key, report)? else {
+            return Ok(None);
         };
         debug_assert!(state.is_final(), "{report:?} closes an order");
         if let Some(deadline) = entry.offer_deadline.take() {
@@ -834,6 +822,26 @@ impl<S: Clone + PartialEq> Desk<S> {
 
 fn unknown(key: &OrderKey) -> Refusal {
     Refusal::new(ErrorCode::UnknownOrder, format!("no such order: {key}"))
+}
+
+/// Where `driver`'s `report` on `key` takes the order: its entry and the
+/// state it enters, `None` for a repeat, or the refusal (an order the desk
+/// does not know, or one the driver does not hold as the report needs).
+fn reported<'a>(
+    orders: &'a mut HashMap<OrderKey, OrderEntry>,
+    driver: &DriverKey,
+    key: &OrderKey,
+    report: Report,
+) -> Result<Option<(&'a mut OrderEntry, OrderState)>, Refusal> {
+    let entry = orders.get_mut(key).ok_or_else(|| unknown(key))?;
+    if entry.driver.as_ref() != Some(driver) {
+        return Err(not_yours(key, entry));
+    }
+    match next(entry.state, report) {
+        Next::Enter(state) => Ok(Some((entry, state))),
+        Next::Unchanged => Ok(None),
+        Next::Refused(misstep) => Err(misstep_refusal(misstep, key, entry)),
+    }
 }
 
 /// The refusal of a report that does not apply to `entry`.

@@ -610,16 +610,18 @@ impl Sequencer {
     /// Refuses an event on an order being read back: what the desk holds of
     /// it is stale until then.
     fn not_reloading(&self, order: Option<&Order>) -> Result<(), Refusal> {
-        match order {
-            Some(order) if self.reloading.contains(&OrderKey::of(order)) => Err(Refusal::new(
-                ErrorCode::Busy,
-                format!(
-                    "{} changed meanwhile and is being read back; try again",
-                    OrderKey::of(order)
-                ),
-            )),
-            _ => Ok(()),
+        // Mostly nothing is being read back: no key is built for the look-up.
+        let Some(order) = order.filter(|_| !self.reloading.is_empty()) else {
+            return Ok(());
+        };
+        let key = OrderKey::of(order);
+        if !self.reloading.contains(&key) {
+            return Ok(());
         }
+        Err(Refusal::new(
+            ErrorCode::Busy,
+            format!("{key} changed meanwhile and is being read back; try again"),
+        ))
     }
 
     /// Records a mailbox change made by an event.
