@@ -208,6 +208,7 @@ fn the_event_flow_map_names_what_exists() {
             "Desk" => "src/hub/desk/mod.rs",
             "Mailbox" => "src/hub/mailbox.rs",
             "Sequencer" => "src/hub/sequencer/mod.rs",
+            "Books" => "src/hub/sequencer/books.rs",
             "handlers" => "src/hub/handlers.rs",
             "http" => "src/hub/http.rs",
             other => panic!("the map names {other}, which this test does not know"),

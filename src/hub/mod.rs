@@ -28,7 +28,7 @@
 //!
 //! | event | enters at | applied by | calls | yields | who hears |
 //! |---|---|---|---|---|---|
-//! | `join` | `handlers::Inlet` | `events/join.rs` | `Sequencer::join` | `Accept` | the sender (ack) |
+//! | `join` | `handlers::Inlet` | `events/join.rs` | `Books::join` | `Accept` | the sender (ack) |
 //! | `pickup` | `handlers::Inlet`, `http::place_order` | `events/pickup.rs` | `Desk::pickup` | `Accept`, `Offer` | the sender; one driver (`pickup`); viewers |
 //! | `in-transit` | `handlers::Inlet` | `events/in_transit.rs` | `Desk::in_transit` | `Accept`, `ToStore` | the sender; the store's room, once; viewers |
 //! | `delivered` | `handlers::Inlet` | `events/delivered.rs` | `Desk::delivered`, `Mailbox::enqueue` | `Accept`, `ToStore`, `Offer` | the sender; the store's room (a queued notice); viewers |
@@ -40,7 +40,6 @@
 //! [`Hub::start`] gives the routes without a listener, for tests that call
 //! them directly.
 
-mod bridge;
 mod columns;
 mod decode;
 pub mod desk;
@@ -95,7 +94,7 @@ use self::metrics::Metrics;
 use self::postgres::{Pg, PgBackend};
 use self::readers::Readers;
 use self::sequencer::{
-    PresenceBoard, QueueSource, Reloader, Retention, SequencerHandle, SequencerSetup,
+    GroupLink, PresenceBoard, QueueSource, Reloader, Retention, SequencerHandle, SequencerSetup,
 };
 use self::sqlite::{SqliteBackend, SyncMode};
 use crate::protocol::NAMESPACE;
@@ -314,9 +313,14 @@ impl Hub {
         ));
         let (sequencer, inbox) = self::sequencer::channel(Arc::clone(&metrics));
         let group = group.map(|(pg, timing)| {
-            let (bridge, published) = bridge::bridge(pg.hub_id(), Arc::clone(&metrics));
-            let handle = Group::new(pg, sequencer.clone(), Arc::clone(&metrics));
-            (handle, timing, bridge, published)
+            let (link, published) = group::link(pg.hub_id(), Arc::clone(&metrics));
+            let handle = Group::new(
+                pg,
+                sequencer.clone(),
+                Arc::clone(&link),
+                Arc::clone(&metrics),
+            );
+            (handle, timing, link, published)
         });
         let cors = cors_layer(&config.limits.cors_origins)?;
         let door = Door::new(
@@ -379,7 +383,9 @@ impl Hub {
             guard,
             metrics: Arc::clone(&metrics),
             presence,
-            bridge: group.as_ref().map(|(_, _, bridge, _)| bridge.clone()),
+            group: group
+                .as_ref()
+                .map(|(_, _, link, _)| Arc::clone(link) as Arc<dyn GroupLink>),
             queues,
             replay_deadline: config.replay_deadline,
             reloader: reload_records.map(|records| {

@@ -3,11 +3,10 @@
 //! desk says so: its verdict is a notice, not news told once).
 
 use serde::Deserialize;
-use tokio::time::Instant;
 
 use super::ClientEvent;
 use crate::hub::peer::Peer;
-use crate::hub::sequencer::{Origin, Output, Reply, Sequencer};
+use crate::hub::sequencer::{EventContext, Reply};
 use crate::protocol::{Event, Order, Refusal};
 
 /// `delivered`: the sender has handed this package over.
@@ -28,20 +27,10 @@ impl ClientEvent for Delivered {
         peer.may_carry()
     }
 
-    fn apply(
-        self: Box<Self>,
-        hub: &mut Sequencer,
-        from: &Origin,
-        reply: Reply,
-        out: &mut Vec<Output>,
-    ) {
+    fn apply(self: Box<Self>, cx: &mut EventContext, reply: Reply) {
         let Delivered(order) = *self;
-        hub.driver_report(
-            Event::Delivered,
-            order,
-            (from, reply),
-            out,
-            |desk, driver, key| desk.delivered(driver, key, Instant::now()),
-        );
+        cx.driver_report(Event::Delivered, order, reply, |desk, driver, key, now| {
+            desk.delivered(driver, key, now)
+        });
     }
 }

@@ -5,9 +5,9 @@
 
 use serde::Deserialize;
 
-use super::{ClientEvent, may_use_queue, refused};
+use super::{ClientEvent, may_use_queue};
 use crate::hub::peer::Peer;
-use crate::hub::sequencer::{Message, Origin, Output, Replay, Replaying, Reply, Sequencer};
+use crate::hub::sequencer::{EventContext, Message, Output, Replay, Replaying, Reply};
 use crate::protocol::{ErrorCode, Event, QueueRequest, Refusal};
 
 /// `getAll`: send everything still queued for the sender.
@@ -24,34 +24,29 @@ impl ClientEvent for GetAll {
         may_use_queue(&self.0, peer)
     }
 
-    fn apply(
-        self: Box<Self>,
-        hub: &mut Sequencer,
-        from: &Origin,
-        reply: Reply,
-        out: &mut Vec<Output>,
-    ) {
+    fn apply(self: Box<Self>, cx: &mut EventContext, reply: Reply) {
         let GetAll(request) = *self;
-        hub.log.record(Event::GetAll, &request);
-        let Some(socket) = from.socket() else {
-            return out.push(Output::Accept(reply));
+        cx.log(Event::GetAll, &request);
+        let Some(socket) = cx.from().socket().cloned() else {
+            return cx.accept(reply);
         };
-        let Some(turn) = Replaying::begin(socket) else {
+        let Some(turn) = Replaying::begin(&socket) else {
             let refusal = Refusal::new(
                 ErrorCode::Busy,
                 "a replay to this connection is under way; wait for its answer",
             );
-            return out.push(refused(reply, None, refusal));
+            return cx.refuse(reply, None, refusal);
         };
         let (event, replay) = match request.event.unwrap_or(Event::Delivered) {
             // Read a page at a time as it is sent, off the sequencer.
             Event::Delivered => (Event::Delivered, Replay::Queue(request.queue_id)),
             // A driver catching up: everything it holds (a few), again.
             Event::Pickup => {
-                let held = from
+                let held = cx
+                    .from()
                     .peer()
                     .driver_key(&socket.id.to_string())
-                    .map(|driver| hub.desk.held_by(&driver))
+                    .map(|driver| cx.desk().held_by(&driver))
                     .unwrap_or_default();
                 (
                     Event::Pickup,
@@ -60,8 +55,8 @@ impl ClientEvent for GetAll {
             }
             _ => (Event::Delivered, Replay::Messages(Vec::new())),
         };
-        out.push(Output::Replay {
-            socket: socket.clone(),
+        cx.send(Output::Replay {
+            socket,
             event,
             replay,
             reply,

@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::ClientEvent;
 use crate::hub::peer::Peer;
-use crate::hub::sequencer::{Origin, Output, Reply, Sequencer};
+use crate::hub::sequencer::{EventContext, Reply};
 use crate::protocol::{Event, Order, Refusal};
 
 /// `in-transit`: the sender carries this package now.
@@ -25,20 +25,10 @@ impl ClientEvent for InTransit {
         peer.may_carry()
     }
 
-    fn apply(
-        self: Box<Self>,
-        hub: &mut Sequencer,
-        from: &Origin,
-        reply: Reply,
-        out: &mut Vec<Output>,
-    ) {
+    fn apply(self: Box<Self>, cx: &mut EventContext, reply: Reply) {
         let InTransit(order) = *self;
-        hub.driver_report(
-            Event::InTransit,
-            order,
-            (from, reply),
-            out,
-            |desk, driver, key| desk.in_transit(driver, key),
-        );
+        cx.driver_report(Event::InTransit, order, reply, |desk, driver, key, _| {
+            desk.in_transit(driver, key)
+        });
     }
 }

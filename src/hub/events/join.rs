@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::ClientEvent;
 use crate::hub::peer::Peer;
-use crate::hub::sequencer::{Origin, Output, Reply, Sequencer};
+use crate::hub::sequencer::{EventContext, Reply};
 use crate::protocol::{Event, JoinRequest, Refusal};
 
 /// `join`: put the sender in its store's room.
@@ -21,18 +21,12 @@ impl ClientEvent for Join {
         peer.may_act_for(&self.0.store)
     }
 
-    fn apply(
-        self: Box<Self>,
-        hub: &mut Sequencer,
-        from: &Origin,
-        reply: Reply,
-        out: &mut Vec<Output>,
-    ) {
+    fn apply(self: Box<Self>, cx: &mut EventContext, reply: Reply) {
         let Join(request) = *self;
-        hub.log.record(Event::Join, &request);
-        if let Some(socket) = from.socket() {
-            hub.join(socket, request.store, out);
+        cx.log(Event::Join, &request);
+        if let Some(socket) = cx.from().socket().cloned() {
+            cx.join(&socket, request.store);
         }
-        out.push(Output::Accept(reply));
+        cx.accept(reply);
     }
 }

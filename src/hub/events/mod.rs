@@ -22,8 +22,7 @@ pub use pickup::Pickup;
 use super::decode::decode;
 use super::peer::Peer;
 pub use super::sequencer::ClientEvent;
-use super::sequencer::{Output, Reply};
-use crate::protocol::{Event, Order, QueueRequest, Refusal};
+use crate::protocol::{Event, QueueRequest, Refusal};
 
 /// Decodes one payload off the wire into its event, at most `max_bytes` long.
 pub type Decoder = fn(
@@ -51,15 +50,6 @@ fn decoder<T: ClientEvent + DeserializeOwned>(
 ) -> Result<Box<dyn ClientEvent>, Refusal> {
     decode::<T>(socket, value, ack_id, max_bytes)
         .map(|event| Box::new(event) as Box<dyn ClientEvent>)
-}
-
-/// The refusal output for the event `reply` answers.
-fn refused(reply: Reply, order: Option<Order>, refusal: Refusal) -> Output {
-    Output::Refuse {
-        reply,
-        order,
-        refusal,
-    }
 }
 
 /// Who may read or acknowledge a Phase 3 queue: a driver its packages, a

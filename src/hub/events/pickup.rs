@@ -4,12 +4,12 @@ use serde::Deserialize;
 use socketioxide::extract::SocketRef;
 use tokio::time::Instant;
 
-use super::{ClientEvent, refused};
+use super::ClientEvent;
 
 use crate::hub::desk::{Effect, PickupOutcome};
 use crate::hub::domain::OrderKey;
 use crate::hub::peer::Peer;
-use crate::hub::sequencer::{Message, Origin, Output, Reply, Sequencer};
+use crate::hub::sequencer::{EventContext, Message, Output, Reply};
 use crate::protocol::{DeliveryNotice, ErrorCode, Event, Order, OrderState, Refusal};
 
 /// `pickup`: a new order to dispatch, or the same order again.
@@ -30,58 +30,52 @@ impl ClientEvent for Pickup {
         peer.may_act_for(&self.0.store)
     }
 
-    fn apply(
-        self: Box<Self>,
-        hub: &mut Sequencer,
-        from: &Origin,
-        reply: Reply,
-        out: &mut Vec<Output>,
-    ) {
+    fn apply(self: Box<Self>, cx: &mut EventContext, reply: Reply) {
         let Pickup(order) = *self;
         let key = OrderKey::of(&order);
         // The desk holds open orders and recent deliveries; older ones are
         // in the data dir, and a re-sent order is the same order however old.
-        let outcome = match hub.desk.state_of(&key) {
+        let outcome = match cx.desk().state_of(&key) {
             // A finished order may be held compacted: its record knows
             // whether this is the same order.
-            Some(state) if state.is_final() && hub.records_are_remote() => {
-                as_recorded(hub, &key, &order).and_then(|taken| {
+            Some(state) if state.is_final() && cx.records_are_remote() => {
+                as_recorded(cx, &key, &order).and_then(|taken| {
                     taken.ok_or_else(|| {
                         Refusal::new(ErrorCode::Busy, "the order changed meanwhile; try again")
                     })
                 })
             }
-            Some(_) => hub.desk.pickup(order.clone(), Instant::now()),
+            Some(_) => cx.desk().pickup(order.clone(), Instant::now()),
             // Across the network, a new order is not looked up first: its
             // insert is conditional, and a repeat is refused and read back.
-            None if !hub.look_up_first(&key) => hub.desk.pickup(order.clone(), Instant::now()),
-            None => match as_recorded(hub, &key, &order) {
+            None if !cx.look_up_first(&key) => cx.desk().pickup(order.clone(), Instant::now()),
+            None => match as_recorded(cx, &key, &order) {
                 Ok(Some(taken)) => Ok(taken),
-                Ok(None) => hub.desk.pickup(order.clone(), Instant::now()),
+                Ok(None) => cx.desk().pickup(order.clone(), Instant::now()),
                 Err(refusal) => Err(refusal),
             },
         };
         match outcome {
             Ok((outcome, effects)) => {
-                hub.log.record(Event::Pickup, &order);
+                cx.log(Event::Pickup, &order);
                 if outcome == PickupOutcome::Repeated(OrderState::Delivered)
-                    && let Some(socket) = from.socket()
+                    && let Some(socket) = cx.from().socket().cloned()
                 {
                     // The vendor missed the news; tell it again.
-                    let message = match hub.mailbox.find(&order) {
+                    let message = match cx.mailbox().find(&order) {
                         Some(message_id) => Message::Notice(DeliveryNotice::new(order, message_id)),
                         None => Message::Order(order),
                     };
-                    out.push(Output::ToSocket {
-                        socket: socket.clone(),
+                    cx.send(Output::ToSocket {
+                        socket,
                         event: Event::Delivered,
                         message,
                     });
                 }
-                out.push(Output::Accept(reply));
-                hub.add_effects(effects, out);
+                cx.accept(reply);
+                cx.effects(effects);
             }
-            Err(refusal) => out.push(refused(reply, Some(order), refusal)),
+            Err(refusal) => cx.refuse(reply, Some(order), refusal),
         }
     }
 }
@@ -91,8 +85,8 @@ type Taken = (PickupOutcome, Vec<Effect<SocketRef>>);
 
 /// A pickup of an order as its record says: the same order again, or a
 /// conflict; `None` if it is not recorded.
-fn as_recorded(hub: &Sequencer, key: &OrderKey, order: &Order) -> Result<Option<Taken>, Refusal> {
-    match hub.recorded(key)? {
+fn as_recorded(cx: &EventContext, key: &OrderKey, order: &Order) -> Result<Option<Taken>, Refusal> {
+    match cx.recorded(key)? {
         Some(recorded) if recorded.is_same(order) => {
             Ok(Some((PickupOutcome::Repeated(recorded.state), Vec::new())))
         }

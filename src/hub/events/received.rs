@@ -3,9 +3,9 @@
 
 use serde::Deserialize;
 
-use super::{ClientEvent, may_use_queue, refused};
+use super::{ClientEvent, may_use_queue};
 use crate::hub::peer::Peer;
-use crate::hub::sequencer::{Origin, Output, Reply, Sequencer};
+use crate::hub::sequencer::{EventContext, Reply};
 use crate::protocol::{ErrorCode, Event, QueueRequest, Refusal};
 
 /// `received`: remove one notice from the sender's queue.
@@ -22,34 +22,28 @@ impl ClientEvent for Received {
         may_use_queue(&self.0, peer)
     }
 
-    fn apply(
-        self: Box<Self>,
-        hub: &mut Sequencer,
-        _from: &Origin,
-        reply: Reply,
-        out: &mut Vec<Output>,
-    ) {
+    fn apply(self: Box<Self>, cx: &mut EventContext, reply: Reply) {
         let Received(request) = *self;
-        hub.log.record(Event::Received, &request);
+        cx.log(Event::Received, &request);
         match (
             request.event.unwrap_or(Event::Delivered),
             request.message_id,
         ) {
             (Event::Delivered, Some(message_id)) => {
-                match hub.mailbox.acknowledge(&request.queue_id, &message_id) {
+                match cx.mailbox().acknowledge(&request.queue_id, &message_id) {
                     Ok(change) => {
-                        hub.record_mailbox_change(change);
-                        out.push(Output::Accept(reply));
+                        cx.mailbox_changed(change);
+                        cx.accept(reply);
                     }
-                    Err(refusal) => out.push(refused(reply, None, refusal)),
+                    Err(refusal) => cx.refuse(reply, None, refusal),
                 }
             }
             (Event::Delivered, None) => {
                 let refusal = Refusal::new(ErrorCode::InvalidPayload, "received needs a messageId");
-                out.push(refused(reply, None, refusal));
+                cx.refuse(reply, None, refusal);
             }
             // Pickups are acknowledged by taking them up (in-transit).
-            _ => out.push(Output::Accept(reply)),
+            _ => cx.accept(reply),
         }
     }
 }

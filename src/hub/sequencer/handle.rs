@@ -6,17 +6,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use socketioxide::extract::{AckSender, SocketRef};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
-use super::super::desk::Adoption;
+use super::super::desk::{Desk, Effect};
 use super::super::domain::{DriverKey, OrderKey, OrderQuery, StoredNotice, StoredOrder};
 use super::super::metrics::Metrics;
 use super::super::peer::Peer;
 use super::ClientEvent;
 use super::presence::Connections;
 use crate::api::{OrderCounts, OrderPage, OrderView, Status};
-use crate::protocol::{
-    Ack, DriverName, ErrorCode, Event, Order, OrderId, Refusal, RefusalNotice, StoreId,
-};
+use crate::protocol::{Ack, ErrorCode, Event, Order, OrderId, Refusal, RefusalNotice, StoreId};
 
 /// The hub's one memory budget: events taken and not yet answered. Each is
 /// in the sequencer's inbox, or applied with its outputs waiting in the
@@ -255,6 +254,10 @@ impl RefusalWarnings {
 /// (an order missing is not held here), or why they could not be read.
 pub type Reloaded = Result<Vec<StoredOrder>, String>;
 
+/// Work a caller has the sequencer do on the desk (see [`Command::OnDesk`]).
+pub(in crate::hub) type DeskWork =
+    Box<dyn FnOnce(&mut Desk<SocketRef>, Instant) -> Vec<Effect<SocketRef>> + Send>;
+
 pub(in crate::hub) enum Command {
     Connected(SocketRef),
     Disconnected(SocketRef),
@@ -272,18 +275,10 @@ pub(in crate::hub) enum Command {
     /// Hand a driver's packages back to `ready`; answer (once recorded)
     /// with how many.
     Reclaim(DriverKey, oneshot::Sender<u64>),
-    /// Take over recorded orders this hub now owns (see [`crate::hub::group`]).
-    Adopt(Vec<StoredOrder>, Adoption),
-    /// How many more packages the online drivers could take, and how many
-    /// orders wait for one.
-    Spare(oneshot::Sender<(usize, usize)>),
-    /// The orders waiting for a driver, oldest first, at most this many.
-    Waiting(usize, oneshot::Sender<Vec<OrderKey>>),
-    /// Forget these orders: another hub of the group owns them now.
-    Forget(Vec<OrderKey>),
-    /// The drivers whose packages the group should move here (see
-    /// `Sequencer::report_refused`), taken from the sequencer.
-    DriversToClaim(oneshot::Sender<Vec<DriverName>>),
+    /// Work on the desk in turn with events, from a caller the sequencer
+    /// does not know (a group of hubs's chores); what the desk says it means
+    /// is carried out as for an event.
+    OnDesk(DeskWork),
     /// Orders read back after the records refused their steps (see
     /// [`super::reload`]).
     /// (Their batch, its orders, what was read.)
@@ -390,35 +385,21 @@ impl SequencerHandle {
         self.ask(|reply| Command::Reclaim(driver, reply)).await
     }
 
-    /// Hands the sequencer orders this hub has taken over in the database.
-    pub fn adopt(&self, orders: Vec<StoredOrder>, adoption: Adoption) {
-        if !orders.is_empty() {
-            self.send(Command::Adopt(orders, adoption));
-        }
-    }
-
-    /// Room among the online drivers, and orders waiting; `None` if the
-    /// sequencer has stopped.
-    pub async fn spare(&self) -> Option<(usize, usize)> {
-        self.ask(Command::Spare).await
-    }
-
-    /// The orders waiting here for a driver, oldest first, at most `limit`.
-    pub async fn waiting(&self, limit: usize) -> Option<Vec<OrderKey>> {
-        self.ask(|reply| Command::Waiting(limit, reply)).await
-    }
-
-    /// The drivers here whose packages other hubs record; `None` if the
-    /// sequencer has stopped.
-    pub async fn drivers_to_claim(&self) -> Option<Vec<DriverName>> {
-        self.ask(Command::DriversToClaim).await
-    }
-
-    /// Drops orders another hub of the group has taken.
-    pub fn forget(&self, orders: Vec<OrderKey>) {
-        if !orders.is_empty() {
-            self.send(Command::Forget(orders));
-        }
+    /// Runs `work` on the desk in turn with events; its answer, or `None`
+    /// if the sequencer has stopped. The effects it returns are carried out
+    /// as an event's are.
+    pub async fn on_desk<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Desk<SocketRef>, Instant) -> (T, Vec<Effect<SocketRef>>) + Send + 'static,
+    ) -> Option<T> {
+        self.ask(|answer: oneshot::Sender<T>| {
+            Command::OnDesk(Box::new(move |desk, now| {
+                let (value, effects) = work(desk, now);
+                let _ = answer.send(value);
+                effects
+            }))
+        })
+        .await
     }
 
     /// An event sent over HTTP by `peer`; answers once it is recorded, or

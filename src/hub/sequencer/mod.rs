@@ -13,6 +13,9 @@
 //! journal and its outputs wait in the [`Outbox`] until they are committed:
 //! nobody hears of a change the hub could still forget.
 
+mod books;
+mod context;
+mod group_link;
 mod handle;
 mod message;
 mod outbox;
@@ -26,11 +29,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use socketioxide::SocketIo;
-use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
+use books::Books;
+pub use context::EventContext;
+pub use group_link::GroupLink;
 use handle::Command;
 pub use handle::{
     Origin, RefusalWarnings, Reply, SequencerHandle, SequencerInbox, channel, peer_of,
@@ -42,9 +47,8 @@ pub use presence::{Connections, GroupPresence, Presence, PresenceBoard, Presence
 pub use reload::Reloader;
 pub use replay::{DEFAULT_DEADLINE as DEFAULT_REPLAY_DEADLINE, QueueSource, Replay, Replaying};
 
-use super::bridge::Bridge;
-use super::desk::{Desk, DeskConfig, Effect};
-use super::domain::{Change, DriverKey, OrderKey, OrderState, Snapshot, StoredOrder};
+use super::desk::{Desk, DeskConfig};
+use super::domain::{Change, OrderKey, Snapshot, StoredOrder};
 use super::event_log::EventLog;
 use super::guard::Guard;
 use super::journal::{Commit, Committed, Journal, Records};
@@ -52,9 +56,7 @@ use super::mailbox::Mailbox;
 use super::metrics::Metrics;
 use super::peer::Peer;
 use crate::api::{OrderView, QueueStatus, Status, StoreStatus};
-use crate::protocol::{
-    DeliveryNotice, DriverName, ErrorCode, Event, NAMESPACE, Order, OrderId, Refusal, StoreId,
-};
+use crate::protocol::{ErrorCode, Event, NAMESPACE, Order, OrderId, Refusal, StoreId};
 
 /// How often offers are checked for expiry.
 const TICK: Duration = Duration::from_millis(100);
@@ -67,8 +69,6 @@ const PRESENCE_EVERY: Duration = Duration::from_millis(20);
 /// 19,000 drivers took milliseconds, and published every 20 ms it was half
 /// of the hub's work while they connected.
 const PRESENCE_SHARE: u32 = 20;
-/// Orders known to be held by other hubs, remembered at most.
-const HELD_ELSEWHERE_KEPT: usize = 10_000;
 /// How often (in ticks) drivers' sockets are checked for liveness.
 const LIVENESS_EVERY: u32 = 10;
 
@@ -95,8 +95,9 @@ pub struct SequencerSetup {
     pub metrics: Arc<Metrics>,
     /// Where who is online is published for readers.
     pub presence: PresenceBoard,
-    /// In a group of hubs, the bridge to the others' sockets.
-    pub bridge: Option<Bridge>,
+    /// In a group of hubs, the group's side (the bridge to the others'
+    /// sockets among it).
+    pub group: Option<Arc<dyn GroupLink>>,
     /// Where replays (`getAll`) read a store's queue.
     pub queues: QueueSource,
     /// How long a replay may take.
@@ -134,29 +135,30 @@ pub async fn run(
         None => Mailbox::new(setup.queue_limit),
     };
     let mut hub = Sequencer {
-        desk: Desk::restore(
-            setup.dispatch,
-            setup.snapshot.orders,
-            setup.snapshot.delivered_total,
-            (setup.snapshot.next_seq, setup.snapshot.seq_stride),
-            Instant::now(),
-        ),
-        mailbox,
-        mailbox_changes: Vec::new(),
+        books: Books {
+            desk: Desk::restore(
+                setup.dispatch,
+                setup.snapshot.orders,
+                setup.snapshot.delivered_total,
+                (setup.snapshot.next_seq, setup.snapshot.seq_stride),
+                Instant::now(),
+            ),
+            mailbox,
+            mailbox_changes: Vec::new(),
+            log,
+            metrics: setup.metrics,
+            vendors: HashMap::new(),
+            records: setup.records,
+            group: setup.group.clone(),
+        },
         io: io.clone(),
-        log,
-        vendors: HashMap::new(),
         journal,
-        records: setup.records,
-        held_elsewhere: HashSet::new(),
         reloader: setup.reloader,
         reloading: HashSet::new(),
         reload_batches: 0,
         awaiting_reload: HashMap::new(),
-        drivers_to_claim: HashSet::new(),
-        outbox: Outbox::new(io, setup.bridge, setup.queues, setup.replay_deadline),
+        outbox: Outbox::new(io, setup.group, setup.queues, setup.replay_deadline),
         guard: setup.guard,
-        metrics: setup.metrics,
         viewers: HashSet::new(),
         draining: None,
         presence: setup.presence,
@@ -191,7 +193,7 @@ pub async fn run(
             report = next_commit(&mut committed) => {
                 let commit = report.map_err(|error| anyhow::anyhow!("the data dir cannot be written: {error}"))?;
                 hub.count_acknowledgements(&commit);
-                hub.mailbox.committed(commit.up_to);
+                hub.books.mailbox.committed(commit.up_to);
                 let (ready, refused) = hub.outbox.committed(&commit);
                 hub.carry_out(ready).await;
                 let answers = hub.reload(refused);
@@ -212,8 +214,8 @@ pub async fn run(
                     let keep = chrono::Duration::from_std(retention.keep).unwrap_or(chrono::Duration::MAX);
                     journal.compact(Utc::now() - keep);
                 }
-                let effects = hub.desk.tick(Instant::now());
-                hub.add_effects(effects, &mut outputs);
+                let effects = hub.books.desk.tick(Instant::now());
+                hub.books.add_effects(effects, &mut outputs);
                 let ready = hub.settle(outputs);
                 hub.carry_out(ready).await;
                 hub.maybe_publish_presence();
@@ -246,38 +248,18 @@ pub trait ClientEvent: Send + 'static {
     /// Whether `peer` may send it.
     fn permit(&self, peer: &Peer) -> Result<(), Refusal>;
 
-    /// Applies it: changes the hub's state and says what to send, including
-    /// the answer through `reply`.
-    fn apply(
-        self: Box<Self>,
-        hub: &mut Sequencer,
-        from: &Origin,
-        reply: Reply,
-        out: &mut Vec<Output>,
-    );
+    /// Applies it: changes the books and says what to send, including the
+    /// answer through `reply`.
+    fn apply(self: Box<Self>, cx: &mut EventContext, reply: Reply);
 }
 
-/// The state the sequencer owns. Client events ([`super::events`]) change
-/// it through [`crate::hub::events::ClientEvent::apply`].
+/// The state the sequencer owns: the books events work on, and the
+/// machinery around them (the journal, the outbox, read-backs, viewers).
 pub struct Sequencer {
-    /// Who holds which package, and who gets the next one.
-    pub(in crate::hub) desk: Desk<SocketRef>,
-    /// The stores' delivery notices.
-    pub(in crate::hub) mailbox: Mailbox,
-    /// Mailbox changes not yet handed to the journal.
-    mailbox_changes: Vec<Change>,
+    /// What events read and change.
+    books: Books,
     io: SocketIo,
-    /// The hub's stdout: one line per event applied.
-    pub(in crate::hub) log: EventLog,
-    /// The stores each vendor socket speaks for.
-    vendors: HashMap<Sid, HashSet<StoreId>>,
     journal: Option<Journal>,
-    /// Committed orders: the authority for those the desk no longer holds.
-    records: Option<Box<dyn Records>>,
-    /// Orders another hub of the group holds, found when this hub's insert
-    /// of one was refused: a pickup of one is looked up before it is taken
-    /// (bounded; cleared when full).
-    held_elsewhere: HashSet<OrderKey>,
     /// Reads back the orders of refused steps beside the sequencer.
     reloader: Option<Reloader>,
     /// Orders being read back: events on them are refused until then.
@@ -286,15 +268,9 @@ pub struct Sequencer {
     reload_batches: u64,
     /// The refused steps' answers, by the read back they wait for.
     awaiting_reload: HashMap<u64, Vec<Output>>,
-    /// Drivers here that reported on packages another hub of the group
-    /// records (it took them while this hub restarted, say): the group
-    /// moves their packages here at its next beat (bounded; see
-    /// [`HELD_ELSEWHERE_KEPT`]).
-    drivers_to_claim: HashSet<DriverName>,
     outbox: Outbox,
     /// The connection count to correct.
     guard: Guard,
-    pub(in crate::hub) metrics: Arc<Metrics>,
     /// Viewer sockets, which hear every order's changes.
     viewers: HashSet<Sid>,
     /// Set once the hub is stopping: who waits for the outbox to empty.
@@ -311,22 +287,25 @@ impl Sequencer {
         let mut outputs = Vec::new();
         match command {
             Command::Connected(socket) => match peer_of(&socket) {
-                Peer::Vendor { store } => self.add_vendor(&socket, store),
+                Peer::Vendor { store } => self.books.add_vendor(&socket, store),
                 Peer::Viewer | Peer::Operator => {
                     if socket.connected() {
                         self.viewers.insert(socket.id);
                     }
                 }
                 Peer::Driver { .. } | Peer::Undeclared => {
-                    self.ensure_driver_online(&socket, &mut outputs)
+                    self.books.ensure_driver_online(&socket, &mut outputs)
                 }
             },
             Command::Disconnected(socket) => {
-                self.vendors.remove(&socket.id);
+                self.books.vendors.remove(&socket.id);
                 self.viewers.remove(&socket.id);
                 if let Some(key) = peer_of(&socket).driver_key(&socket.id.to_string()) {
-                    let effects = self.desk.driver_offline(&key, &socket, Instant::now());
-                    self.add_effects(effects, &mut outputs);
+                    let effects = self
+                        .books
+                        .desk
+                        .driver_offline(&key, &socket, Instant::now());
+                    self.books.add_effects(effects, &mut outputs);
                 }
             }
             Command::Event(_, event, reply) if self.draining.is_some() => {
@@ -338,12 +317,15 @@ impl Sequencer {
                 });
             }
             Command::Event(origin, event, reply) => {
-                self.metrics.event(event.event().name());
+                self.books.metrics.event(event.event().name());
                 match event
                     .permit(&origin.peer())
                     .and_then(|()| self.not_reloading(event.order()))
                 {
-                    Ok(()) => event.apply(self, &origin, reply, &mut outputs),
+                    Ok(()) => {
+                        let mut cx = EventContext::new(&mut self.books, &origin, &mut outputs);
+                        event.apply(&mut cx, reply);
+                    }
                     Err(refusal) => outputs.push(Output::Refuse {
                         reply,
                         order: event.order().cloned(),
@@ -358,14 +340,17 @@ impl Sequencer {
                 let _ = reply.send(self.order(&order_id, store.as_ref()));
             }
             Command::Orders(query, reply) => {
-                let page =
-                    self.desk
-                        .page(query.store.as_ref(), query.state, query.after, query.limit);
+                let page = self.books.desk.page(
+                    query.store.as_ref(),
+                    query.state,
+                    query.after,
+                    query.limit,
+                );
                 let _ = reply.send(page);
             }
             Command::Reclaim(driver, reply) => {
-                let (count, effects) = self.desk.reclaim(&driver, Instant::now());
-                self.add_effects(effects, &mut outputs);
+                let (count, effects) = self.books.desk.reclaim(&driver, Instant::now());
+                self.books.add_effects(effects, &mut outputs);
                 outputs.push(Output::Answer(reply, count));
             }
             Command::Drain(reply) => {
@@ -373,146 +358,28 @@ impl Sequencer {
                 self.draining.get_or_insert_with(Vec::new).push(reply);
             }
             Command::Metrics(reply) => {
-                let _ = reply.send((self.desk.counts(), self.connections()));
+                let _ = reply.send((self.books.desk.counts(), self.connections()));
             }
-            Command::Adopt(orders, adoption) => {
-                log::info!("took over {} orders", orders.len());
-                let effects = self.desk.adopt(orders, adoption, Instant::now());
-                self.add_effects(effects, &mut outputs);
-            }
-            Command::Spare(reply) => {
-                let _ = reply.send(self.desk.spare_capacity());
-            }
-            Command::DriversToClaim(reply) => {
-                let _ = reply.send(self.drivers_to_claim.drain().collect());
+            Command::OnDesk(work) => {
+                let effects = work(&mut self.books.desk, Instant::now());
+                self.books.add_effects(effects, &mut outputs);
             }
             Command::Reloaded(batch, keys, read) => {
                 self.reloaded(keys, read);
                 outputs.extend(self.awaiting_reload.remove(&batch).unwrap_or_default());
             }
             Command::Notices(store, after, limit, reply) => {
-                let _ = reply.send(self.mailbox.page(&store, after, limit));
-            }
-            Command::Waiting(limit, reply) => {
-                let _ = reply.send(self.desk.waiting(limit));
-            }
-            Command::Forget(orders) => {
-                let now = Instant::now();
-                for key in orders {
-                    // Only a waiting one: an order this hub has taken back
-                    // since (a driver's claim) is offered or carried.
-                    if self.desk.state_of(&key) == Some(OrderState::Ready) {
-                        self.desk.reload(&key, None, now);
-                    }
-                }
+                let _ = reply.send(self.books.mailbox.page(&store, after, limit));
             }
         }
         outputs
-    }
-
-    /// Turns the desk's effects into outputs.
-    pub(in crate::hub) fn add_effects(
-        &mut self,
-        effects: Vec<Effect<SocketRef>>,
-        outputs: &mut Vec<Output>,
-    ) {
-        for effect in effects {
-            let output = match effect {
-                Effect::Offer {
-                    driver,
-                    socket,
-                    order,
-                } => Output::Offer {
-                    driver,
-                    socket,
-                    order,
-                },
-                Effect::Notify { event, order } => Output::ToStore {
-                    event,
-                    store: order.store.clone(),
-                    message: Message::Order(order),
-                },
-                Effect::Notice { kind, order } => self.queue_notice(kind, order),
-            };
-            outputs.push(output);
-        }
-    }
-
-    /// Queues a notice of `kind` about `order` in its store's mailbox, where
-    /// it stays until the store says `received`; returns the message that
-    /// tells the store now.
-    fn queue_notice(&mut self, kind: Event, order: Order) -> Output {
-        if kind == Event::Delivered
-            && let Some(placed) = self.desk.placed_at(&OrderKey::of(&order))
-        {
-            let latency = Utc::now().signed_duration_since(placed);
-            self.metrics
-                .delivered_after(latency.num_microseconds().unwrap_or(0) as f64 / 1e6);
-        }
-        let (message_id, changes) = self.mailbox.enqueue(kind, order.clone());
-        self.mailbox_changes.extend(changes);
-        Output::ToStore {
-            event: kind,
-            store: order.store.clone(),
-            message: Message::Notice(DeliveryNotice::of_kind(kind, order, message_id)),
-        }
-    }
-
-    /// The skeleton every driver's report shares: who reports, the desk's
-    /// verdict (`decide`), the answer, and what the verdict means. A report
-    /// on a package the desk does not know may be of one recorded at another
-    /// hub of a group (see [`Self::report_refused`]).
-    pub(in crate::hub) fn driver_report(
-        &mut self,
-        event: Event,
-        order: Order,
-        (from, reply): (&Origin, Reply),
-        out: &mut Vec<Output>,
-        decide: impl FnOnce(
-            &mut Desk<SocketRef>,
-            &DriverKey,
-            &OrderKey,
-        ) -> Result<Vec<Effect<SocketRef>>, Refusal>,
-    ) {
-        let driver = self.reporting_driver(from, out);
-        let key = OrderKey::of(&order);
-        match decide(&mut self.desk, &driver, &key) {
-            Ok(effects) => {
-                self.log.record(event, &order);
-                out.push(Output::Accept(reply));
-                self.add_effects(effects, out);
-            }
-            Err(refusal) => {
-                let refusal = self.report_refused(&driver, &key, refusal);
-                out.push(Output::Refuse {
-                    reply,
-                    order: Some(order),
-                    refusal,
-                });
-            }
-        }
-    }
-
-    /// The recorded order `key`, if the desk no longer holds it in memory
-    /// but the data dir has it (delivered, however long ago).
-    pub(in crate::hub) fn recorded(&self, key: &OrderKey) -> Result<Option<StoredOrder>, Refusal> {
-        let Some(records) = &self.records else {
-            return Ok(None);
-        };
-        records.order(key).map_err(|error| {
-            log::error!("cannot read {key} from the data dir: {error:#}");
-            Refusal::new(
-                ErrorCode::Busy,
-                "the hub cannot read its records; try again",
-            )
-        })
     }
 
     /// Takes the notices that `commit` found and removed for
     /// acknowledgements made without a look-up (in a group of hubs) off
     /// their stores' counts.
     fn count_acknowledgements(&mut self, commit: &Commit) {
-        if !self.records_are_remote() {
+        if !self.books.records_are_remote() {
             return;
         }
         let removed = commit.spent.iter().filter(|step| {
@@ -520,23 +387,9 @@ impl Sequencer {
         });
         for change in removed.flat_map(|step| &step.changes) {
             if let Change::NoticeAcknowledged { store, .. } = change {
-                self.mailbox.acknowledged(store);
+                self.books.mailbox.acknowledged(store);
             }
         }
-    }
-
-    /// Whether the records are read across the network (see
-    /// [`Records::is_remote`]).
-    pub(in crate::hub) fn records_are_remote(&self) -> bool {
-        self.records
-            .as_ref()
-            .is_some_and(|records| records.is_remote())
-    }
-
-    /// Whether a pickup of `key` must look the order up first: the records
-    /// are local (cheap to read), or another hub was found to hold it.
-    pub(in crate::hub) fn look_up_first(&self, key: &OrderKey) -> bool {
-        !self.records_are_remote() || self.held_elsewhere.contains(key)
     }
 
     /// Reads back the orders of steps the data dir refused: its record is
@@ -553,7 +406,7 @@ impl Sequencer {
         if keys.is_empty() {
             return outputs;
         }
-        match (&self.reloader, &self.records) {
+        match (&self.reloader, &self.books.records) {
             (Some(reloader), _) => {
                 self.reload_batches += 1;
                 reloader.start(self.reload_batches, keys);
@@ -597,13 +450,10 @@ impl Sequencer {
         for key in keys {
             log::warn!("{key} changed elsewhere; taking the data dir's record");
             let record = records.remove(&key);
-            if record.is_none() && self.records_are_remote() {
-                if self.held_elsewhere.len() >= HELD_ELSEWHERE_KEPT {
-                    self.held_elsewhere.clear();
-                }
-                self.held_elsewhere.insert(key.clone());
+            if record.is_none() && self.books.records_are_remote() {
+                self.books.found_elsewhere(&key);
             }
-            self.desk.reload(&key, record, now);
+            self.books.desk.reload(&key, record, now);
         }
     }
 
@@ -624,16 +474,11 @@ impl Sequencer {
         ))
     }
 
-    /// Records a mailbox change made by an event.
-    pub(in crate::hub) fn record_mailbox_change(&mut self, change: Change) {
-        self.mailbox_changes.push(change);
-    }
-
     /// Hands this step's changes to the journal and its outputs to the
     /// outbox; returns the outputs that may go out now.
     fn settle(&mut self, mut outputs: Vec<Output>) -> Vec<Output> {
-        let mut changes = self.desk.take_changes();
-        changes.append(&mut self.mailbox_changes);
+        let mut changes = self.books.desk.take_changes();
+        changes.append(&mut self.books.mailbox_changes);
         // In a group, viewers on other hubs hear of it through the bridge,
         // whether or not this hub has viewers of its own.
         if !self.viewers.is_empty() || self.outbox.publishes() {
@@ -643,7 +488,7 @@ impl Sequencer {
             Some(journal) if !changes.is_empty() => {
                 let orders = changes.iter().filter_map(Change::order_key).collect();
                 let seq = journal.append(changes);
-                self.mailbox.sealed(seq);
+                self.books.mailbox.sealed(seq);
                 Some((seq, orders))
             }
             _ => None,
@@ -663,113 +508,29 @@ impl Sequencer {
             }
             let mut more = Vec::new();
             for (driver, socket) in gone {
-                let effects = self.desk.driver_offline(&driver, &socket, Instant::now());
-                self.add_effects(effects, &mut more);
+                let effects = self
+                    .books
+                    .desk
+                    .driver_offline(&driver, &socket, Instant::now());
+                self.books.add_effects(effects, &mut more);
             }
             outputs = self.settle(more);
         }
-    }
-
-    /// Puts the socket in the store's room. A socket that had declared
-    /// nothing is a lab vendor: it leaves the drivers and its offers go to
-    /// others.
-    pub(in crate::hub) fn join(
-        &mut self,
-        socket: &SocketRef,
-        store: StoreId,
-        outputs: &mut Vec<Output>,
-    ) {
-        socket.join(crate::hub::domain::rooms::store(&store));
-        log::info!("joined sid={} room={store}", socket.id);
-        if peer_of(socket) == Peer::Undeclared {
-            socket.extensions.insert(Peer::Vendor {
-                store: store.clone(),
-            });
-            let key = DriverKey::Anonymous(socket.id.to_string());
-            let effects = self.desk.driver_offline(&key, socket, Instant::now());
-            self.add_effects(effects, outputs);
-        }
-        if !matches!(peer_of(socket), Peer::Driver { .. }) {
-            self.add_vendor(socket, store);
-        }
-    }
-
-    fn add_vendor(&mut self, socket: &SocketRef, store: StoreId) {
-        if socket.connected() {
-            self.vendors.entry(socket.id).or_default().insert(store);
-        }
-    }
-
-    /// The driver reporting an event from `from`, made sure to be on the desk.
-    pub(in crate::hub) fn reporting_driver(
-        &mut self,
-        from: &Origin,
-        outputs: &mut Vec<Output>,
-    ) -> DriverKey {
-        if let Some(socket) = from.socket() {
-            self.ensure_driver_online(socket, outputs);
-        }
-        from.driver_key()
-    }
-
-    /// The answer to `driver`'s report on `key` that the desk refused. In a
-    /// group, a package the desk does not know may be recorded at another
-    /// hub (it took the order while this one restarted): the driver is
-    /// told to try again, which it does, once the group has moved its
-    /// packages here; refused as unknown, it would drop the package.
-    pub(in crate::hub) fn report_refused(
-        &mut self,
-        driver: &DriverKey,
-        key: &OrderKey,
-        refusal: Refusal,
-    ) -> Refusal {
-        let DriverKey::Named(name) = driver else {
-            return refusal;
-        };
-        if refusal.code != ErrorCode::UnknownOrder || !self.records_are_remote() {
-            return refusal;
-        }
-        if self.drivers_to_claim.len() >= HELD_ELSEWHERE_KEPT {
-            self.drivers_to_claim.clear();
-        }
-        self.drivers_to_claim.insert(name.clone());
-        Refusal::new(
-            ErrorCode::Busy,
-            format!(
-                "{key} is recorded at another hub of the group; it is being moved here: try again"
-            ),
-        )
-    }
-
-    /// Makes sure the desk knows this driver socket (its connect may not have
-    /// been applied yet when its first event arrives).
-    fn ensure_driver_online(&mut self, socket: &SocketRef, outputs: &mut Vec<Output>) {
-        let peer = peer_of(socket);
-        let Some(key) = peer.driver_key(&socket.id.to_string()) else {
-            return;
-        };
-        if !socket.connected() {
-            return;
-        }
-        let effects = self
-            .desk
-            .driver_online(key, socket.clone(), peer.capacity(), Instant::now());
-        self.add_effects(effects, outputs);
     }
 
     /// A socket can die without its disconnect ever being applied (during
     /// connect middleware); find such drivers and take them off the desk.
     fn drop_dead_drivers(&mut self, outputs: &mut Vec<Output>) {
         let now = Instant::now();
-        for (key, socket) in self.desk.online_drivers() {
+        for (key, socket) in self.books.desk.online_drivers() {
             if !socket.connected() {
                 log::info!("driver={key} sid={} is gone", socket.id);
-                let effects = self.desk.driver_offline(&key, &socket, now);
-                self.add_effects(effects, outputs);
+                let effects = self.books.desk.driver_offline(&key, &socket, now);
+                self.books.add_effects(effects, outputs);
             }
         }
         let namespace = self.io.of(NAMESPACE);
-        self.vendors.retain(|sid, _| {
+        self.books.vendors.retain(|sid, _| {
             namespace
                 .as_ref()
                 .is_some_and(|ns| ns.get_socket(*sid).is_some())
@@ -782,13 +543,18 @@ impl Sequencer {
     /// One order by id; an id that several stores use needs its store.
     fn order(&self, order_id: &OrderId, store: Option<&StoreId>) -> Result<OrderView, Refusal> {
         let keys: Vec<OrderKey> = self
+            .books
             .desk
             .find(order_id)
             .into_iter()
             .filter(|key| store.is_none_or(|store| &key.store == store))
             .collect();
         match keys.as_slice() {
-            [key] => self.desk.view(key).ok_or_else(|| unknown_order(order_id)),
+            [key] => self
+                .books
+                .desk
+                .view(key)
+                .ok_or_else(|| unknown_order(order_id)),
             [] => Err(unknown_order(order_id)),
             several => Err(Refusal::new(
                 ErrorCode::InvalidPayload,
@@ -805,7 +571,7 @@ impl Sequencer {
     }
 
     fn maybe_publish_presence(&mut self) {
-        if self.desk.driver_count() <= PRESENCE_EAGER_DRIVERS
+        if self.books.desk.driver_count() <= PRESENCE_EAGER_DRIVERS
             || self.presence_published.elapsed() >= self.presence_every
         {
             self.publish_presence();
@@ -815,7 +581,7 @@ impl Sequencer {
     fn publish_presence(&mut self) {
         let started = Instant::now();
         self.presence.publish(Presence {
-            drivers: self.desk.drivers(),
+            drivers: self.books.desk.drivers(),
             stores: self.stores_online(),
             connections: self.connections(),
         });
@@ -826,8 +592,8 @@ impl Sequencer {
     /// Connections by role.
     fn connections(&self) -> Connections {
         [
-            ("vendor", self.vendors.len()),
-            ("driver", self.desk.online_driver_count()),
+            ("vendor", self.books.vendors.len()),
+            ("driver", self.books.desk.online_driver_count()),
             ("viewer", self.viewers.len()),
         ]
     }
@@ -835,7 +601,7 @@ impl Sequencer {
     /// Stores with vendors connected, and how many each.
     fn stores_online(&self) -> Vec<StoreStatus> {
         let mut stores: HashMap<&StoreId, u32> = HashMap::new();
-        for store in self.vendors.values().flatten() {
+        for store in self.books.vendors.values().flatten() {
             *stores.entry(store).or_default() += 1;
         }
         let mut stores: Vec<StoreStatus> = stores
@@ -852,11 +618,12 @@ impl Sequencer {
     /// The board of an ephemeral hub, from memory.
     fn status(&self) -> Status {
         Status {
-            orders: self.desk.counts(),
-            open_orders: self.desk.open_orders(Status::OPEN_ORDERS_SHOWN),
-            drivers: self.desk.drivers(),
+            orders: self.books.desk.counts(),
+            open_orders: self.books.desk.open_orders(Status::OPEN_ORDERS_SHOWN),
+            drivers: self.books.desk.drivers(),
             stores: self.stores_online(),
             queues: self
+                .books
                 .mailbox
                 .queue_lengths()
                 .into_iter()

@@ -2,14 +2,15 @@
 //! held until the changes that caused it are committed, then sent.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
+use super::group_link::GroupLink;
 use super::handle::Reply;
 use super::message::Message;
 use super::replay::{self, QueueSource, Replay, ReplayTurn};
-use crate::hub::bridge::Bridge;
 use crate::hub::domain::{Change, DriverKey, OrderKey, OrderState, rooms};
 use crate::hub::journal::Commit;
 use crate::hub::mailbox::not_queued;
@@ -137,7 +138,7 @@ pub struct Outbox {
     /// Drivers whose socket turned out dead when offered a package.
     gone: Vec<(DriverKey, SocketRef)>,
     /// In a group of hubs: where what rooms hear is published for the others.
-    bridge: Option<Bridge>,
+    group: Option<Arc<dyn GroupLink>>,
     /// Where replays read a store's queue.
     queues: QueueSource,
     /// How long a replay may take.
@@ -164,7 +165,7 @@ impl Outbox {
     /// `queues`.
     pub fn new(
         io: SocketIo,
-        bridge: Option<Bridge>,
+        group: Option<Arc<dyn GroupLink>>,
         queues: QueueSource,
         replay_deadline: std::time::Duration,
     ) -> Self {
@@ -172,7 +173,7 @@ impl Outbox {
             io,
             waiting: VecDeque::new(),
             gone: Vec::new(),
-            bridge,
+            group,
             queues,
             replay_deadline,
         }
@@ -180,7 +181,7 @@ impl Outbox {
 
     /// Whether what rooms hear is published for other hubs too.
     pub fn publishes(&self) -> bool {
-        self.bridge.is_some()
+        self.group.is_some()
     }
 
     /// Takes one step's outputs. With `commit` (its journal number and the
@@ -318,8 +319,10 @@ impl Outbox {
                     store,
                     message,
                 } => {
-                    if let Some(bridge) = &self.bridge {
-                        bridge.publish(Some(&store), event, &message);
+                    if let Some(group) = &self.group
+                        && let Ok(message) = serde_json::to_value(&message)
+                    {
+                        group.publish(Some(&store), event, message);
                     }
                     let Some(ns) = self.io.of(NAMESPACE) else {
                         continue;
@@ -364,8 +367,10 @@ impl Outbox {
                     let _ = answer.send(count);
                 }
                 Output::ToViewers(activity) => {
-                    if let Some(bridge) = &self.bridge {
-                        bridge.publish(None, Event::Activity, &activity);
+                    if let Some(group) = &self.group
+                        && let Ok(activity) = serde_json::to_value(&activity)
+                    {
+                        group.publish(None, Event::Activity, activity);
                     }
                     let Some(ns) = self.io.of(NAMESPACE) else {
                         continue;

@@ -1,6 +1,6 @@
 //! A group of hubs on one PostgreSQL database, behaving as one.
 //!
-//! The database ([`super::postgres`]) is the truth: each open order belongs
+//! The database ([`crate::hub::postgres`]) is the truth: each open order belongs
 //! to one hub, and changes are conditional on that. This module keeps the
 //! group going around it, on the database's runtime:
 //! - **heartbeats**: each hub beats every [`GroupConfig::beat_every`] (on its
@@ -31,12 +31,18 @@ use socketioxide::SocketIo;
 use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch};
 
-use super::bridge::{Bridged, BridgedWhat};
-use super::desk::Adoption;
-use super::domain::rooms;
-use super::metrics::Metrics;
-use super::postgres::Pg;
-use super::sequencer::{GroupPresence, PresenceView, SequencerHandle};
+mod bridge;
+mod desk_work;
+mod link;
+
+use bridge::{Bridged, BridgedWhat};
+pub use link::Link;
+
+use crate::hub::desk::Adoption;
+use crate::hub::domain::rooms;
+use crate::hub::metrics::Metrics;
+use crate::hub::postgres::Pg;
+use crate::hub::sequencer::{GroupPresence, PresenceView, SequencerHandle};
 use crate::protocol::{DeliveryNotice, DriverName, NAMESPACE, StoreId};
 
 /// The `NOTIFY` channel of the bridge.
@@ -71,20 +77,30 @@ impl Default for GroupConfig {
     }
 }
 
+/// The link the sequencer publishes through and reports to (see
+/// [`Link`]), and the bridge's other end, for [`Group::start`].
+pub fn link(hub: &str, metrics: Arc<Metrics>) -> (Arc<Link>, mpsc::Receiver<String>) {
+    let (bridge, published) = bridge::bridge(hub, metrics);
+    (Arc::new(Link::new(bridge)), published)
+}
+
 /// The handle the hub keeps: claims for connecting drivers.
 #[derive(Clone)]
 pub struct Group {
     pg: Pg,
     sequencer: SequencerHandle,
+    link: Arc<Link>,
     metrics: Arc<Metrics>,
 }
 
 impl Group {
-    /// The handle of hub `pg`, whose sequencer is `sequencer`.
-    pub fn new(pg: Pg, sequencer: SequencerHandle, metrics: Arc<Metrics>) -> Self {
+    /// The handle of hub `pg`, whose sequencer is `sequencer` and reports to
+    /// `link`.
+    pub fn new(pg: Pg, sequencer: SequencerHandle, link: Arc<Link>, metrics: Arc<Metrics>) -> Self {
         Group {
             pg,
             sequencer,
+            link,
             metrics,
         }
     }
@@ -103,6 +119,7 @@ impl Group {
         let Group {
             pg,
             sequencer,
+            link,
             metrics,
         } = self;
         let (resend, resends) = mpsc::unbounded_channel();
@@ -114,7 +131,7 @@ impl Group {
             resends,
             Arc::clone(&metrics),
         ));
-        pg.spawn(keep_up(pg.clone(), config, sequencer, board, metrics))
+        pg.spawn(keep_up(pg.clone(), config, sequencer, link, board, metrics))
     }
 
     /// Brings `driver`'s packages held at other hubs here, before it is told
@@ -146,7 +163,7 @@ async fn claim_driver(
                 );
                 metrics.group("orders_claimed", orders.len() as u64);
             }
-            sequencer.adopt(orders, Adoption::DriverMoved);
+            desk_work::adopt(sequencer, orders, Adoption::DriverMoved).await;
         }
         Ok(Err(error)) => {
             log::warn!("cannot claim the packages of driver={driver} from other hubs: {error:#}")
@@ -201,6 +218,7 @@ async fn keep_up(
     pg: Pg,
     config: GroupConfig,
     sequencer: SequencerHandle,
+    link: Arc<Link>,
     board: Board,
     metrics: Arc<Metrics>,
 ) -> anyhow::Error {
@@ -209,7 +227,7 @@ async fn keep_up(
             "the group took this hub's orders over (it was silent for over {:?}); stopping",
             config.dead_after
         ),
-        stop = chores(&pg, &config, &sequencer, &board, &metrics) => stop,
+        stop = chores(&pg, &config, &sequencer, &link, &board, &metrics) => stop,
     }
 }
 
@@ -218,6 +236,7 @@ async fn chores(
     pg: &Pg,
     config: &GroupConfig,
     sequencer: &SequencerHandle,
+    link: &Link,
     board: &Board,
     metrics: &Metrics,
 ) -> anyhow::Error {
@@ -240,7 +259,7 @@ async fn chores(
                         );
                         metrics.group("hubs_taken_over", 1);
                         metrics.group("orders_taken_over", orders.len() as u64);
-                        sequencer.adopt(orders, Adoption::Restart);
+                        desk_work::adopt(sequencer, orders, Adoption::Restart).await;
                     }
                 }
                 Err(error) => log::warn!("cannot look for silent hubs: {error:#}"),
@@ -249,13 +268,10 @@ async fn chores(
         share_presence(pg, config, board).await;
         forget_taken(pg, sequencer, metrics).await;
         // Drivers here whose reports met packages another hub records.
-        let Some(drivers) = sequencer.drivers_to_claim().await else {
-            return anyhow::anyhow!("the sequencer stopped");
-        };
-        for driver in &drivers {
+        for driver in &link.take_drivers_to_claim() {
             claim_driver(pg, sequencer, metrics, driver).await;
         }
-        let Some((room, waiting)) = sequencer.spare().await else {
+        let Some((room, waiting)) = desk_work::spare(sequencer).await else {
             return anyhow::anyhow!("the sequencer stopped");
         };
         if room > waiting {
@@ -266,7 +282,7 @@ async fn chores(
                         log::info!("took {} orders waiting at other hubs", orders.len());
                         metrics.group("orders_taken_waiting", orders.len() as u64);
                     }
-                    sequencer.adopt(orders, Adoption::Restart);
+                    desk_work::adopt(sequencer, orders, Adoption::Restart).await;
                 }
                 Err(error) => log::warn!("cannot take waiting orders: {error:#}"),
             }
@@ -281,7 +297,7 @@ const CHECKED_AT_ONCE: usize = 1_000;
 /// else a hub whose shops' orders are all carried from other hubs (it has
 /// no courier of its own) would hold every one of them for ever.
 async fn forget_taken(pg: &Pg, sequencer: &SequencerHandle, metrics: &Metrics) {
-    let Some(waiting) = sequencer.waiting(CHECKED_AT_ONCE).await else {
+    let Some(waiting) = desk_work::waiting(sequencer, CHECKED_AT_ONCE).await else {
         return;
     };
     if waiting.is_empty() {
@@ -290,7 +306,7 @@ async fn forget_taken(pg: &Pg, sequencer: &SequencerHandle, metrics: &Metrics) {
     match pg.owned_elsewhere(&waiting).await {
         Ok(taken) => {
             metrics.group("orders_forgotten", taken.len() as u64);
-            sequencer.forget(taken);
+            desk_work::forget(sequencer, taken).await;
         }
         Err(error) => log::debug!("cannot check the waiting orders: {error:#}"),
     }

@@ -1,9 +1,6 @@
 //! The bridge's outgoing end and its messages: what a hub of a group tells
-//! its rooms and viewers, published for the other hubs to repeat (see
-//! [`super::group`], which carries them over the database).
-//!
-//! A leaf: the sequencer's outbox publishes through it without knowing the
-//! group, so the group may use the sequencer without a circle.
+//! its rooms and viewers, published for the other hubs to repeat (the
+//! group's chores carry them over the database).
 
 use std::sync::Arc;
 
@@ -11,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::metrics::Metrics;
+use crate::hub::metrics::Metrics;
 use crate::protocol::{Event, StoreId};
 
 /// NOTIFY refuses payloads of 8,000 bytes or more; larger messages are not
@@ -54,10 +51,7 @@ pub struct Bridge {
 
 impl Bridge {
     /// Publishes `message` for `store`'s room, or the viewers' (`None`).
-    pub fn publish(&self, store: Option<&StoreId>, event: Event, message: &impl Serialize) {
-        let Ok(message) = serde_json::to_value(message) else {
-            return;
-        };
+    pub fn publish(&self, store: Option<&StoreId>, event: Event, message: serde_json::Value) {
         let bridged = Bridged {
             from: self.hub.to_string(),
             what: BridgedWhat::Tell {
