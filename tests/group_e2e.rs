@@ -509,7 +509,7 @@ fn hubs_starting_together_on_an_empty_database_share_one_schema_and_refuse_a_tak
     }
     assert_eq!(
         cluster.query("SELECT version FROM caps_schema"),
-        caps::hub::postgres::MIGRATIONS.len().to_string()
+        caps::hub::storage::postgres::MIGRATIONS.len().to_string()
     );
     let slots = cluster.query("SELECT count(DISTINCT slot) FROM hubs");
     assert_eq!(slots, "3", "each hub has its own slot");
@@ -847,7 +847,7 @@ fn a_database_from_before_closed_at_keeps_its_orders_and_counts() {
     let Some(cluster) = PgCluster::start() else {
         return;
     };
-    cluster.query(caps::hub::postgres::MIGRATIONS[0]);
+    cluster.query(caps::hub::storage::postgres::MIGRATIONS[0]);
     cluster.query(
         "CREATE TABLE caps_schema (version BIGINT NOT NULL);
          INSERT INTO caps_schema VALUES (1);

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use caps::api::OrderCounts;
 use caps::hub::domain::{OrderKey, OrderQuery, Snapshot, StoredNotice, StoredOrder};
-use caps::hub::journal::{Backend, Records, Settled, Step};
+use caps::hub::storage::journal::{Backend, Records, Settled, Step};
 use caps::hub::{self, EventLog, Hub, HubConfig};
 use caps::protocol::{DriverName, Event, Handshake, MessageId, Order, OrderId, StoreId};
 use caps::roles::vendor::fake_order;

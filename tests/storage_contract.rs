@@ -11,9 +11,9 @@ mod common;
 use std::time::Duration;
 
 use caps::hub::domain::{Change, DriverKey, OrderKey, StoredOrder};
-use caps::hub::journal::{Backend, Records, Step};
-use caps::hub::postgres::{Pg, PgBackend};
-use caps::hub::sqlite::{SqliteBackend, SyncMode};
+use caps::hub::storage::journal::{Backend, Records, Step};
+use caps::hub::storage::postgres::{Pg, PgBackend};
+use caps::hub::storage::sqlite::{SqliteBackend, SyncMode};
 use caps::protocol::{
     Address, Customer, DriverName, Event, MessageId, Order, OrderId, OrderState, StoreId,
 };
@@ -255,7 +255,12 @@ fn what_was_recorded_reads_back_the_same_after_a_stop() {
             "{}",
             engine.name()
         );
-        assert_eq!(snapshot.delivered_total, 1, "{}", engine.name());
+        assert_eq!(
+            snapshot.closed.get(OrderState::Delivered),
+            1,
+            "{}",
+            engine.name()
+        );
         assert!(
             snapshot.next_seq > 2,
             "{}: past every arrival",

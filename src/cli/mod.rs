@@ -12,7 +12,7 @@ pub use args::Cli;
 use args::{Command, DispatchArgs, HubArgs, Reclaim, SecurityArgs, SyncArg, TokenArgs, TokenRole};
 
 use crate::hub::group::GroupConfig;
-use crate::hub::sqlite::SyncMode;
+use crate::hub::storage::sqlite::SyncMode;
 use crate::hub::{self, Admission, DeskConfig, EventLog, Hub, HubConfig, Limits, Storage};
 use crate::protocol::RoleName;
 use crate::roles::console::Console;

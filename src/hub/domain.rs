@@ -10,7 +10,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::api::{OrderSummary, OrderView, TransitionView};
+use crate::api::{OrderCounts, OrderSummary, OrderView, TransitionView};
 pub use crate::protocol::OrderState;
 use crate::protocol::{DriverName, Event, MessageId, Order, OrderId, StoreId};
 
@@ -270,8 +270,9 @@ pub struct StoredNotice {
 pub struct Snapshot {
     /// Open orders, by arrival (delivered ones stay in the data dir).
     pub orders: Vec<StoredOrder>,
-    /// How many orders were ever delivered.
-    pub delivered_total: u64,
+    /// How many orders ever entered each final state (the open states'
+    /// counts are zero: the desk counts its open orders itself).
+    pub closed: OrderCounts,
     /// The arrival number the next new order gets (one past every recorded one).
     pub next_seq: u64,
     /// The step between the arrival numbers this hub hands out (0 or 1: every

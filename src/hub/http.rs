@@ -23,10 +23,10 @@ use super::peer::{Admission, Peer};
 use std::sync::Arc;
 
 use super::domain::{DriverKey, OrderKey, OrderQuery, StoredOrder};
-use super::journal::Records;
 use super::metrics::Metrics;
-use super::readers::{ReadError, Readers};
 use super::sequencer::{GroupPresence, PresenceView, SequencerHandle};
+use super::storage::journal::Records;
+use super::storage::readers::{ReadError, Readers};
 use crate::api::{
     MAX_PAGE, NewOrder, ORDERS_PATH, OrderPage, OrderView, QueueStatus, Reclaimed, STATUS_PATH,
     Status,

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use chrono::Utc;
 
 use super::domain::{Change, StoredNotice};
-use super::journal::Records;
+use super::storage::journal::Records;
 use crate::protocol::{ErrorCode, Event, MessageId, Order, Refusal, StoreId};
 
 /// The notices of every store.
@@ -442,8 +442,8 @@ mod tests {
 
     #[test]
     fn with_a_data_dir_notices_are_read_from_it_and_trimmed_there() {
-        use crate::hub::journal::{Backend, Step};
-        use crate::hub::sqlite::{SqliteBackend, SyncMode};
+        use crate::hub::storage::journal::{Backend, Step};
+        use crate::hub::storage::sqlite::{SqliteBackend, SyncMode};
 
         let dir = tempfile::tempdir().unwrap();
         let mut backend = SqliteBackend::open(dir.path(), SyncMode::Normal).unwrap();

@@ -1,22 +1,30 @@
 //! The CAPS hub: a Socket.IO server on axum that dispatches each package to
 //! one driver and tells each store about its own packages.
 //!
-//! Layers, from the network in (see `docs/ARCHITECTURE.md` for the picture):
+//! Layers, from the network in (`docs/ARCHITECTURE.md` has the picture and
+//! names every file):
 //! - `door`, in front of everything: the names and pages allowed, connections
-//!   counted from the first byte, API rates;
+//!   counted from the first byte, API rates; `guard`: Socket.IO's own limits;
 //! - the edges: `handlers` (Socket.IO: admit a socket, type each event with
 //!   `decode`) and `http` (the dashboard, the API, `/metrics`);
 //! - `events`: one module per client event, with its permission rule and
-//!   what applying it does;
-//! - `sequencer`: the one task that applies every command in arrival order,
-//!   and its outbox, which holds replies and messages until their commit;
-//! - [`dispatch`] (the pure desk) and `mailbox` (the Phase 3 queues), which
+//!   what applying it does, through the sequencer's `EventContext`;
+//! - `sequencer`: the one task that applies every command in arrival order
+//!   (its books: the desk, the mailbox, who is where), its outbox, which
+//!   holds replies and messages until their commit, and `presence`, who is
+//!   online, published for readers;
+//! - [`desk`] (the pure desk) and `mailbox` (the Phase 3 queues), which
 //!   describe every change as a [`domain::Change`];
-//! - [`journal`]: the batched-commit writer, and the storage seam
-//!   [`journal::Backend`] with its read side [`journal::Records`], with
-//!   [`sqlite`] behind it;
-//! - `readers`: the HTTP API's reads of committed state, on low-priority
-//!   threads beside the sequencer.
+//! - [`storage`]: the journal (the batched-commit writer) and the seam
+//!   [`storage::journal::Backend`] with its read side
+//!   [`storage::journal::Records`]; the engines behind it,
+//!   [`storage::sqlite`] and [`storage::postgres`], which write changes down
+//!   by the same rules ([`storage::rows`], [`storage::columns`]); and the
+//!   reading room (`storage::readers`), the API's reads of committed state
+//!   on low-priority threads beside the sequencer;
+//! - [`group`], beside the sequencer for a hub of a group on PostgreSQL:
+//!   ownership, take-overs, the bridge between hubs' sockets. It drives the
+//!   sequencer; the sequencer knows it only as a `GroupLink`.
 //!
 //! All of them speak the vocabulary of [`domain`], which depends on none of them.
 //!
@@ -40,7 +48,6 @@
 //! [`Hub::start`] gives the routes without a listener, for tests that call
 //! them directly.
 
-mod columns;
 mod decode;
 pub mod desk;
 pub mod domain;
@@ -51,21 +58,18 @@ pub mod group;
 mod guard;
 mod handlers;
 mod http;
-pub mod journal;
 mod mailbox;
 mod metrics;
 mod peer;
-pub mod postgres;
-mod readers;
 mod sequencer;
-pub mod sqlite;
+pub mod storage;
 
 // Two pieces of how the hub runs its stack, exported for anyone who serves
 // socketioxide on axum the same way (the bench's floor servers do): the
 // request-head fix that keeps an idle connection's memory small, and the
 // rule for how long a batched commit waits for company.
 pub use door::detach_from_read_buffer;
-pub use journal::worth_waiting;
+pub use storage::journal::worth_waiting;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -89,15 +93,15 @@ use self::domain::Snapshot;
 use self::door::{CountingListener, Door, DoorConfig};
 use self::group::{Group, GroupConfig};
 use self::guard::Guard;
-use self::journal::{Backend, Journal, Records};
 use self::metrics::Metrics;
-use self::postgres::{Pg, PgBackend};
-use self::readers::Readers;
 use self::sequencer::{
     GroupLink, PresenceBoard, QueueSource, Reloader, Retention, SequencerHandle, SequencerSetup,
 };
-use self::sqlite::{SqliteBackend, SyncMode};
-use crate::protocol::NAMESPACE;
+use self::storage::journal::{Backend, Journal, Records};
+use self::storage::postgres::{Pg, PgBackend};
+use self::storage::readers::Readers;
+use self::storage::sqlite::{SqliteBackend, SyncMode};
+use crate::protocol::{NAMESPACE, OrderState};
 
 /// The longest a stopping hub waits for what it took to be committed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -198,7 +202,7 @@ pub struct Hub {
     snapshot: Snapshot,
     journal: Option<(
         Journal,
-        tokio::sync::mpsc::UnboundedReceiver<journal::Committed>,
+        tokio::sync::mpsc::UnboundedReceiver<storage::journal::Committed>,
     )>,
     /// Readers of committed orders, when the hub has a data dir.
     records: Option<RecordReaders>,
@@ -256,7 +260,7 @@ impl Hub {
         let snapshot = backend
             .load()
             .with_context(|| format!("reading the {described}"))?;
-        let api_records = (0..readers::THREADS)
+        let api_records = (0..storage::readers::THREADS)
             .map(|_| backend.records())
             .collect::<anyhow::Result<Vec<_>>>()?;
         let records = RecordReaders {
@@ -269,7 +273,7 @@ impl Hub {
         log::info!(
             "{described}: {} open orders, {} delivered, {} queued notices",
             snapshot.orders.iter().filter(|o| o.state.is_open()).count(),
-            snapshot.delivered_total,
+            snapshot.closed.get(OrderState::Delivered),
             snapshot
                 .queue_counts
                 .iter()

@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use super::domain::{Change, DriverKey, OrderKey, OrderState, StoredOrder, Transition};
+use crate::api::OrderCounts;
 use crate::lifecycle::{Holder, Misstep, Next, Report, next};
 use crate::protocol::{ErrorCode, Event, Order, OrderId, Refusal};
 
@@ -273,12 +274,14 @@ impl<S: Clone + PartialEq> Desk<S> {
     pub fn restore(
         config: DeskConfig,
         snapshot_orders: Vec<StoredOrder>,
-        delivered_total: u64,
+        closed: &OrderCounts,
         (next_seq, seq_stride): (u64, u64),
         now: Instant,
     ) -> Self {
         let mut desk = Desk::new(config);
-        desk.closed[OrderState::Delivered as usize] = delivered_total;
+        for state in OrderState::ALL.into_iter().filter(|state| state.is_final()) {
+            desk.closed[state as usize] = closed.get(state);
+        }
         desk.next_seq = next_seq;
         desk.seq_stride = seq_stride.max(1);
         desk.adopt(snapshot_orders, Adoption::Restart, now);

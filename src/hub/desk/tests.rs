@@ -350,6 +350,8 @@ fn every_change_is_recorded_and_a_restored_desk_resumes() {
         since: Utc::now(),
         history: Vec::new(),
     };
+    let mut delivered_before = OrderCounts::default();
+    delivered_before.set(OrderState::Delivered, 7);
     let mut restored: TestDesk = Desk::restore(
         DeskConfig::default(),
         vec![
@@ -357,7 +359,7 @@ fn every_change_is_recorded_and_a_restored_desk_resumes() {
             stored("offered", 1, OrderState::Assigned, Some(named("a"))),
             stored("done", 2, OrderState::Delivered, Some(named("a"))),
         ],
-        7,
+        &delivered_before,
         (3, 1),
         now,
     );
@@ -396,7 +398,13 @@ fn every_change_is_recorded_and_a_restored_desk_resumes() {
 fn hubs_sharing_a_database_number_orders_apart_and_adopt_each_others() {
     let now = Instant::now();
     // Hub slot 2 of stride 8: its numbers are 2, 10, 18, ...
-    let mut desk: TestDesk = Desk::restore(DeskConfig::default(), Vec::new(), 0, (10, 8), now);
+    let mut desk: TestDesk = Desk::restore(
+        DeskConfig::default(),
+        Vec::new(),
+        &OrderCounts::default(),
+        (10, 8),
+        now,
+    );
     pickup(&mut desk, "mine", now);
     let adopted = StoredOrder {
         order: order("theirs"),

@@ -1,6 +1,6 @@
 //! A group of hubs on one PostgreSQL database, behaving as one.
 //!
-//! The database ([`crate::hub::postgres`]) is the truth: each open order belongs
+//! The database ([`crate::hub::storage::postgres`]) is the truth: each open order belongs
 //! to one hub, and changes are conditional on that. This module keeps the
 //! group going around it, on the database's runtime:
 //! - **heartbeats**: each hub beats every [`GroupConfig::beat_every`] (on its
@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, watch};
 mod bridge;
 mod desk_work;
 mod link;
+mod ownership;
 
 use bridge::{Bridged, BridgedWhat};
 pub use link::Link;
@@ -41,8 +42,8 @@ pub use link::Link;
 use crate::hub::desk::Adoption;
 use crate::hub::domain::rooms;
 use crate::hub::metrics::Metrics;
-use crate::hub::postgres::Pg;
 use crate::hub::sequencer::{GroupPresence, PresenceView, SequencerHandle};
+use crate::hub::storage::postgres::Pg;
 use crate::protocol::{DeliveryNotice, DriverName, NAMESPACE, StoreId};
 
 /// The `NOTIFY` channel of the bridge.
@@ -152,7 +153,7 @@ async fn claim_driver(
     let task_pg = pg.clone();
     let name = driver.clone();
     let claimed = pg
-        .spawn(async move { task_pg.claim_driver(&name).await })
+        .spawn(async move { ownership::claim_driver(&task_pg, &name).await })
         .await;
     match claimed {
         Ok(Ok(orders)) => {
@@ -191,11 +192,11 @@ async fn share_presence(pg: &Pg, config: &GroupConfig, board: &Board) {
         }
     };
     if let Ok(text) = serde_json::to_string(&here)
-        && let Err(error) = pg.record_presence(&text).await
+        && let Err(error) = ownership::record_presence(pg, &text).await
     {
         log::debug!("cannot record who is online here: {error:#}");
     }
-    match pg.others_presence(config.dead_after).await {
+    match ownership::others_presence(pg, config.dead_after).await {
         Ok(others) => {
             let mut merged = GroupPresence::default();
             for text in others {
@@ -250,7 +251,7 @@ async fn chores(
         // After an outage every hub's heartbeat is old: a hub back first
         // must not take the others for dead before they have beaten again.
         if reachable_for >= config.dead_after + config.beat_every {
-            match pg.take_over_dead_hubs(config.dead_after).await {
+            match ownership::take_over_dead_hubs(pg, config.dead_after).await {
                 Ok(taken) => {
                     for (hub, orders) in taken {
                         log::warn!(
@@ -276,7 +277,7 @@ async fn chores(
         };
         if room > waiting {
             let wanted = (room - waiting).min(TAKE_AT_ONCE);
-            match pg.take_waiting(wanted, config.take_after).await {
+            match ownership::take_waiting(pg, wanted, config.take_after).await {
                 Ok(orders) => {
                     if !orders.is_empty() {
                         log::info!("took {} orders waiting at other hubs", orders.len());
@@ -303,7 +304,7 @@ async fn forget_taken(pg: &Pg, sequencer: &SequencerHandle, metrics: &Metrics) {
     if waiting.is_empty() {
         return;
     }
-    match pg.owned_elsewhere(&waiting).await {
+    match ownership::owned_elsewhere(pg, &waiting).await {
         Ok(taken) => {
             metrics.group("orders_forgotten", taken.len() as u64);
             desk_work::forget(sequencer, taken).await;

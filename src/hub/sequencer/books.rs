@@ -18,10 +18,10 @@ use super::outbox::Output;
 use crate::hub::desk::{Desk, Effect};
 use crate::hub::domain::{Change, DriverKey, OrderKey, StoredOrder};
 use crate::hub::event_log::EventLog;
-use crate::hub::journal::Records;
 use crate::hub::mailbox::Mailbox;
 use crate::hub::metrics::Metrics;
 use crate::hub::peer::Peer;
+use crate::hub::storage::journal::Records;
 use crate::protocol::{DeliveryNotice, ErrorCode, Event, Order, Refusal, StoreId};
 
 /// The state events work on, owned by the sequencer.

@@ -51,10 +51,10 @@ use super::desk::{Desk, DeskConfig};
 use super::domain::{Change, OrderKey, Snapshot, StoredOrder};
 use super::event_log::EventLog;
 use super::guard::Guard;
-use super::journal::{Commit, Committed, Journal, Records};
 use super::mailbox::Mailbox;
 use super::metrics::Metrics;
 use super::peer::Peer;
+use super::storage::journal::{Commit, Committed, Journal, Records};
 use crate::api::{OrderView, QueueStatus, Status, StoreStatus};
 use crate::protocol::{ErrorCode, Event, NAMESPACE, Order, OrderId, Refusal, StoreId};
 
@@ -139,7 +139,7 @@ pub async fn run(
             desk: Desk::restore(
                 setup.dispatch,
                 setup.snapshot.orders,
-                setup.snapshot.delivered_total,
+                &setup.snapshot.closed,
                 (setup.snapshot.next_seq, setup.snapshot.seq_stride),
                 Instant::now(),
             ),

@@ -12,8 +12,8 @@ use super::handle::Reply;
 use super::message::Message;
 use super::replay::{self, QueueSource, Replay, ReplayTurn};
 use crate::hub::domain::{Change, DriverKey, OrderKey, OrderState, rooms};
-use crate::hub::journal::Commit;
 use crate::hub::mailbox::not_queued;
+use crate::hub::storage::journal::Commit;
 use crate::protocol::{Activity, ErrorCode, Event, NAMESPACE, Order, Refusal, StoreId};
 
 /// What the steps a commit refused leave: their orders, which the desk holds
@@ -404,8 +404,8 @@ mod tests {
         (Reply::http(Peer::Operator, event, answer, metrics), outcome)
     }
 
-    fn acknowledgement(seq: u64) -> crate::hub::journal::Step {
-        crate::hub::journal::Step {
+    fn acknowledgement(seq: u64) -> crate::hub::storage::journal::Step {
+        crate::hub::storage::journal::Step {
             seq,
             changes: vec![Change::NoticeAcknowledged {
                 store: StoreId::new("acme").unwrap(),

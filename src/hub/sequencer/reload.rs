@@ -8,7 +8,7 @@
 
 use super::handle::WeakSequencerHandle;
 use crate::hub::domain::OrderKey;
-use crate::hub::readers::Readers;
+use crate::hub::storage::readers::Readers;
 
 /// Reads orders back for the sequencer.
 pub struct Reloader {

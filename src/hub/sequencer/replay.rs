@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::handle::{Reply, WeakSequencerHandle};
 use super::message::Message;
 use crate::hub::domain::StoredNotice;
-use crate::hub::readers::{ReadError, Readers};
+use crate::hub::storage::readers::{ReadError, Readers};
 use crate::protocol::{DeliveryNotice, ErrorCode, Event, Refusal, StoreId};
 
 /// Notices read per page.

@@ -5,7 +5,7 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
-use super::domain::{DriverKey, OrderState, StoredOrder};
+use crate::hub::domain::{DriverKey, OrderState, StoredOrder};
 use crate::protocol::{Address, Customer, DriverName, Event, Order, OrderId, StoreId};
 
 /// What a compacted order shows for its customer and address.

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use super::domain::{Change, OrderKey, OrderQuery, Snapshot, StoredNotice, StoredOrder};
 use crate::api::OrderCounts;
+use crate::hub::domain::{Change, OrderKey, OrderQuery, Snapshot, StoredNotice, StoredOrder};
 use crate::protocol::{MessageId, OrderId, StoreId};
 
 /// Most events' changes committed in one transaction.
