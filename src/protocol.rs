@@ -477,13 +477,34 @@ pub struct RefusalNotice {
 pub struct QueueRequest {
     /// The queue: a store id for a vendor's notices.
     pub queue_id: StoreId,
-    /// Which messages; `delivered` if absent.
+    /// Which messages: `pickup` for a driver's packages; any other event,
+    /// or none, for the store's notices, whatever their kinds (the course
+    /// sends `delivered`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<Event>,
     /// With `received`: the message acknowledged (a notice's `messageId`,
     /// or, as older course code sends, its `orderId`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_id: Option<MessageId>,
+}
+
+/// The queue a [`QueueRequest`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// A store's notices, of every kind, until acknowledged.
+    StoreNotices,
+    /// The packages a driver holds (replayed; acknowledged by `in-transit`).
+    DriverPackages,
+}
+
+impl QueueRequest {
+    /// Which queue it names.
+    pub fn queue(&self) -> Queue {
+        match self.event {
+            Some(Event::Pickup) => Queue::DriverPackages,
+            _ => Queue::StoreNotices,
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for QueueRequest {
@@ -850,6 +871,32 @@ mod tests {
         assert_eq!(
             serde_json::from_value::<DeliveryNotice>(wire).unwrap(),
             notice
+        );
+    }
+
+    #[test]
+    fn a_queue_request_names_a_drivers_packages_only_with_pickup() {
+        let queue = |wire: serde_json::Value| {
+            serde_json::from_value::<QueueRequest>(wire)
+                .unwrap()
+                .queue()
+        };
+        assert_eq!(queue(json!({"queueId": "acme"})), Queue::StoreNotices);
+        // The store's one queue holds notices of every kind, whichever the
+        // request names (the course names `delivered`).
+        for event in Event::ALL
+            .into_iter()
+            .filter(|event| *event != Event::Pickup)
+        {
+            assert_eq!(
+                queue(json!({"queueId": "acme", "event": event.name()})),
+                Queue::StoreNotices,
+                "{event}"
+            );
+        }
+        assert_eq!(
+            queue(json!({"queueId": "acme", "event": "pickup"})),
+            Queue::DriverPackages
         );
     }
 

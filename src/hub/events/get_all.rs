@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::{ClientEvent, may_use_queue};
 use crate::hub::peer::Peer;
 use crate::hub::sequencer::{EventContext, Message, Output, Replay, Replaying, Reply};
-use crate::protocol::{ErrorCode, Event, QueueRequest, Refusal};
+use crate::protocol::{ErrorCode, Event, Queue, QueueRequest, Refusal};
 
 /// `getAll`: send everything still queued for the sender.
 #[derive(Deserialize)]
@@ -37,11 +37,12 @@ impl ClientEvent for GetAll {
             );
             return cx.refuse(reply, None, refusal);
         };
-        let (event, replay) = match request.event.unwrap_or(Event::Delivered) {
-            // Read a page at a time as it is sent, off the sequencer.
-            Event::Delivered => (Event::Delivered, Replay::Queue(request.queue_id)),
+        let (event, replay) = match request.queue() {
+            // Read a page at a time as it is sent, off the sequencer; each
+            // notice goes out as its kind.
+            Queue::StoreNotices => (Event::Delivered, Replay::Queue(request.queue_id)),
             // A driver catching up: everything it holds (a few), again.
-            Event::Pickup => {
+            Queue::DriverPackages => {
                 let held = cx
                     .from()
                     .peer()
@@ -53,7 +54,6 @@ impl ClientEvent for GetAll {
                     Replay::Messages(held.into_iter().map(Message::Order).collect()),
                 )
             }
-            _ => (Event::Delivered, Replay::Messages(Vec::new())),
         };
         cx.send(Output::Replay {
             socket,

@@ -22,7 +22,7 @@ pub use pickup::Pickup;
 use super::decode::decode;
 use super::peer::Peer;
 pub use super::sequencer::ClientEvent;
-use crate::protocol::{Event, QueueRequest, Refusal};
+use crate::protocol::{Event, Queue, QueueRequest, Refusal};
 
 /// Decodes one payload off the wire into its event, at most `max_bytes` long.
 pub type Decoder = fn(
@@ -55,8 +55,8 @@ fn decoder<T: ClientEvent + DeserializeOwned>(
 /// Who may read or acknowledge a Phase 3 queue: a driver its packages, a
 /// vendor its own store's notices.
 fn may_use_queue(request: &QueueRequest, peer: &Peer) -> Result<(), Refusal> {
-    match request.event.unwrap_or(Event::Delivered) {
-        Event::Pickup => peer.may_carry(),
-        _ => peer.may_act_for(&request.queue_id),
+    match request.queue() {
+        Queue::DriverPackages => peer.may_carry(),
+        Queue::StoreNotices => peer.may_act_for(&request.queue_id),
     }
 }

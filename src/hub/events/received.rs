@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::{ClientEvent, may_use_queue};
 use crate::hub::peer::Peer;
 use crate::hub::sequencer::{EventContext, Reply};
-use crate::protocol::{ErrorCode, Event, QueueRequest, Refusal};
+use crate::protocol::{ErrorCode, Event, Queue, QueueRequest, Refusal};
 
 /// `received`: remove one notice from the sender's queue.
 #[derive(Deserialize)]
@@ -25,11 +25,8 @@ impl ClientEvent for Received {
     fn apply(self: Box<Self>, cx: &mut EventContext, reply: Reply) {
         let Received(request) = *self;
         cx.log(Event::Received, &request);
-        match (
-            request.event.unwrap_or(Event::Delivered),
-            request.message_id,
-        ) {
-            (Event::Delivered, Some(message_id)) => {
+        match (request.queue(), request.message_id) {
+            (Queue::StoreNotices, Some(message_id)) => {
                 match cx.mailbox().acknowledge(&request.queue_id, &message_id) {
                     Ok(change) => {
                         cx.mailbox_changed(change);
@@ -38,12 +35,12 @@ impl ClientEvent for Received {
                     Err(refusal) => cx.refuse(reply, None, refusal),
                 }
             }
-            (Event::Delivered, None) => {
+            (Queue::StoreNotices, None) => {
                 let refusal = Refusal::new(ErrorCode::InvalidPayload, "received needs a messageId");
                 cx.refuse(reply, None, refusal);
             }
             // Pickups are acknowledged by taking them up (in-transit).
-            _ => cx.accept(reply),
+            (Queue::DriverPackages, _) => cx.accept(reply),
         }
     }
 }
