@@ -11,7 +11,7 @@
 //   {"phase":"done","sent":…,"delivered":…,"duplicates":…,"seconds":…,
 //    "p50Ms":…,"p99Ms":…,"maxMs":…}
 // Usage: node generator.mjs '{"url":…,"urls":[…],"vendors":…,"drivers":…,"orders":…,
-//   "rate":null|n,"window":n,"conns":n,"patienceMs":n}'
+//   "rate":null|n,"window":n,"acknowledge":bool,"conns":n,"patienceMs":n}'
 import { createInterface } from 'node:readline';
 import { randomUUID } from 'node:crypto';
 import { io } from 'socket.io-client';
@@ -100,7 +100,7 @@ async function main() {
         if (config.rate === null && next < config.orders) place(vendor, store, next++);
         if (done.size >= total) allDone();
       }
-      if (notice.messageId) vendor.emit('received', { queueId: store, event: 'delivered', messageId: notice.messageId });
+      if (notice.messageId && config.acknowledge !== false) vendor.emit('received', { queueId: store, event: 'delivered', messageId: notice.messageId });
     });
     if (config.rate === null) {
       while (next < Math.min(config.window, config.orders)) place(vendor, store, next++);

@@ -3,9 +3,47 @@
 // one driver per package (least loaded), the store told once of in-transit
 // and delivered, delivery notices queued per store until `received`.
 // PORT=0 picks a free port; the first line printed names the address.
+//
+// JOURNAL=file makes it durable the cheap way: every inbound event is
+// appended to the file as one JSON line and handled only once the batch it
+// is in is written and fdatasync'd. One write and one sync per batch: events
+// that arrive while a sync is under way form the next batch, so a burst
+// costs one sync. Nothing is sent before the event that caused it is on
+// disk. (A restart would replay the whole file; this peer does not.)
 import { createServer } from 'node:http';
 import { randomUUID } from 'node:crypto';
+import { closeSync, fdatasync, openSync, write } from 'node:fs';
 import { Server } from 'socket.io';
+
+const journal = process.env.JOURNAL ? openSync(process.env.JOURNAL, 'a') : null;
+let batch = []; // [line, handle] of events not yet on disk
+let flushing = false;
+
+function flush() {
+  if (flushing || batch.length === 0) return;
+  flushing = true;
+  const taken = batch;
+  batch = [];
+  write(journal, taken.map(([line]) => line).join(''), (writeError) => {
+    if (writeError) throw writeError;
+    fdatasync(journal, (syncError) => {
+      if (syncError) throw syncError;
+      flushing = false;
+      for (const [, handle] of taken) handle();
+      flush();
+    });
+  });
+}
+
+/** `handler`, handled at once in memory, or after its event is on disk. */
+function journaled(event, handler) {
+  if (journal === null) return handler;
+  return (payload) => {
+    batch.push([`${JSON.stringify({ event, payload })}\n`, () => handler(payload)]);
+    if (batch.length === 1) setImmediate(flush);
+  };
+}
+process.on('exit', () => journal !== null && closeSync(journal));
 
 const httpServer = createServer();
 const io = new Server(httpServer, { maxHttpBufferSize: 1e6 });
@@ -49,21 +87,21 @@ caps.on('connection', (socket) => {
     socket.on('disconnect', () => drivers.delete(auth.name));
   }
 
-  socket.on('pickup', (order) => {
+  socket.on('pickup', journaled('pickup', (order) => {
     if (typeof order?.store !== 'string' || typeof order?.orderId !== 'string') return;
     const k = key(order);
     if (orders.has(k)) return;
     orders.set(k, { order, state: 'ready', driver: null });
     ready.push(k);
     dispatch();
-  });
-  socket.on('in-transit', (order) => {
+  }));
+  socket.on('in-transit', journaled('in-transit', (order) => {
     const entry = orders.get(key(order ?? {}));
     if (!entry || entry.state !== 'assigned' || entry.driver?.socket !== socket) return;
     entry.state = 'in-transit';
     caps.to(order.store).emit('in-transit', entry.order);
-  });
-  socket.on('delivered', (order) => {
+  }));
+  socket.on('delivered', journaled('delivered', (order) => {
     const entry = orders.get(key(order ?? {}));
     if (!entry || entry.state !== 'in-transit' || entry.driver?.socket !== socket) return;
     entry.state = 'delivered';
@@ -74,10 +112,10 @@ caps.on('connection', (socket) => {
       ...entry.order, event: 'delivered', messageId, queueId: order.store, clientId: order.store, order: entry.order,
     });
     dispatch();
-  });
-  socket.on('received', (request) => {
+  }));
+  socket.on('received', journaled('received', (request) => {
     if (notices.get(request?.messageId) === request?.queueId) notices.delete(request.messageId);
-  });
+  }));
 });
 
 httpServer.listen(Number(process.env.PORT ?? 3000), '127.0.0.1', () => {

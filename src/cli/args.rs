@@ -99,21 +99,27 @@ pub(super) struct BenchArgs {
     /// The running hub's process id (to read its CPU and memory).
     #[arg(long, env = "CAPS_BENCH_HUB_PID")]
     pub(super) hub_pid: Option<u32>,
-    /// Vendors.
-    #[arg(long, env = "CAPS_BENCH_VENDORS", default_value_t = 4)]
-    pub(super) vendors: usize,
-    /// Drivers.
-    #[arg(long, env = "CAPS_BENCH_DRIVERS", default_value_t = 4)]
-    pub(super) drivers: usize,
+    /// The shape of the load: bench (4 vendors, 4 drivers, a window of 64) or lab (the course's: 10 shops, 2 couriers, a window of 20); --vendors, --drivers and --window override it.
+    #[arg(long, env = "CAPS_BENCH_SCENARIO", value_enum, default_value = "bench")]
+    pub(super) scenario: crate::tools::bench::Scenario,
+    /// 3: vendors acknowledge each notice (`received`); 2: they never do, as the course's Phase 2 vendors.
+    #[arg(long, env = "CAPS_BENCH_PHASE", default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=3))]
+    pub(super) phase: u8,
+    /// Vendors [default: the scenario's].
+    #[arg(long, env = "CAPS_BENCH_VENDORS")]
+    pub(super) vendors: Option<usize>,
+    /// Drivers [default: the scenario's].
+    #[arg(long, env = "CAPS_BENCH_DRIVERS")]
+    pub(super) drivers: Option<usize>,
     /// Orders per vendor.
     #[arg(long, env = "CAPS_BENCH_ORDERS", default_value_t = 2_500)]
     pub(super) orders: usize,
     /// Offered orders per second over all vendors (open loop); without it, closed loop.
     #[arg(long, env = "CAPS_BENCH_RATE")]
     pub(super) rate: Option<f64>,
-    /// Orders in flight per vendor in closed loop.
-    #[arg(long, env = "CAPS_BENCH_WINDOW", default_value_t = 64)]
-    pub(super) window: usize,
+    /// Orders in flight per vendor in closed loop [default: the scenario's].
+    #[arg(long, env = "CAPS_BENCH_WINDOW")]
+    pub(super) window: Option<usize>,
     /// Idle driver connections to open first (memory per connection, connection rate).
     #[arg(long, env = "CAPS_BENCH_CONNS", default_value_t = 0)]
     pub(super) conns: usize,

@@ -104,6 +104,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => {
+            let shape = args.scenario.shape();
             crate::tools::bench::run(crate::tools::bench::BenchConfig {
                 targets: args.targets,
                 generators: args.generators,
@@ -111,11 +112,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 hub_pid: args.hub_pid,
                 hub_args: args.hub_args,
                 database: args.database,
-                vendors: args.vendors,
-                drivers: args.drivers,
+                scenario: args.scenario,
+                acknowledge: args.phase == 3,
+                vendors: args.vendors.unwrap_or(shape.vendors),
+                drivers: args.drivers.unwrap_or(shape.drivers),
                 orders: args.orders,
                 rate: args.rate,
-                window: args.window,
+                window: args.window.unwrap_or(shape.window),
                 conns: args.conns,
                 rounds: args.rounds,
                 patience: args.patience,

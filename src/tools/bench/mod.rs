@@ -47,6 +47,11 @@ pub struct BenchConfig {
     pub hub_args: Vec<String>,
     /// The PostgreSQL database of the caps-pg targets (emptied before each).
     pub database: Option<String>,
+    /// The shape the vendors, drivers and window came from (for reports).
+    pub scenario: Scenario,
+    /// Whether vendors acknowledge each notice (`received`, Phase 3); the
+    /// course's Phase 2 vendors never do.
+    pub acknowledge: bool,
     /// Vendors.
     pub vendors: usize,
     /// Drivers.
@@ -66,6 +71,57 @@ pub struct BenchConfig {
     /// Clients reading the HTTP API in a loop while orders flow (as open
     /// dashboards and scripts do): `/api/status`, then a page of 500 orders.
     pub pollers: usize,
+}
+
+/// A shape of load: how many shops and couriers, and how many orders each
+/// shop keeps in flight in closed loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// caps's own: 4 vendors, 4 drivers, a window of 64.
+    Bench,
+    /// The course lab's: 10 shops, 2 couriers, a window of 20.
+    Lab,
+}
+
+impl BenchConfig {
+    /// The scenario and phase, as reports name them (`lab/phase2`).
+    pub fn scenario_label(&self) -> String {
+        let phase = if self.acknowledge { 3 } else { 2 };
+        format!("{}/phase{phase}", self.scenario.label())
+    }
+}
+
+/// A scenario's numbers.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub vendors: usize,
+    pub drivers: usize,
+    pub window: usize,
+}
+
+impl Scenario {
+    /// Its vendors, drivers and window.
+    pub fn shape(self) -> Shape {
+        match self {
+            Scenario::Bench => Shape {
+                vendors: 4,
+                drivers: 4,
+                window: 64,
+            },
+            Scenario::Lab => Shape {
+                vendors: 10,
+                drivers: 2,
+                window: 20,
+            },
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Scenario::Bench => "bench",
+            Scenario::Lab => "lab",
+        }
+    }
 }
 
 /// Which client drives the load.
@@ -94,6 +150,8 @@ pub struct Figures {
     pub target: String,
     /// What drove the load.
     pub generator: String,
+    /// The shape of the load and the vendors' phase (`lab/phase2`).
+    pub scenario: String,
     /// Which round.
     pub round: usize,
     /// Orders sent.
@@ -176,6 +234,21 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
             }
         }
     }
+    println!(
+        "scenario {}: {} vendors, {} drivers, {}, vendors {}",
+        config.scenario_label(),
+        config.vendors,
+        config.drivers,
+        match config.rate {
+            Some(rate) => format!("{rate} orders/s offered"),
+            None => format!("closed loop, a window of {}", config.window),
+        },
+        if config.acknowledge {
+            "acknowledge each notice"
+        } else {
+            "never acknowledge"
+        }
+    );
     print_report(&results);
     let bad: Vec<&Figures> = results
         .iter()
@@ -285,6 +358,7 @@ async fn measure(
             Arc::clone(&tally),
             Arc::clone(&window),
             echo,
+            config.acknowledge,
         ));
         vendors.spawn(place(
             sender,
@@ -350,6 +424,7 @@ async fn measure(
     Ok(Figures {
         target: label.to_owned(),
         generator: "rust".to_owned(),
+        scenario: config.scenario_label(),
         round,
         sent: tally.sent_at.len() as u64,
         delivered,
@@ -493,13 +568,15 @@ async fn place(
     }
 }
 
-/// One vendor's receiving side: record deliveries, acknowledge them.
+/// One vendor's receiving side: record deliveries, and acknowledge them
+/// (`acknowledge`: Phase 3).
 async fn listen(
     mut receiver: wire::Receiver,
     sender: Arc<tokio::sync::Mutex<wire::Sender>>,
     tally: Arc<Mutex<Tally>>,
     window: Arc<Semaphore>,
     echo: bool,
+    acknowledge: bool,
 ) {
     let delivered_event = if echo {
         Event::Pickup.name()
@@ -535,7 +612,9 @@ async fn listen(
         if first {
             window.add_permits(1);
         }
-        if let Some(message_id) = incoming.payload["messageId"].as_str() {
+        if let Some(message_id) = incoming.payload["messageId"].as_str()
+            && acknowledge
+        {
             let store = incoming.payload["store"].as_str().unwrap_or_default();
             let received = json!({"queueId": store, "event": "delivered", "messageId": message_id});
             if sender

@@ -56,6 +56,7 @@ pub async fn measure(
         "orders": config.orders,
         "rate": config.rate,
         "window": config.window,
+        "acknowledge": config.acknowledge,
         "conns": config.conns,
         "patienceMs": config.patience.as_millis() as u64,
     });
@@ -111,6 +112,7 @@ pub async fn measure(
     Ok(Figures {
         target: label.to_owned(),
         generator: "node".to_owned(),
+        scenario: config.scenario_label(),
         round,
         sent,
         delivered,

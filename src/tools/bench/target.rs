@@ -19,6 +19,9 @@ pub enum Kind {
     CapsEphemeral,
     /// The Node socket.io 4.8 peer in bench/peer-hub.mjs.
     Node,
+    /// The same peer made durable the cheap way: every event appended to a
+    /// journal file and fdatasync'd (a batch per sync) before it is handled.
+    NodeJournal,
     /// A bare WebSocket server that echoes each event back: the transport's ceiling.
     Echo,
     /// socketioxide doing the Node peer's work and nothing more: the library's floor.
@@ -41,6 +44,7 @@ impl Kind {
             Kind::Caps => "caps",
             Kind::CapsEphemeral => "caps-ephemeral",
             Kind::Node => "node-peer",
+            Kind::NodeJournal => "node-journal",
             Kind::Echo => "echo-ceiling",
             Kind::RustPeer => "socketioxide-peer",
             Kind::RustDurablePeer => "socketioxide-durable-peer",
@@ -59,6 +63,7 @@ impl Kind {
             Kind::Caps
             | Kind::CapsEphemeral
             | Kind::Node
+            | Kind::NodeJournal
             | Kind::Echo
             | Kind::RustPeer
             | Kind::RustDurablePeer => 0,
@@ -154,10 +159,15 @@ impl Target {
                 command.args(hub_args);
                 command
             }
-            Kind::Node => {
+            Kind::Node | Kind::NodeJournal => {
                 let script = repo_file("bench/peer-hub.mjs")?;
                 let mut command = Command::new("node");
                 command.arg(script).env("PORT", "0");
+                if kind == Kind::NodeJournal {
+                    let dir = tempfile::tempdir().context("creating the journal's dir")?;
+                    command.env("JOURNAL", dir.path().join("journal.jsonl"));
+                    data_dir = Some(dir);
+                }
                 command
             }
             Kind::Echo => {
