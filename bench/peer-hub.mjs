@@ -6,33 +6,26 @@
 //
 // JOURNAL=file makes it durable the cheap way: every inbound event is
 // appended to the file as one JSON line and handled only once the batch it
-// is in is written and fdatasync'd. One write and one sync per batch: events
-// that arrive while a sync is under way form the next batch, so a burst
-// costs one sync. Nothing is sent before the event that caused it is on
-// disk. (A restart would replay the whole file; this peer does not.)
+// is in is written and fdatasync'd. One flush per event-loop turn: the
+// events read in one turn are one batch, written and synced together
+// (synchronously, so a burst that arrives meanwhile waits in the socket
+// buffers and is the next turn's batch). Nothing is sent before the event
+// that caused it is on disk. (A restart would replay the whole file; this
+// peer does not.)
 import { createServer } from 'node:http';
 import { randomUUID } from 'node:crypto';
-import { closeSync, fdatasync, openSync, write } from 'node:fs';
+import { closeSync, fdatasyncSync, openSync, writeSync } from 'node:fs';
 import { Server } from 'socket.io';
 
 const journal = process.env.JOURNAL ? openSync(process.env.JOURNAL, 'a') : null;
 let batch = []; // [line, handle] of events not yet on disk
-let flushing = false;
 
 function flush() {
-  if (flushing || batch.length === 0) return;
-  flushing = true;
   const taken = batch;
   batch = [];
-  write(journal, taken.map(([line]) => line).join(''), (writeError) => {
-    if (writeError) throw writeError;
-    fdatasync(journal, (syncError) => {
-      if (syncError) throw syncError;
-      flushing = false;
-      for (const [, handle] of taken) handle();
-      flush();
-    });
-  });
+  writeSync(journal, taken.map(([line]) => line).join(''));
+  fdatasyncSync(journal);
+  for (const [, handle] of taken) handle();
 }
 
 /** `handler`, handled at once in memory, or after its event is on disk. */

@@ -20,7 +20,8 @@ pub enum Kind {
     /// The Node socket.io 4.8 peer in bench/peer-hub.mjs.
     Node,
     /// The same peer made durable the cheap way: every event appended to a
-    /// journal file and fdatasync'd (a batch per sync) before it is handled.
+    /// journal file and fdatasync'd before it is handled (one write and one
+    /// sync per event-loop turn).
     NodeJournal,
     /// A bare WebSocket server that echoes each event back: the transport's ceiling.
     Echo,
