@@ -6,7 +6,7 @@
 # driven by both load generators (caps bench's Rust client and
 # bench/generator.mjs on the official socket.io-client), measured in turns in
 # one run. Raw JSON lines go to docs/bench/, the charts to docs/bench/*.svg.
-# Takes about 23 minutes on 2 cores.
+# Takes about 30 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 caps=target/release/caps
@@ -30,6 +30,21 @@ done
 echo "== 2,000 orders a second with no commit delay: the least latency a durable hub has here"
 CAPS_COMMIT_DELAY=0s $caps bench --targets caps,rust-durable-peer,rust-peer,node $both --rounds 3 \
   --vendors 4 --drivers 4 --orders 2000 --rate 2000 | tee "$out/rate-2000-no-delay.txt"
+
+echo "== the lab's shape (10 shops, 2 couriers, window 20) and the bench's, both phases, against a journal"
+: > "$out/journal-peer-lab-and-bench.jsonl"
+: > "$out/journal-peer.txt"
+for scenario in lab bench; do
+  for phase in 2 3; do
+    if [ "$scenario" = lab ]; then per=1000; rate_per=400; else per=2500; rate_per=1000; fi
+    for load in "--orders $per" "--orders $rate_per --rate 2000"; do
+      # shellcheck disable=SC2086 # $load is two flags
+      $caps bench --targets node,node-journal,caps,caps-ephemeral $both --rounds 3 \
+        --scenario "$scenario" --phase "$phase" $load | tee -a "$out/journal-peer.txt" \
+        | grep '^{' >> "$out/journal-peer-lab-and-bench.jsonl"
+    done
+  done
+done
 
 echo "== idle drivers: memory per connection, connection rate (10,000 x 3 rounds, then 19,000)"
 $caps bench --targets caps,rust-peer,node $both --rounds 3 --conns 10000 \

@@ -1,8 +1,10 @@
 //! The durable floor `caps bench` measures caps against (`caps bench-peer
-//! --durable`) is only a floor if it keeps what a durable hub keeps: every
-//! event recorded, and committed before anything it causes is sent. Checked
-//! through the doors the bench uses: the built binary as a child process,
-//! `caps bench` driving it, and the log read back after a SIGKILL.
+//! --durable`), and the Node peer made durable with a journal
+//! (`node-journal`), are only fair peers if they keep what a durable hub
+//! keeps: every event recorded, and committed before anything it causes is
+//! sent. Checked through the doors the bench uses: the built binary and the
+//! Node peer as child processes, `caps bench` driving them, and the log or
+//! journal read back after a SIGKILL.
 
 mod common;
 
@@ -149,4 +151,68 @@ fn the_durable_floor_sends_nothing_its_log_has_not_committed() {
     // Once the lock is let go, the order is committed and offered.
     lock.execute_batch("ROLLBACK").unwrap();
     probe.wait_for_line("offer o-1");
+}
+
+/// The Node peer made durable (`bench/peer-hub.mjs` with `JOURNAL`), and its URL.
+fn journal_peer(journal: &Path) -> (Proc, String) {
+    let mut node = Command::new("node");
+    node.arg(common::repo_root().join("bench/peer-hub.mjs"))
+        .env("PORT", "0")
+        .env("JOURNAL", journal);
+    let peer = Proc::spawn("journal-peer", node);
+    let banner = peer.wait_for_line("listening on");
+    let url = banner.rsplit(' ').next().unwrap().to_owned();
+    (peer, url)
+}
+
+#[test]
+fn the_journal_peer_records_every_event_before_it_answers_in_the_labs_shape() {
+    for (phase, acknowledges) in [("2", false), ("3", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal.jsonl");
+        let (mut peer, url) = journal_peer(&journal);
+        let run = caps_command(&[
+            "bench",
+            "--hub",
+            &url,
+            "--scenario",
+            "lab",
+            "--phase",
+            phase,
+            "--orders",
+            "20",
+        ])
+        .output()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            run.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("\"scenario\":\"lab/phase{phase}\"")),
+            "the figures name their scenario: {stdout}"
+        );
+        // Killed the moment the bench heard every delivery (10 shops x 20):
+        // whatever it heard must already be in the journal.
+        peer.kill();
+        let text = std::fs::read_to_string(&journal).unwrap();
+        let count = |event: &str| {
+            text.lines()
+                .filter(|line| line.starts_with(&format!("{{\"event\":\"{event}\"")))
+                .count()
+        };
+        for event in ["pickup", "in-transit", "delivered"] {
+            assert_eq!(count(event), 200, "{event} lines, phase {phase}");
+        }
+        // Phase 2 vendors never acknowledge; Phase 3 vendors acknowledge every
+        // notice (the last ones may still be on their way when the peer is killed).
+        let received = count("received");
+        if !acknowledges {
+            assert_eq!(received, 0, "phase 2 vendors acknowledge nothing");
+        } else {
+            assert!(received > 0, "phase 3 vendors acknowledge");
+        }
+    }
 }

@@ -152,6 +152,8 @@ pub struct Figures {
     pub generator: String,
     /// The shape of the load and the vendors' phase (`lab/phase2`).
     pub scenario: String,
+    /// Offered orders per second; `None` in closed loop.
+    pub rate: Option<f64>,
     /// Which round.
     pub round: usize,
     /// Orders sent.
@@ -425,6 +427,7 @@ async fn measure(
         target: label.to_owned(),
         generator: "rust".to_owned(),
         scenario: config.scenario_label(),
+        rate: config.rate,
         round,
         sent: tally.sent_at.len() as u64,
         delivered,

@@ -113,6 +113,7 @@ pub async fn measure(
         target: label.to_owned(),
         generator: "node".to_owned(),
         scenario: config.scenario_label(),
+        rate: config.rate,
         round,
         sent,
         delivered,
