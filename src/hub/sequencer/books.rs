@@ -39,7 +39,10 @@ pub struct Books {
     pub(super) vendors: HashMap<Sid, HashSet<StoreId>>,
     /// Committed orders: the authority for those the desk no longer holds.
     pub(super) records: Option<Box<dyn Records>>,
-    /// In a group of hubs, the group's side.
+    /// In a group of hubs, the group's side. Remote records come with a
+    /// group (`Hub::open` gives every hub on PostgreSQL one); without it,
+    /// nothing would move a driver's packages here, so a report on a package
+    /// this hub does not know is refused as unknown rather than "try again".
     pub(super) group: Option<Arc<dyn GroupLink>>,
 }
 

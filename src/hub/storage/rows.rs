@@ -28,6 +28,11 @@ pub struct RowChanges {
     pub acknowledged: Vec<Acknowledgement>,
     /// Queues cut to their newest notices: (store, how many kept).
     pub trimmed: Vec<(String, i64)>,
+    /// Every notice write above, in the order of the changes (an engine that
+    /// writes them one by one keeps it; one that writes each kind in one
+    /// statement may not, and the PostgreSQL engine writes queued, trimmed,
+    /// removed, acknowledged).
+    pub notice_order: Vec<NoticeWrite>,
     /// A change was decided on another version of its order than the run
     /// had left it at: the run cannot be recorded as one (each of its steps
     /// must be tried alone).
@@ -56,6 +61,15 @@ pub struct OrderRowChange {
     pub closed_at: Option<String>,
     /// Every state the run entered, oldest first: its history's new entries.
     pub entered: Vec<HistoryEntry>,
+}
+
+/// Where a notice write is in [`RowChanges`]: its kind and its index there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeWrite {
+    Queued(usize),
+    Removed(usize),
+    Acknowledged(usize),
+    Trimmed(usize),
 }
 
 /// One entry of an order's history.
@@ -174,23 +188,35 @@ impl RowChanges {
                     kind,
                     order,
                     at,
-                } => rows.queued.push(QueuedNotice {
-                    message_id: message_id.to_string(),
-                    store: order.store.to_string(),
-                    order_id: order.order_id.to_string(),
-                    at: at.to_rfc3339(),
-                    kind: kind.name(),
-                }),
-                Change::NoticeRemoved { message_id } => rows.removed.push(message_id.to_string()),
+                } => {
+                    rows.notice_order
+                        .push(NoticeWrite::Queued(rows.queued.len()));
+                    rows.queued.push(QueuedNotice {
+                        message_id: message_id.to_string(),
+                        store: order.store.to_string(),
+                        order_id: order.order_id.to_string(),
+                        at: at.to_rfc3339(),
+                        kind: kind.name(),
+                    });
+                }
+                Change::NoticeRemoved { message_id } => {
+                    rows.notice_order
+                        .push(NoticeWrite::Removed(rows.removed.len()));
+                    rows.removed.push(message_id.to_string());
+                }
                 Change::NoticeAcknowledged { store, id } => {
+                    rows.notice_order
+                        .push(NoticeWrite::Acknowledged(rows.acknowledged.len()));
                     rows.acknowledged.push(Acknowledgement {
                         step,
                         store: store.to_string(),
                         id: id.clone(),
-                    })
+                    });
                 }
                 Change::NoticesTrimmed { store, keep } => {
-                    rows.trimmed.push((store.to_string(), *keep as i64))
+                    rows.notice_order
+                        .push(NoticeWrite::Trimmed(rows.trimmed.len()));
+                    rows.trimmed.push((store.to_string(), *keep as i64));
                 }
             }
         }
@@ -342,6 +368,11 @@ mod tests {
         assert_eq!(rows.queued[0].kind, "delivered");
         assert_eq!(rows.queued[0].order_id, "o-1");
         assert_eq!(rows.acknowledged[0].step, 1);
+        assert_eq!(
+            rows.notice_order,
+            [NoticeWrite::Queued(0), NoticeWrite::Acknowledged(0)],
+            "in the order of the changes"
+        );
         assert!(rows.changes_no_order());
     }
 }

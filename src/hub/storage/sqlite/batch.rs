@@ -5,7 +5,7 @@ use rusqlite::{Connection, params};
 
 use super::schema::history_entry;
 use crate::hub::storage::journal::Step;
-use crate::hub::storage::rows::{OrderRowChange, RowChanges};
+use crate::hub::storage::rows::{NoticeWrite, OrderRowChange, RowChanges};
 
 /// The statements that record changes, prepared on one connection.
 pub(super) struct Writes<'c> {
@@ -72,6 +72,10 @@ impl<'c> Writes<'c> {
     pub(super) fn apply(&mut self, step: &Step) -> rusqlite::Result<bool> {
         let rows = RowChanges::of(step.changes.iter().map(|change| (step.seq, change)));
         if rows.inconsistent {
+            log::warn!(
+                "not recording step {}: it changes an order from another version than it left",
+                step.seq
+            );
             return Ok(false);
         }
         for order in &rows.inserts {
@@ -126,28 +130,37 @@ impl<'c> Writes<'c> {
         for (state, closed) in &rows.closed {
             self.count_closed.execute(params![state, closed])?;
         }
-        for notice in &rows.queued {
-            self.queue.execute(params![
-                notice.message_id,
-                notice.store,
-                notice.order_id,
-                notice.at,
-                notice.kind,
-            ])?;
-        }
-        for message_id in &rows.removed {
-            self.unqueue.execute(params![message_id])?;
-        }
-        for acknowledgement in &rows.acknowledged {
-            let removed = self
-                .acknowledge
-                .execute(params![acknowledgement.store, acknowledgement.id])?;
-            if removed == 0 {
-                self.acknowledged_nothing = true;
+        // One by one, in the order the step made them: a notice queued and
+        // trimmed, or removed and queued, in one step comes out as it did.
+        for write in &rows.notice_order {
+            match *write {
+                NoticeWrite::Queued(index) => {
+                    let notice = &rows.queued[index];
+                    self.queue.execute(params![
+                        notice.message_id,
+                        notice.store,
+                        notice.order_id,
+                        notice.at,
+                        notice.kind,
+                    ])?;
+                }
+                NoticeWrite::Removed(index) => {
+                    self.unqueue.execute(params![rows.removed[index]])?;
+                }
+                NoticeWrite::Acknowledged(index) => {
+                    let acknowledgement = &rows.acknowledged[index];
+                    let removed = self
+                        .acknowledge
+                        .execute(params![acknowledgement.store, acknowledgement.id])?;
+                    if removed == 0 {
+                        self.acknowledged_nothing = true;
+                    }
+                }
+                NoticeWrite::Trimmed(index) => {
+                    let (store, keep) = &rows.trimmed[index];
+                    self.trim.execute(params![store, keep])?;
+                }
             }
-        }
-        for (store, keep) in &rows.trimmed {
-            self.trim.execute(params![store, keep])?;
         }
         Ok(true)
     }
