@@ -525,6 +525,47 @@ fn hubs_starting_together_on_an_empty_database_share_one_schema_and_refuse_a_tak
     drop(starting);
 }
 
+#[test]
+fn a_hub_started_before_its_database_waits_for_it_but_not_for_one_that_refuses_it() {
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    // Started while the database is down (as beside it, at boot): it waits.
+    cluster.stop();
+    let hub = Proc::caps(
+        "hub",
+        &["hub", "--port", "0", "--database", &url, "--hub-id", "a"],
+    );
+    hub.wait_for_log("is not answering yet");
+    cluster.start_again();
+    hub.wait_for_line("listening on http://");
+
+    // A database that answers and refuses (it does not exist) is not waited
+    // for: the hub stops at once and says why.
+    let (server, _) = url.rsplit_once('/').unwrap();
+    let missing = format!("{server}/no_such_database");
+    let mut refused = Proc::caps(
+        "refused",
+        &[
+            "hub",
+            "--port",
+            "0",
+            "--database",
+            &missing,
+            "--hub-id",
+            "b",
+        ],
+    );
+    let status = refused.wait_exit_within(Duration::from_secs(20), &[]);
+    assert!(!status.success());
+    assert!(
+        refused.logged("no_such_database") && !refused.logged("not answering yet"),
+        "{}",
+        refused.describe()
+    );
+}
+
 /// `POST /api/orders`, sent again while the hub says busy (a refused insert
 /// is read back, and the next try finds the order): the final status.
 fn place(url: &str, order: serde_json::Value) -> u16 {

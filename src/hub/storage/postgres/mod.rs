@@ -62,6 +62,10 @@ const CLAIMS_AT_ONCE: usize = POOL_SIZE as usize - 2;
 /// caller refuses `busy`, or the writer tries again).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a starting hub keeps trying to reach its database (not yet
+/// up, or too busy to open a connection in time) before it gives up.
+const START_PATIENCE: Duration = Duration::from_secs(60);
+
 /// How long the writer keeps trying one batch while the database is away
 /// before the hub gives up and stops (a supervisor restarts it).
 const OUTAGE_LIMIT: Duration = Duration::from_secs(300);
@@ -126,7 +130,7 @@ impl Pg {
             .parse()
             .with_context(|| format!("bad --database URL {}", redact(url)))?;
         let hub: Arc<str> = hub_id.into();
-        let opened = {
+        let open = || {
             let hub = Arc::clone(&hub);
             let options = options.clone();
             wait_on(runtime.get(), async move {
@@ -151,7 +155,21 @@ impl Pg {
                 anyhow::Ok((pool, id_lock, slot))
             })
         };
-        let (pool, id_lock, slot) = opened?;
+        // A hub started beside its database, or while it is too busy to open
+        // a connection in time, waits for it rather than exit at once.
+        let started = Instant::now();
+        let (pool, id_lock, slot) = loop {
+            match open() {
+                Err(error) if unreachable(&error) && started.elapsed() < START_PATIENCE => {
+                    log::warn!(
+                        "the database {} is not answering yet ({error:#}); trying again",
+                        redact(url)
+                    );
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                opened => break opened?,
+            }
+        };
         log::info!(
             "hub {hub} joined the group on {} (slot {slot})",
             redact(url)
@@ -431,6 +449,21 @@ impl PgBackend {
 /// faulted, rather than refusing the statements. Trying a batch again is
 /// safe: its changes are conditional, so one that did commit before the
 /// answer was lost is refused the second time, not doubled.
+/// Whether `error` says the database could not be reached (down, starting,
+/// out of connections, or too slow to hand one out), rather than that it
+/// refused this hub (a bad password, no such database, an id in use).
+fn unreachable(error: &anyhow::Error) -> bool {
+    match error.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => true,
+        // Connection exceptions (08), too many connections (53), and "the
+        // database system is starting up" (57P03).
+        Some(sqlx::Error::Database(error)) => error.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("53") || code == "57P03"
+        }),
+        _ => false,
+    }
+}
+
 fn transient(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Database(error) => {
