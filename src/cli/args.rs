@@ -189,9 +189,15 @@ pub(super) struct HubArgs {
     /// How long a replay (`getAll`) may take: one that a connection has not taken by then stops and is refused `busy`.
     #[arg(long, env = "CAPS_REPLAY_DEADLINE", default_value = "60s", value_parser = parse_positive_duration)]
     pub(super) replay_deadline: Duration,
-    /// Under load (commits moments apart), how long a commit waits for more changes to carry in one fsync; 0s never waits.
-    #[arg(long, env = "CAPS_COMMIT_DELAY", default_value = "500us", value_parser = humantime::parse_duration)]
-    pub(super) commit_delay: Duration,
+    /// Under load (commits moments apart), how long a commit waits for more changes to carry in one fsync; 0s never waits [default: 0s with the commit log, 500us without it or on --database].
+    #[arg(long, env = "CAPS_COMMIT_DELAY", value_parser = humantime::parse_duration)]
+    pub(super) commit_delay: Option<Duration>,
+    /// With a data dir: `on` commits each batch by appending it to a log and syncing it, and brings the tables up to date after, many commits at a time; `off` commits each batch as a transaction on the tables.
+    #[arg(long, env = "CAPS_COMMIT_LOG", value_enum, default_value = "on")]
+    pub(super) commit_log: Switch,
+    /// How long the tables' writer gathers logged commits before bringing them in (tests stretch it).
+    #[arg(long, env = "CAPS_TABLES_GATHER", default_value = "50ms", value_parser = humantime::parse_duration, hide = true)]
+    pub(super) tables_gather: Duration,
     /// Threads serving connections [default: one fewer than the CPUs, at least one: the data dir's writer has a core of its own].
     #[arg(long, env = "CAPS_WORKERS", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub(super) workers: Option<u64>,
@@ -476,6 +482,13 @@ fn parse_reclaim_after(raw: &str) -> Result<Reclaim, String> {
         return Ok(Reclaim::Never);
     }
     parse_positive_duration(raw).map(Reclaim::After)
+}
+
+/// A setting that is on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum Switch {
+    On,
+    Off,
 }
 
 /// When a hub's commit counts as done (`--sync`).

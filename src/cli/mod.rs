@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 pub use args::Cli;
-use args::{Command, DispatchArgs, HubArgs, Reclaim, SecurityArgs, SyncArg, TokenArgs, TokenRole};
+use args::{
+    Command, DispatchArgs, HubArgs, Reclaim, SecurityArgs, Switch, SyncArg, TokenArgs, TokenRole,
+};
 
 use crate::hub::group::GroupConfig;
 use crate::hub::storage::sqlite::SyncMode;
@@ -271,7 +273,14 @@ impl HubArgs {
         config.sync = self.sync.into();
         config.retain = self.retain;
         config.compact_every = self.compact_every;
-        config.commit_delay = self.commit_delay;
+        config.commit_log = self.commit_log == Switch::On;
+        config.tables_gather = self.tables_gather;
+        config.commit_delay =
+            self.commit_delay
+                .unwrap_or(match (&config.storage, config.commit_log) {
+                    (Storage::DataDir(_), true) => HubConfig::TURN_WAIT,
+                    _ => HubConfig::COMMIT_DELAY,
+                });
         config.replay_deadline = self.replay_deadline;
         config.admission = self.security.admission()?;
         config.limits = self.security.limits();

@@ -9,6 +9,7 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::api::{OrderCounts, OrderSummary, OrderView, TransitionView};
 pub use crate::protocol::OrderState;
@@ -30,7 +31,7 @@ pub mod rooms {
 }
 
 /// Orders are unique per store: two shops may both have an order "1".
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct OrderKey {
     /// The order's store.
     pub store: StoreId,
@@ -57,7 +58,7 @@ impl fmt::Display for OrderKey {
 /// Who a driver is. A named driver keeps its packages across reconnections;
 /// an anonymous one (a client that declared nothing) is known only by its
 /// socket, so its packages go back to `ready` when it leaves.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DriverKey {
     /// A driver that declared a name.
     Named(DriverName),
@@ -88,7 +89,7 @@ pub struct Transition {
 /// One change of the hub's state, as the journal records it. Each is
 /// conditional: a new order only if its key is new, a transition only from the
 /// version it was decided on; the storage refuses one that does not hold.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Change {
     /// A new order, in `ready`.
     NewOrder {

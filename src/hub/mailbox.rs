@@ -6,8 +6,9 @@
 //! at most `limit` notices and drops the oldest beyond that.
 //!
 //! With a data dir the notices live there, not in memory: the mailbox keeps
-//! only how many each store has (to know when to trim) and reads the rest
-//! from the committed records. An ephemeral hub keeps them in memory.
+//! how many each store has (to know when to trim), the notices of journal
+//! entries not yet in the tables, and reads the rest from the records. An
+//! ephemeral hub keeps them in memory.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -15,7 +16,7 @@ use chrono::Utc;
 
 use super::domain::{Change, StoredNotice};
 use super::storage::journal::Records;
-use crate::protocol::{ErrorCode, Event, MessageId, Order, Refusal, StoreId};
+use crate::protocol::{ErrorCode, Event, MessageId, Order, OrderId, Refusal, StoreId};
 
 /// The notices of every store.
 pub struct Mailbox {
@@ -31,7 +32,61 @@ enum Kept {
         counts: HashMap<StoreId, u64>,
         /// Notices whose removal is on its way to the data dir.
         removing: Removing,
+        /// Notices whose queuing is on its way to the data dir.
+        fresh: Fresh,
     },
+}
+
+/// Notices queued by journal entries the tables do not hold yet (they
+/// follow the commit log a moment later). The records do not list them
+/// until then, so an acknowledgement of one is answered from here.
+#[derive(Default)]
+struct Fresh {
+    /// Oldest first, each with the number of the journal entry that queued
+    /// it (0 while the step is being applied).
+    notices: VecDeque<(u64, FreshNotice)>,
+}
+
+struct FreshNotice {
+    message_id: MessageId,
+    store: StoreId,
+    order_id: OrderId,
+}
+
+impl Fresh {
+    /// The fresh notice of `store` whose message id, or else whose order's
+    /// id, is `id`, and not being removed.
+    fn find(&self, store: &StoreId, id: &str, removing: &Removing) -> Option<MessageId> {
+        let mut of_store = self
+            .notices
+            .iter()
+            .map(|(_, notice)| notice)
+            .filter(|notice| &notice.store == store && !removing.ids.contains(&notice.message_id));
+        let by_message = of_store
+            .clone()
+            .find(|notice| notice.message_id.as_str() == id);
+        by_message
+            .or_else(|| of_store.find(|notice| notice.order_id.as_str() == id))
+            .map(|notice| notice.message_id.clone())
+    }
+
+    /// `store`'s queue was trimmed to its newest `keep`: fresh notices of
+    /// its beyond that went too.
+    fn trimmed(&mut self, store: &StoreId, keep: u64) {
+        let mut kept = 0;
+        let mut index = self.notices.len();
+        while index > 0 {
+            index -= 1;
+            if &self.notices[index].1.store != store {
+                continue;
+            }
+            if kept < keep {
+                kept += 1;
+            } else {
+                self.notices.remove(index);
+            }
+        }
+    }
 }
 
 /// Notices acknowledged whose removal is not committed yet. The data dir
@@ -70,6 +125,7 @@ impl Mailbox {
                 records,
                 counts: counts.into_iter().collect(),
                 removing: Removing::default(),
+                fresh: Fresh::default(),
             },
         }
     }
@@ -79,9 +135,17 @@ impl Mailbox {
     pub fn enqueue(&mut self, kind: Event, order: Order) -> (MessageId, Vec<Change>) {
         match &mut self.kept {
             Kept::Memory(queues) => queues.enqueue(kind, order),
-            Kept::DataDir { counts, .. } => {
+            Kept::DataDir { counts, fresh, .. } => {
                 let message_id = new_message_id();
                 let store = order.store.clone();
+                fresh.notices.push_back((
+                    0,
+                    FreshNotice {
+                        message_id: message_id.clone(),
+                        store: store.clone(),
+                        order_id: order.order_id.clone(),
+                    },
+                ));
                 let mut changes = vec![Change::NoticeQueued {
                     message_id: message_id.clone(),
                     kind,
@@ -96,6 +160,7 @@ impl Mailbox {
                         self.limit
                     );
                     *queued = self.limit as u64;
+                    fresh.trimmed(&store, self.limit as u64);
                     changes.push(Change::NoticesTrimmed {
                         store,
                         keep: self.limit as u64,
@@ -128,12 +193,26 @@ impl Mailbox {
                 records,
                 counts,
                 removing,
+                fresh,
             } => {
-                let found = records
-                    .notice_id(store, message_id.as_str())
-                    .map_err(unreadable)?
-                    .filter(|found| !removing.ids.contains(found))
-                    .ok_or_else(|| not_queued(store, message_id.as_str()))?;
+                let id = message_id.as_str();
+                // A notice just delivered is most often acknowledged by its
+                // message id while still fresh: no read. By an order's id,
+                // the oldest notice goes first, and the tables hold older.
+                let fresh_by_message = || {
+                    fresh
+                        .find(store, id, removing)
+                        .filter(|found| found.as_str() == id)
+                };
+                let found = match fresh_by_message() {
+                    Some(found) => found,
+                    None => records
+                        .notice_id(store, id)
+                        .map_err(unreadable)?
+                        .filter(|found| !removing.ids.contains(found))
+                        .or_else(|| fresh.find(store, id, removing))
+                        .ok_or_else(|| not_queued(store, id))?,
+                };
                 if let Some(queued) = counts.get_mut(store) {
                     *queued = queued.saturating_sub(1);
                 }
@@ -146,21 +225,40 @@ impl Mailbox {
 
     /// The step just applied went to the journal as entry `seq`.
     pub fn sealed(&mut self, seq: u64) {
-        if let Kept::DataDir { removing, .. } = &mut self.kept {
+        if let Kept::DataDir {
+            removing, fresh, ..
+        } = &mut self.kept
+        {
             let Removing {
                 this_step, by_step, ..
             } = removing;
             by_step.extend(this_step.drain(..).map(|id| (seq, id)));
+            for (step, _) in fresh.notices.iter_mut().rev() {
+                if *step != 0 {
+                    break;
+                }
+                *step = seq;
+            }
         }
     }
 
-    /// Every journal entry up to `seq` is committed (or refused): its
-    /// removals are what the data dir says now.
-    pub fn committed(&mut self, seq: u64) {
-        if let Kept::DataDir { removing, .. } = &mut self.kept {
+    /// The tables hold every journal entry up to `seq` (or refused it): its
+    /// queuings and removals are what the records say now.
+    pub fn in_tables(&mut self, seq: u64) {
+        if let Kept::DataDir {
+            removing, fresh, ..
+        } = &mut self.kept
+        {
             while let Some((_, id)) = removing.by_step.front().filter(|(step, _)| *step <= seq) {
                 removing.ids.remove(id);
                 removing.by_step.pop_front();
+            }
+            while fresh
+                .notices
+                .front()
+                .is_some_and(|(step, _)| *step != 0 && *step <= seq)
+            {
+                fresh.notices.pop_front();
             }
         }
     }
@@ -508,9 +606,67 @@ mod tests {
                 changes: vec![change],
             }])
             .unwrap();
-        mailbox.committed(seq + 1);
+        mailbox.in_tables(seq + 1);
         assert_eq!(ids(mailbox.page(&acme, None, 10).unwrap()), ["o3"]);
         assert!(mailbox.find(&order("acme", "o3")).is_some());
         assert!(mailbox.find(&order("acme", "o1")).is_none());
+    }
+
+    #[test]
+    fn a_notice_not_yet_in_the_tables_is_acknowledged_from_memory_once() {
+        use crate::hub::storage::journal::Backend;
+        use crate::hub::storage::sqlite::{SqliteBackend, SyncMode};
+
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SqliteBackend::open(dir.path(), SyncMode::Normal).unwrap();
+        let mut mailbox = Mailbox::in_data_dir(10, backend.records().unwrap(), Vec::new());
+        let (acme, globex) = (
+            StoreId::new("acme").unwrap(),
+            StoreId::new("globex").unwrap(),
+        );
+        // Committed (the commit log has them) but not in the tables yet.
+        let (first, _) = mailbox.enqueue(Event::Delivered, order("acme", "o1"));
+        mailbox.sealed(1);
+        mailbox.enqueue(Event::InTransit, order("acme", "o2"));
+        mailbox.sealed(2);
+        assert_eq!(
+            mailbox.acknowledge(&globex, &first).unwrap_err().code,
+            ErrorCode::UnknownMessage,
+            "never another store's"
+        );
+        let removed = mailbox.acknowledge(&acme, &first).unwrap();
+        assert_eq!(
+            removed,
+            Change::NoticeRemoved {
+                message_id: first.clone()
+            }
+        );
+        assert_eq!(
+            mailbox.acknowledge(&acme, &first).unwrap_err().code,
+            ErrorCode::UnknownMessage,
+            "once"
+        );
+        mailbox.sealed(3);
+        // By the order's id, as older course code does.
+        let by_order = mailbox
+            .acknowledge(&acme, &MessageId::new("o2").unwrap())
+            .unwrap();
+        assert!(matches!(by_order, Change::NoticeRemoved { .. }));
+        assert_eq!(mailbox.queue_lengths(), []);
+        mailbox.sealed(4);
+        // Once the tables hold the steps, memory keeps nothing of them: the
+        // records are asked (and, these steps never having been written to
+        // this data dir, know nothing of them).
+        mailbox.in_tables(4);
+        mailbox.enqueue(Event::Delivered, order("acme", "o3"));
+        mailbox.sealed(5);
+        let Kept::DataDir {
+            fresh, removing, ..
+        } = &mailbox.kept
+        else {
+            unreachable!("a data dir's mailbox")
+        };
+        assert_eq!(fresh.notices.len(), 1, "only o3's is fresh");
+        assert!(removing.ids.is_empty());
     }
 }

@@ -232,8 +232,17 @@ pub struct Desk<S> {
     /// Only offers still standing are here: one taken up or withdrawn
     /// leaves at once, so this holds open offers, not all recent ones.
     offer_deadlines: BTreeMap<(Instant, u64), OrderKey>,
-    /// Delivered orders, oldest first, to forget beyond `keep_delivered`.
-    delivered_order: VecDeque<OrderKey>,
+    /// Delivered orders, oldest first, to forget beyond `keep_delivered`,
+    /// each with the number of journal entries sealed before it closed.
+    delivered_order: VecDeque<(OrderKey, u64)>,
+    /// Journal entries sealed so far (see [`Desk::sealed`]).
+    sealed: u64,
+    /// Entries sealed and not yet in the tables: their numbers, each with
+    /// the count of entries sealed once it was.
+    awaiting_tables: VecDeque<(u64, u64)>,
+    /// Orders closed before this many entries were sealed are in the tables
+    /// (all of them, before the desk has a journal).
+    in_tables_before: u64,
     /// Orders that entered each final state, ever (by state, as
     /// [`OrderState`]'s variants are numbered).
     closed: [u64; OrderState::COUNT],
@@ -256,6 +265,9 @@ impl<S: Clone + PartialEq> Desk<S> {
             drivers: HashMap::new(),
             offer_deadlines: BTreeMap::new(),
             delivered_order: VecDeque::new(),
+            sealed: 0,
+            awaiting_tables: VecDeque::new(),
+            in_tables_before: u64::MAX,
             closed: [0; OrderState::COUNT],
             next_seq: 0,
             seq_stride: 1,
@@ -365,7 +377,8 @@ impl<S: Clone + PartialEq> Desk<S> {
                 holder.carrying.remove(key);
             }
             if entry.state.is_final() {
-                self.delivered_order.retain(|delivered| delivered != key);
+                self.delivered_order
+                    .retain(|(delivered, _)| delivered != key);
             }
         }
         if let Some(stored) = stored {
@@ -411,13 +424,44 @@ impl<S: Clone + PartialEq> Desk<S> {
     /// oldest beyond `keep_delivered` (a delivered order read back from the
     /// records counts too).
     fn remember_delivered(&mut self, key: &OrderKey) {
-        self.delivered_order.push_back(key.clone());
-        while self.delivered_order.len() > self.config.keep_delivered.max(1) {
-            let Some(oldest) = self.delivered_order.pop_front() else {
-                break;
-            };
-            self.orders.remove(&oldest);
+        self.delivered_order.push_back((key.clone(), self.sealed));
+        self.forget_delivered();
+    }
+
+    /// Forgets the oldest delivered orders beyond `keep_delivered`, but never
+    /// one whose close is not in the tables yet: until then a read of the
+    /// records would not find it closed, so the desk is its only memory.
+    fn forget_delivered(&mut self) {
+        while self.delivered_order.len() > self.config.keep_delivered.max(1)
+            && self
+                .delivered_order
+                .front()
+                .is_some_and(|(_, sealed)| *sealed < self.in_tables_before)
+        {
+            if let Some((oldest, _)) = self.delivered_order.pop_front() {
+                self.orders.remove(&oldest);
+            }
         }
+    }
+
+    /// The changes taken last went to the journal as entry `seq`.
+    pub fn sealed(&mut self, seq: u64) {
+        if self.in_tables_before == u64::MAX {
+            self.in_tables_before = 0;
+        }
+        self.sealed += 1;
+        self.awaiting_tables.push_back((seq, self.sealed));
+    }
+
+    /// The tables hold every journal entry up to `seq`.
+    pub fn in_tables(&mut self, seq: u64) {
+        while let Some(&(sealed_seq, sealed)) = self.awaiting_tables.front()
+            && sealed_seq <= seq
+        {
+            self.in_tables_before = sealed;
+            self.awaiting_tables.pop_front();
+        }
+        self.forget_delivered();
     }
 
     /// The changes made since the last call, for the journal.

@@ -481,6 +481,36 @@ fn delivered_orders_beyond_the_memory_limit_are_forgotten() {
 }
 
 #[test]
+fn a_delivered_order_is_kept_past_the_memory_limit_until_the_tables_hold_its_close() {
+    let now = Instant::now();
+    let mut desk = Desk::new(DeskConfig {
+        keep_delivered: 1,
+        ..DeskConfig::default()
+    });
+    desk.driver_online(named("a"), 1, None, now);
+    let held = |desk: &TestDesk, id: &str| desk.state_of(&OrderKey::of(&order(id))).is_some();
+    for (n, seq) in [(0, 10), (1, 11), (2, 12)] {
+        let id = format!("o{n}");
+        desk.pickup(order(&id), now).unwrap();
+        let key = OrderKey::of(&order(&id));
+        desk.in_transit(&named("a"), &key).unwrap();
+        desk.delivered(&named("a"), &key, now).unwrap();
+        desk.take_changes();
+        desk.sealed(seq);
+    }
+    assert!(
+        ["o0", "o1", "o2"].iter().all(|id| held(&desk, id)),
+        "no close is in the tables yet"
+    );
+    desk.in_tables(11);
+    assert_eq!(
+        ["o0", "o1", "o2"].map(|id| held(&desk, id)),
+        [false, false, true],
+        "the two in the tables go; the limit keeps one"
+    );
+}
+
+#[test]
 fn delivered_orders_read_back_count_against_the_memory_limit() {
     let now = Instant::now();
     let mut desk: TestDesk = Desk::new(DeskConfig {

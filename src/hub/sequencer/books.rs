@@ -47,6 +47,19 @@ pub struct Books {
 }
 
 impl Books {
+    /// The step just applied went to the journal as entry `seq`.
+    pub fn sealed(&mut self, seq: u64) {
+        self.desk.sealed(seq);
+        self.mailbox.sealed(seq);
+    }
+
+    /// The tables hold every journal entry up to `seq` (or refused it):
+    /// what was kept in memory until then for the records' readers may go.
+    pub fn in_tables(&mut self, seq: u64) {
+        self.desk.in_tables(seq);
+        self.mailbox.in_tables(seq);
+    }
+
     /// Turns the desk's effects into outputs.
     pub fn add_effects(&mut self, effects: Vec<Effect<SocketRef>>, outputs: &mut Vec<Output>) {
         for effect in effects {

@@ -54,7 +54,7 @@ use super::guard::Guard;
 use super::mailbox::Mailbox;
 use super::metrics::Metrics;
 use super::peer::Peer;
-use super::storage::journal::{Commit, Committed, Journal, Records};
+use super::storage::journal::{Commit, Committed, Journal, Progress, Records};
 use crate::api::{OrderView, QueueStatus, Status, StoreStatus};
 use crate::protocol::{ErrorCode, Event, NAMESPACE, Order, OrderId, Refusal, StoreId};
 
@@ -174,6 +174,11 @@ pub async fn run(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ticks: u32 = 0;
     loop {
+        if commands.is_empty()
+            && let Some(journal) = hub.journal.as_mut()
+        {
+            journal.turn_ended();
+        }
         if hub.outbox.is_empty()
             && hub.awaiting_reload.is_empty()
             && let Some(waiting) = hub.draining.as_mut()
@@ -191,9 +196,19 @@ pub async fn run(
                 hub.maybe_publish_presence();
             }
             report = next_commit(&mut committed) => {
-                let commit = report.map_err(|error| anyhow::anyhow!("the data dir cannot be written: {error}"))?;
+                let report = report.map_err(|error| anyhow::anyhow!("the data dir cannot be written: {error}"))?;
+                let commit = match report {
+                    Progress::Committed(commit) => commit,
+                    Progress::InTables { up_to, spent } => {
+                        hub.books.in_tables(up_to);
+                        drop(spent);
+                        continue;
+                    }
+                };
                 hub.count_acknowledgements(&commit);
-                hub.books.mailbox.committed(commit.up_to);
+                if commit.in_tables {
+                    hub.books.in_tables(commit.up_to);
+                }
                 let (ready, refused) = hub.outbox.committed(&commit);
                 hub.carry_out(ready).await;
                 let answers = hub.reload(refused);
@@ -488,7 +503,7 @@ impl Sequencer {
             Some(journal) if !changes.is_empty() => {
                 let orders = changes.iter().filter_map(Change::order_key).collect();
                 let seq = journal.append(changes);
-                self.books.mailbox.sealed(seq);
+                self.books.sealed(seq);
                 Some((seq, orders))
             }
             _ => None,

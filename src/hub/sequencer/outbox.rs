@@ -449,6 +449,7 @@ mod tests {
                     vec![]
                 },
                 spent: vec![acknowledgement(7)],
+                in_tables: true,
             };
             let (ready, refused) = outbox.committed(&commit);
             assert!(outbox.is_empty());

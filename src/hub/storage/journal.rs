@@ -27,13 +27,34 @@ const MAX_BATCH: usize = 4096;
 pub trait Backend: Send + 'static {
     /// Reads back what the hub works on: open orders, queued notices, counts.
     fn load(&mut self) -> anyhow::Result<Snapshot>;
-    /// A reader of committed orders, for use on any thread.
+    /// A reader of committed orders, for use on any thread: it sees every
+    /// step committed before the read began.
     fn records(&self) -> anyhow::Result<Box<dyn Records>>;
+    /// A reader for the sequencer itself, which holds in memory what is
+    /// committed but not yet in the tables (see [`Progress::InTables`]), and
+    /// must never wait for them.
+    fn sequencer_records(&self) -> anyhow::Result<Box<dyn Records>> {
+        self.records()
+    }
     /// Commits `steps` in one transaction. Each step is all or nothing: one
     /// whose conditions fail (see [`Change`]) is left out, and its number
     /// returned among the refused; the others commit. An error means
     /// nothing was committed.
     fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Settled>;
+    /// [`Backend::commit`] of steps it may keep. Returns what it settled,
+    /// and the steps it did not keep (to be freed by the thread that made
+    /// them). A backend that brings its tables up to date after the commit
+    /// keeps them, and hands them back with its [`Progress::InTables`].
+    fn commit_owned(&mut self, steps: Vec<Step>) -> anyhow::Result<(Settled, Vec<Step>)> {
+        let settled = self.commit(&steps)?;
+        Ok((settled, steps))
+    }
+    /// Whether what [`Backend::commit`] recorded is in what its readers read
+    /// at once. If not, the backend reports [`Progress::InTables`] through
+    /// the sink it is given here.
+    fn tables_follow(&mut self, _sink: ProgressSink) -> bool {
+        false
+    }
     /// Records that everything was committed and the hub stops cleanly (the
     /// writer calls it last, once its queue is closed and empty).
     fn close(&mut self) -> anyhow::Result<()>;
@@ -90,7 +111,7 @@ pub trait Records: Send + Sync + 'static {
 }
 
 /// The changes of one step of the sequencer (one event, or one tick).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Step {
     /// Its journal number.
     pub seq: u64,
@@ -108,6 +129,24 @@ pub struct Settled {
     pub not_queued: Vec<u64>,
 }
 
+/// What the journal reports to the sequencer.
+#[derive(Debug)]
+pub enum Progress {
+    /// Steps are durable: their answers may go.
+    Committed(Commit),
+    /// The tables, which readers read, hold every step up to `up_to`: what
+    /// the sequencer kept in memory for them until now may go.
+    InTables {
+        /// The last step in them.
+        up_to: u64,
+        /// The steps brought in, to be freed on the sequencer's thread.
+        spent: Vec<Step>,
+    },
+}
+
+/// Where a backend whose tables follow its commits reports them.
+pub type ProgressSink = mpsc::UnboundedSender<Result<Progress, String>>;
+
 /// What one commit of the writer did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Commit {
@@ -121,12 +160,18 @@ pub struct Commit {
     /// them: freed on the writer's thread, glibc's allocator made the two
     /// threads wait on each other's arena lock.
     pub spent: Vec<Step>,
+    /// Whether the tables hold the steps already (else a
+    /// [`Progress::InTables`] follows).
+    pub in_tables: bool,
 }
 
 /// What the writer is asked to do.
 enum Request {
     /// Commit a step (with whatever else is queued).
     Step(Step),
+    /// The sequencer has nothing more queued for now: what it appended is
+    /// all this turn brings (see [`Pace::TurnEnd`]).
+    TurnEnded,
     /// Compact orders delivered before this, while nothing else waits.
     Compact(DateTime<Utc>),
 }
@@ -137,16 +182,37 @@ const COMPACT_CHUNK: usize = 1_000;
 
 /// The sequencer's end of the journal.
 pub struct Journal {
-    requests: mpsc::UnboundedSender<Request>,
+    requests: std::sync::mpsc::Sender<Request>,
     next_seq: u64,
+    /// Whether steps were appended since the sequencer's last turn ended
+    /// (told to the writer only when it paces commits by turns).
+    appended_this_turn: bool,
+    paced_by_turns: bool,
     writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// When the writer commits the steps it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// At once, but under load (commits moments apart) a small batch waits
+    /// this long for more (see [`worth_waiting`]): for a commit that costs
+    /// much more than its sync.
+    Delay(Duration),
+    /// When the sequencer's turn ends (it has applied everything queued for
+    /// it), so a burst of events is one commit, as an event loop that
+    /// flushes once per turn does; but never later than `most` after the
+    /// batch's first step.
+    TurnEnd {
+        /// The longest a step waits for its turn to end.
+        most: Duration,
+    },
 }
 
 impl Drop for Journal {
     /// Closes the queue and waits for the writer to commit what is in it
     /// and close the backend: a hub that stops returns only after that.
     fn drop(&mut self) {
-        let (closed, _) = mpsc::unbounded_channel();
+        let (closed, _) = std::sync::mpsc::channel();
         drop(std::mem::replace(&mut self.requests, closed));
         if let Some(writer) = self.writer.take()
             && writer.join().is_err()
@@ -157,7 +223,7 @@ impl Drop for Journal {
 }
 
 /// What the writer reports after each commit, or the error that stopped it.
-pub type Committed = Result<Commit, String>;
+pub type Committed = Result<Progress, String>;
 
 impl Journal {
     /// Starts the writer thread on `backend`. The receiver yields the highest
@@ -166,28 +232,41 @@ impl Journal {
     /// `commit_delay` for more steps to carry.
     pub fn start(
         backend: Box<dyn Backend>,
-        commit_delay: Duration,
+        pace: Pace,
     ) -> (Journal, mpsc::UnboundedReceiver<Committed>) {
-        let (requests, incoming) = mpsc::unbounded_channel();
+        let (requests, incoming) = std::sync::mpsc::channel();
         let (committed, reports) = mpsc::unbounded_channel();
         let writer = std::thread::Builder::new()
             .name("caps-journal".into())
-            .spawn(move || write_batches(backend, commit_delay, incoming, committed))
+            .spawn(move || write_batches(backend, pace, incoming, committed))
             .expect("spawning the journal writer");
         (
             Journal {
                 requests,
                 next_seq: 1,
+                appended_this_turn: false,
+                paced_by_turns: matches!(pace, Pace::TurnEnd { .. }),
                 writer: Some(writer),
             },
             reports,
         )
     }
 
+    /// The sequencer has applied everything queued for it: the steps it
+    /// appended since the last call are a batch.
+    pub fn turn_ended(&mut self) {
+        if std::mem::take(&mut self.appended_this_turn)
+            && self.requests.send(Request::TurnEnded).is_err()
+        {
+            log::error!("the journal writer has stopped");
+        }
+    }
+
     /// Queues `changes` for commit; returns the sequence number to wait for.
     pub fn append(&mut self, changes: Vec<Change>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.appended_this_turn = self.paced_by_turns;
         if self
             .requests
             .send(Request::Step(Step { seq, changes }))
@@ -228,10 +307,11 @@ pub fn worth_waiting(steps: usize, since_commit: Option<Duration>, commit_delay:
 
 fn write_batches(
     mut backend: Box<dyn Backend>,
-    commit_delay: Duration,
-    mut incoming: mpsc::UnboundedReceiver<Request>,
+    pace: Pace,
+    incoming: std::sync::mpsc::Receiver<Request>,
     committed: mpsc::UnboundedSender<Committed>,
 ) {
+    let in_tables = !backend.tables_follow(committed.clone());
     let mut batch: Vec<Step> = Vec::new();
     let mut compact_before: Option<DateTime<Utc>> = None;
     // Far enough in the past that the first step is not held.
@@ -240,9 +320,9 @@ fn write_batches(
         // Wait for work, unless compaction is left to do.
         let first = match compact_before {
             Some(_) => incoming.try_recv().ok(),
-            None => match incoming.blocking_recv() {
-                Some(request) => Some(request),
-                None => {
+            None => match incoming.recv() {
+                Ok(request) => Some(request),
+                Err(_) => {
                     // Every step is committed and nothing more can come.
                     if let Err(error) = backend.close() {
                         log::warn!("cannot mark the data dir closed: {error:#}");
@@ -252,25 +332,44 @@ fn write_batches(
             },
         };
         batch.clear();
+        let began = Instant::now();
         let mut next = first;
         let mut waited = false;
         loop {
+            let mut turn_ended = false;
             while let Some(request) = next {
                 match request {
-                    Request::Step(step) => batch.push(step),
+                    Request::Step(step) => {
+                        batch.push(step);
+                        turn_ended = false;
+                    }
+                    Request::TurnEnded => turn_ended = true,
                     Request::Compact(before) => compact_before = Some(before),
                 }
                 next = (batch.len() < MAX_BATCH)
                     .then(|| incoming.try_recv().ok())
                     .flatten();
             }
-            let since_commit = last_commit.map(|at| at.elapsed());
-            if waited || !worth_waiting(batch.len(), since_commit, commit_delay) {
-                break;
-            }
+            let wait = match pace {
+                Pace::Delay(commit_delay) => {
+                    let since_commit = last_commit.map(|at| at.elapsed());
+                    (!waited && worth_waiting(batch.len(), since_commit, commit_delay))
+                        .then_some(commit_delay)
+                }
+                Pace::TurnEnd { most } => (!turn_ended && (1..COMMIT_FILL).contains(&batch.len()))
+                    .then(|| most.saturating_sub(began.elapsed()))
+                    .filter(|left| !left.is_zero()),
+            };
+            let Some(wait) = wait else { break };
             waited = true;
-            std::thread::sleep(commit_delay);
-            next = incoming.try_recv().ok();
+            next = match pace {
+                // Steps come one by one under load: each would end the wait.
+                Pace::Delay(_) => {
+                    std::thread::sleep(wait);
+                    incoming.try_recv().ok()
+                }
+                Pace::TurnEnd { .. } => incoming.recv_timeout(wait).ok(),
+            };
         }
         if batch.is_empty() {
             if let Some(before) = compact_before {
@@ -279,16 +378,20 @@ fn write_batches(
             continue;
         }
         let up_to = batch.last().map_or(0, |step| step.seq);
-        let report = match backend.commit(&batch) {
-            Ok(Settled {
-                refused,
-                not_queued,
-            }) => Ok(Commit {
+        let report = match backend.commit_owned(std::mem::take(&mut batch)) {
+            Ok((
+                Settled {
+                    refused,
+                    not_queued,
+                },
+                spent,
+            )) => Ok(Progress::Committed(Commit {
                 up_to,
                 refused,
                 not_queued,
-                spent: std::mem::take(&mut batch),
-            }),
+                spent,
+                in_tables,
+            })),
             Err(error) => Err(format!("{error:#}")),
         };
         last_commit = Some(Instant::now());
@@ -363,7 +466,7 @@ mod tests {
         let commits = Arc::new(Mutex::new(Vec::new()));
         let delay = Duration::from_millis(300);
         let (mut journal, mut committed) =
-            Journal::start(Box::new(Counting(Arc::clone(&commits))), delay);
+            Journal::start(Box::new(Counting(Arc::clone(&commits))), Pace::Delay(delay));
 
         // Idle: a step is committed at once, not after the delay.
         let began = Instant::now();
@@ -382,7 +485,9 @@ mod tests {
         }
         let mut settled = 1;
         while settled < 6 {
-            settled = committed.recv().await.unwrap().unwrap().up_to;
+            if let Progress::Committed(commit) = committed.recv().await.unwrap().unwrap() {
+                settled = commit.up_to;
+            }
         }
         let sizes = commits.lock().unwrap().clone();
         assert_eq!(sizes.iter().sum::<usize>(), 6);

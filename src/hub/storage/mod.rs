@@ -6,6 +6,7 @@
 //! replays read through ([`readers`]).
 
 pub mod columns;
+pub mod commit_log;
 pub mod journal;
 pub mod postgres;
 pub mod readers;

@@ -17,6 +17,9 @@ pub enum Kind {
     Caps,
     /// `caps hub --ephemeral`.
     CapsEphemeral,
+    /// `caps hub` durable without its commit log (`--commit-log off`): each
+    /// commit a transaction on the tables, as before the log.
+    CapsTables,
     /// The Node socket.io 4.8 peer in bench/peer-hub.mjs.
     Node,
     /// The same peer made durable the cheap way: every event appended to a
@@ -44,6 +47,7 @@ impl Kind {
         match self {
             Kind::Caps => "caps",
             Kind::CapsEphemeral => "caps-ephemeral",
+            Kind::CapsTables => "caps-tables",
             Kind::Node => "node-peer",
             Kind::NodeJournal => "node-journal",
             Kind::Echo => "echo-ceiling",
@@ -63,6 +67,7 @@ impl Kind {
             Kind::CapsPg3 => 3,
             Kind::Caps
             | Kind::CapsEphemeral
+            | Kind::CapsTables
             | Kind::Node
             | Kind::NodeJournal
             | Kind::Echo
@@ -128,7 +133,12 @@ impl Target {
         let exe = std::env::current_exe().context("finding the caps binary")?;
         let mut data_dir = None;
         let mut command = match kind {
-            Kind::Caps | Kind::CapsEphemeral | Kind::CapsPg1 | Kind::CapsPg2 | Kind::CapsPg3 => {
+            Kind::Caps
+            | Kind::CapsEphemeral
+            | Kind::CapsTables
+            | Kind::CapsPg1
+            | Kind::CapsPg2
+            | Kind::CapsPg3 => {
                 let mut command = Command::new(&exe);
                 // One generator connection stands for many shops, --conns
                 // opens as many as a process may, and all come from one
@@ -150,10 +160,13 @@ impl Target {
                 // Where the hub keeps orders is the target's choice, not
                 // the environment's (scripts/pg_cluster.sh sets CAPS_DATABASE).
                 command.env_remove("CAPS_DATABASE");
-                if kind == Kind::Caps {
+                if matches!(kind, Kind::Caps | Kind::CapsTables) {
                     let dir = tempfile::tempdir().context("creating a data dir")?;
                     command.arg("--data-dir").arg(dir.path());
                     data_dir = Some(dir);
+                }
+                if kind == Kind::CapsTables {
+                    command.args(["--commit-log", "off"]);
                 } else if kind == Kind::CapsEphemeral {
                     command.arg("--ephemeral");
                 }

@@ -70,11 +70,23 @@ impl<'c> Writes<'c> {
     /// Applies one step's changes; `false` if a condition failed (the
     /// caller undoes the step). An error is a real failure of the data dir.
     pub(super) fn apply(&mut self, step: &Step) -> rusqlite::Result<bool> {
-        let rows = RowChanges::of(step.changes.iter().map(|change| (step.seq, change)));
+        self.apply_run(std::slice::from_ref(step))
+    }
+
+    /// Applies a run of steps as one, folded ([`RowChanges::of`]): an order
+    /// the run creates and moves on is one insert of the row it leaves.
+    /// `false` if a condition failed (the caller undoes the run).
+    pub(super) fn apply_run(&mut self, steps: &[Step]) -> rusqlite::Result<bool> {
+        let rows = RowChanges::of(
+            steps
+                .iter()
+                .flat_map(|step| step.changes.iter().map(|change| (step.seq, change))),
+        );
         if rows.inconsistent {
             log::warn!(
-                "not recording step {}: it changes an order from another version than it left",
-                step.seq
+                "not recording steps {}..={} as one: they change an order from another version than they left it",
+                steps.first().map_or(0, |step| step.seq),
+                steps.last().map_or(0, |step| step.seq),
             );
             return Ok(false);
         }

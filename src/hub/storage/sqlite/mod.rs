@@ -6,6 +6,7 @@
 //! does not know). Schema changes are numbered migrations, applied in order.
 
 mod batch;
+pub mod logged;
 mod records;
 mod schema;
 
@@ -16,7 +17,7 @@ use std::sync::Mutex;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, DropBehavior, OpenFlags, params};
+use rusqlite::{Connection, DropBehavior, OpenFlags, OptionalExtension, params};
 
 use super::journal::{Backend, Records, Settled, Step};
 use crate::api::OrderCounts;
@@ -273,17 +274,86 @@ impl Backend for SqliteBackend {
     }
 
     fn records(&self) -> anyhow::Result<Box<dyn Records>> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("cannot open {} to read", self.path.display()))?;
-        Ok(Box::new(SqliteRecords {
-            conn: Mutex::new(conn),
-        }))
+        Ok(Box::new(open_records(&self.path)?))
     }
 
     fn commit(&mut self, steps: &[Step]) -> anyhow::Result<Settled> {
+        self.commit_marked(steps, None)
+    }
+}
+
+/// A reader of the tables in the database file at `path`.
+fn open_records(path: &Path) -> anyhow::Result<SqliteRecords> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open {} to read", path.display()))?;
+    Ok(SqliteRecords {
+        conn: Mutex::new(conn),
+    })
+}
+
+/// How far the tables hold the commit log (see [`logged`]): every step of
+/// earlier generations, and of `generation` up to `applied`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct LogMark {
+    /// The hub's start whose log the tables last took steps from.
+    pub generation: u64,
+    /// Its last step in them.
+    pub applied: u64,
+}
+
+impl SqliteBackend {
+    /// How far the tables hold the commit log.
+    pub fn log_mark(&self) -> anyhow::Result<LogMark> {
+        let read = |name: &str| -> anyhow::Result<u64> {
+            let value: Option<i64> = self
+                .conn
+                .query_row("SELECT value FROM meta WHERE name = ?1", [name], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            Ok(value.unwrap_or(0) as u64)
+        };
+        Ok(LogMark {
+            generation: read("log-generation")?,
+            applied: read("log-applied")?,
+        })
+    }
+
+    /// [`Backend::commit`], also recording `mark` (when given) in the same
+    /// transaction: the tables then hold the commit log up to it. Steps from
+    /// the commit log are first tried folded into one run: an order placed,
+    /// offered and picked up within it is one insert.
+    pub fn commit_marked(
+        &mut self,
+        steps: &[Step],
+        mark: Option<LogMark>,
+    ) -> anyhow::Result<Settled> {
+        let write_mark = |tx: &Connection| -> rusqlite::Result<()> {
+            let Some(mark) = mark else { return Ok(()) };
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )?;
+            upsert.execute(params!["log-generation", mark.generation as i64])?;
+            upsert.execute(params!["log-applied", mark.applied as i64])?;
+            Ok(())
+        };
+        if mark.is_some() {
+            let tx = self.conn.transaction()?;
+            let applied = {
+                let mut writes = Writes::prepare(&tx)?;
+                writes.apply_run(steps)? && !writes.acknowledged_nothing
+            };
+            if applied {
+                write_mark(&tx)?;
+                tx.commit().context("committing to the data dir")?;
+                return Ok(Settled::default());
+            }
+            // Dropping the transaction rolls it back; step by step below.
+        }
         // The fast path, and the only one with a single hub: every condition
         // holds, so the batch is one plain transaction. Savepoints make
         // SQLite keep a statement journal of every page a step touches,
@@ -308,6 +378,7 @@ impl Backend for SqliteBackend {
                 held
             };
             if let Some(not_queued) = held {
+                write_mark(&tx)?;
                 tx.commit().context("committing to the data dir")?;
                 return Ok(Settled {
                     refused: Vec::new(),
@@ -338,6 +409,7 @@ impl Backend for SqliteBackend {
                 refused.push(step.seq);
             }
         }
+        write_mark(&tx)?;
         tx.commit().context("committing to the data dir")?;
         Ok(Settled {
             refused,
