@@ -189,7 +189,7 @@ pub(super) struct HubArgs {
     /// How long a replay (`getAll`) may take: one that a connection has not taken by then stops and is refused `busy`.
     #[arg(long, env = "CAPS_REPLAY_DEADLINE", default_value = "60s", value_parser = parse_positive_duration)]
     pub(super) replay_deadline: Duration,
-    /// Under load (commits moments apart), how long a commit waits for more changes to carry in one fsync; 0s never waits [default: 0s with the commit log, 500us without it or on --database].
+    /// With the commit log: the longest a change waits for the sequencer to finish the burst it came in, so that one sync carries the burst. Without it (or on --database): under load (commits moments apart), how long a commit waits for more changes to carry in one fsync. 0s never waits [default: 1ms with the commit log, else 500us].
     #[arg(long, env = "CAPS_COMMIT_DELAY", value_parser = humantime::parse_duration)]
     pub(super) commit_delay: Option<Duration>,
     /// With a data dir: `on` commits each batch by appending it to a log and syncing it, and brings the tables up to date after, many commits at a time; `off` commits each batch as a transaction on the tables.

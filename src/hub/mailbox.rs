@@ -45,6 +45,9 @@ struct Fresh {
     /// Oldest first, each with the number of the journal entry that queued
     /// it (0 while the step is being applied).
     notices: VecDeque<(u64, FreshNotice)>,
+    /// Stores whose queue was trimmed by an entry not in the tables yet,
+    /// with that entry's number (0 likewise).
+    trims: VecDeque<(u64, StoreId)>,
 }
 
 struct FreshNotice {
@@ -161,6 +164,7 @@ impl Mailbox {
                     );
                     *queued = self.limit as u64;
                     fresh.trimmed(&store, self.limit as u64);
+                    fresh.trims.push_back((0, store.clone()));
                     changes.push(Change::NoticesTrimmed {
                         store,
                         keep: self.limit as u64,
@@ -206,12 +210,27 @@ impl Mailbox {
                 };
                 let found = match fresh_by_message() {
                     Some(found) => found,
-                    None => records
-                        .notice_id(store, id)
-                        .map_err(unreadable)?
-                        .filter(|found| !removing.ids.contains(found))
-                        .or_else(|| fresh.find(store, id, removing))
-                        .ok_or_else(|| not_queued(store, id))?,
+                    None => {
+                        let listed = records
+                            .notice_ids(store, id)
+                            .map_err(unreadable)?
+                            .into_iter()
+                            .find(|found| !removing.ids.contains(found));
+                        // A trim on its way to the tables may have dropped
+                        // a notice they still list: acknowledging it would
+                        // count it twice.
+                        if listed.is_some()
+                            && fresh.trims.iter().any(|(_, trimmed)| trimmed == store)
+                        {
+                            return Err(Refusal::new(
+                                ErrorCode::Busy,
+                                "this store's queue is being trimmed; try again",
+                            ));
+                        }
+                        listed
+                            .or_else(|| fresh.find(store, id, removing))
+                            .ok_or_else(|| not_queued(store, id))?
+                    }
                 };
                 if let Some(queued) = counts.get_mut(store) {
                     *queued = queued.saturating_sub(1);
@@ -233,10 +252,12 @@ impl Mailbox {
                 this_step, by_step, ..
             } = removing;
             by_step.extend(this_step.drain(..).map(|id| (seq, id)));
-            for (step, _) in fresh.notices.iter_mut().rev() {
-                if *step != 0 {
-                    break;
-                }
+            let unsealed = fresh.notices.iter_mut().rev().map(|(step, _)| step);
+            let trims = fresh.trims.iter_mut().rev().map(|(step, _)| step);
+            for step in unsealed.take_while(|step| **step == 0) {
+                *step = seq;
+            }
+            for step in trims.take_while(|step| **step == 0) {
                 *step = seq;
             }
         }
@@ -253,12 +274,20 @@ impl Mailbox {
                 removing.ids.remove(id);
                 removing.by_step.pop_front();
             }
+            let in_tables = |step: u64| step != 0 && step <= seq;
             while fresh
                 .notices
                 .front()
-                .is_some_and(|(step, _)| *step != 0 && *step <= seq)
+                .is_some_and(|(step, _)| in_tables(*step))
             {
                 fresh.notices.pop_front();
+            }
+            while fresh
+                .trims
+                .front()
+                .is_some_and(|(step, _)| in_tables(*step))
+            {
+                fresh.trims.pop_front();
             }
         }
     }
@@ -277,11 +306,22 @@ impl Mailbox {
     pub fn find(&self, order: &Order) -> Option<MessageId> {
         match &self.kept {
             Kept::Memory(queues) => queues.find(order),
-            Kept::DataDir { records, .. } => records
-                .notice_id(&order.store, order.order_id.as_str())
-                .inspect_err(|error| log::error!("cannot read a queued notice: {error:#}"))
-                .ok()
-                .flatten(),
+            Kept::DataDir {
+                records,
+                removing,
+                fresh,
+                ..
+            } => {
+                let id = order.order_id.as_str();
+                let listed = records
+                    .notice_ids(&order.store, id)
+                    .inspect_err(|error| log::error!("cannot read a queued notice: {error:#}"))
+                    .unwrap_or_default();
+                listed
+                    .into_iter()
+                    .find(|found| !removing.ids.contains(found))
+                    .or_else(|| fresh.find(&order.store, id, removing))
+            }
         }
     }
 
@@ -562,6 +602,9 @@ mod tests {
             seq += 1;
             let step = Step { seq, changes };
             assert!(backend.commit(&[step]).unwrap().refused.is_empty());
+            // Committed to the tables themselves: in them at once.
+            mailbox.sealed(seq);
+            mailbox.in_tables(seq);
             message_id
         };
         let first = deliver(&mut mailbox, "o1");
@@ -660,6 +703,7 @@ mod tests {
         mailbox.in_tables(4);
         mailbox.enqueue(Event::Delivered, order("acme", "o3"));
         mailbox.sealed(5);
+        assert!(mailbox.find(&order("acme", "o3")).is_some());
         let Kept::DataDir {
             fresh, removing, ..
         } = &mailbox.kept
@@ -668,5 +712,43 @@ mod tests {
         };
         assert_eq!(fresh.notices.len(), 1, "only o3's is fresh");
         assert!(removing.ids.is_empty());
+    }
+
+    #[test]
+    fn both_notices_of_an_order_are_acknowledged_by_its_id_before_the_first_removal_is_in_the_tables()
+     {
+        use crate::hub::storage::journal::{Backend, Step};
+        use crate::hub::storage::sqlite::{SqliteBackend, SyncMode};
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = SqliteBackend::open(dir.path(), SyncMode::Normal).unwrap();
+        let queued = |kind, id: &str| Change::NoticeQueued {
+            message_id: MessageId::new(id).unwrap(),
+            kind,
+            order: order("acme", "o1"),
+            at: Utc::now(),
+        };
+        let step = Step {
+            seq: 1,
+            changes: vec![
+                queued(Event::InTransit, "m-transit"),
+                queued(Event::Delivered, "m-delivered"),
+            ],
+        };
+        assert!(backend.commit(&[step]).unwrap().refused.is_empty());
+        let acme = StoreId::new("acme").unwrap();
+        let mut mailbox =
+            Mailbox::in_data_dir(10, backend.records().unwrap(), vec![(acme.clone(), 2)]);
+        let by_order = MessageId::new("o1").unwrap();
+        let first = mailbox.acknowledge(&acme, &by_order).unwrap();
+        mailbox.sealed(2);
+        let second = mailbox.acknowledge(&acme, &by_order).unwrap();
+        mailbox.sealed(3);
+        assert_ne!(first, second, "one notice each");
+        assert_eq!(
+            mailbox.acknowledge(&acme, &by_order).unwrap_err().code,
+            ErrorCode::UnknownMessage
+        );
+        assert_eq!(mailbox.queue_lengths(), []);
     }
 }

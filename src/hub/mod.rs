@@ -248,7 +248,7 @@ impl Hub {
                 group: None,
             }),
             Storage::DataDir(dir) => {
-                let tables = SqliteBackend::open(dir, config.sync)?;
+                let mut tables = SqliteBackend::open(dir, config.sync)?;
                 let backend: Box<dyn Backend> = if config.commit_log {
                     Box::new(LoggedSqlite::open(
                         dir,
@@ -257,6 +257,8 @@ impl Hub {
                         config.tables_gather,
                     )?)
                 } else {
+                    // A log left by a run with it holds what was acknowledged.
+                    storage::sqlite::logged::replay(dir, &mut tables)?;
                     Box::new(tables)
                 };
                 let described = format!("data dir {}", dir.display());

@@ -241,7 +241,7 @@ pub struct Desk<S> {
     /// the count of entries sealed once it was.
     awaiting_tables: VecDeque<(u64, u64)>,
     /// Orders closed before this many entries were sealed are in the tables
-    /// (all of them, before the desk has a journal).
+    /// (all of them, unless the desk follows a journal's tables).
     in_tables_before: u64,
     /// Orders that entered each final state, ever (by state, as
     /// [`OrderState`]'s variants are numbered).
@@ -444,11 +444,15 @@ impl<S: Clone + PartialEq> Desk<S> {
         }
     }
 
+    /// The desk's changes go to a journal whose tables say what is recorded
+    /// (see [`Desk::in_tables`]): a delivered order is kept until they hold
+    /// its close.
+    pub fn follow_tables(&mut self) {
+        self.in_tables_before = self.sealed;
+    }
+
     /// The changes taken last went to the journal as entry `seq`.
     pub fn sealed(&mut self, seq: u64) {
-        if self.in_tables_before == u64::MAX {
-            self.in_tables_before = 0;
-        }
         self.sealed += 1;
         self.awaiting_tables.push_back((seq, self.sealed));
     }

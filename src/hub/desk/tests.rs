@@ -487,6 +487,7 @@ fn a_delivered_order_is_kept_past_the_memory_limit_until_the_tables_hold_its_clo
         keep_delivered: 1,
         ..DeskConfig::default()
     });
+    desk.follow_tables();
     desk.driver_online(named("a"), 1, None, now);
     let held = |desk: &TestDesk, id: &str| desk.state_of(&OrderKey::of(&order(id))).is_some();
     for (n, seq) in [(0, 10), (1, 11), (2, 12)] {

@@ -165,6 +165,9 @@ pub async fn run(
         presence_published: Instant::now(),
         presence_every: PRESENCE_EVERY,
     };
+    if hub.journal.is_some() {
+        hub.books.desk.follow_tables();
+    }
     // The restore itself may have changed things (void offers).
     let restored = hub.settle(Vec::new());
     hub.carry_out(restored).await;

@@ -9,18 +9,40 @@
 //! once everything in it is in the tables, durably.
 //!
 //! A record is `length (u32 LE) · CRC-32C of the payload (u32 LE) · payload`,
-//! the payload the batch's steps as JSON. Reading back stops at the first
-//! record that is not whole: a crash mid-append leaves a torn tail, which was
-//! never acknowledged. A damaged record followed by more data is not a torn
-//! tail but a damaged file, and is refused.
+//! the payload the batch's steps as JSON with the record format's number.
+//! Reading back stops at the first record that is not whole: a crash
+//! mid-append leaves a torn tail (only zeros follow it), which was never
+//! acknowledged. A damaged record followed by more data is not a torn tail
+//! but a damaged file, and is refused; so is a torn tail in any file but the
+//! newest (a file is followed by the next only after a synced append).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
 
 use super::journal::Step;
+
+/// The record format this build writes and reads: the JSON of [`Step`].
+const FORMAT: u32 = 1;
+
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    format: u32,
+    steps: &'a [Step],
+}
+
+#[derive(Deserialize)]
+struct RecordFormat {
+    format: u32,
+}
+
+#[derive(Deserialize)]
+struct RecordIn {
+    steps: Vec<Step>,
+}
 
 /// The checksum of a record's payload.
 const CHECKSUM: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
@@ -84,13 +106,22 @@ impl LogFile {
         Ok(files)
     }
 
-    /// Every step in the file's whole records, in order.
-    pub fn read(&self) -> anyhow::Result<Vec<Step>> {
+    /// Every step in the file's whole records, in order. A torn last record
+    /// is left out if `newest` (the file a crash could have torn), and
+    /// refused in any other.
+    pub fn read(&self, newest: bool) -> anyhow::Result<Vec<Step>> {
         let bytes = std::fs::read(&self.path)
             .with_context(|| format!("cannot read the commit log {}", self.path.display()))?;
         let (steps, whole) = read_records(&bytes)
             .with_context(|| format!("the commit log {} is damaged", self.path.display()))?;
-        if whole < bytes.len() {
+        let torn = bytes[whole..].iter().any(|byte| *byte != 0);
+        if torn && !newest {
+            bail!(
+                "the commit log {} is damaged: its record at byte {whole} is not whole, and newer files follow it",
+                self.path.display()
+            );
+        }
+        if torn {
             log::warn!(
                 "the commit log {} ends in a torn record ({} bytes), never acknowledged: left out",
                 self.path.display(),
@@ -169,8 +200,20 @@ impl CommitLog {
     /// Appends `steps` as one record.
     pub fn append(&mut self, steps: &[Step]) -> anyhow::Result<()> {
         let mut record = vec![0; HEADER];
-        serde_json::to_writer(&mut record, steps)?;
+        serde_json::to_writer(
+            &mut record,
+            &RecordOut {
+                format: FORMAT,
+                steps,
+            },
+        )?;
         let payload_len = record.len() - HEADER;
+        if payload_len > MAX_RECORD {
+            bail!(
+                "a batch of {} steps is too large for one record",
+                steps.len()
+            );
+        }
         let checksum = CHECKSUM.checksum(&record[HEADER..]);
         record[..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
         record[4..HEADER].copy_from_slice(&checksum.to_le_bytes());
@@ -202,24 +245,41 @@ fn read_records(bytes: &[u8]) -> anyhow::Result<(Vec<Step>, usize)> {
     while bytes.len() - at >= HEADER {
         let length = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
         let checksum = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        let end = at + HEADER + length;
-        if length == 0 {
+        if length == 0 && checksum == 0 {
             break; // the zeros ahead of the records
         }
-        if length > MAX_RECORD || end > bytes.len() {
-            break; // torn: the record's end was never written
-        }
-        let payload = &bytes[at + HEADER..end];
-        if CHECKSUM.checksum(payload) != checksum {
-            if bytes[end..].iter().all(|byte| *byte == 0) {
-                break; // the last record, written in part
+        let whole = length <= MAX_RECORD
+            && at + HEADER + length <= bytes.len()
+            && CHECKSUM.checksum(&bytes[at + HEADER..at + HEADER + length]) == checksum;
+        if !whole {
+            // Torn if nothing was ever written after the record's claimed
+            // end (or, its length unreadable, after its header).
+            let end = if length <= MAX_RECORD {
+                at + HEADER + length
+            } else {
+                at + HEADER
+            };
+            if bytes
+                .get(end..)
+                .is_none_or(|rest| rest.iter().all(|byte| *byte == 0))
+            {
+                break;
             }
-            bail!("the record at byte {at} fails its checksum, and more follows it");
+            bail!("the record at byte {at} is damaged, and more follows it");
         }
-        let batch: Vec<Step> = serde_json::from_slice(payload)
+        let payload = &bytes[at + HEADER..at + HEADER + length];
+        let format: RecordFormat = serde_json::from_slice(payload)
             .with_context(|| format!("the record at byte {at} cannot be read"))?;
-        steps.extend(batch);
-        at = end;
+        if format.format != FORMAT {
+            bail!(
+                "the record at byte {at} is in format {} (this caps reads {FORMAT}): start the caps that wrote it once to bring it into the tables",
+                format.format
+            );
+        }
+        let record: RecordIn = serde_json::from_slice(payload)
+            .with_context(|| format!("the record at byte {at} cannot be read"))?;
+        steps.extend(record.steps);
+        at += HEADER + length;
     }
     Ok((steps, at))
 }
@@ -268,7 +328,7 @@ mod tests {
         log.append(&second).unwrap();
         assert!(log.written() <= std::fs::metadata(&at.path).unwrap().len());
         drop(log);
-        assert_eq!(at.read().unwrap(), [first, second].concat());
+        assert_eq!(at.read(true).unwrap(), [first, second].concat());
     }
 
     #[test]
@@ -308,9 +368,13 @@ mod tests {
             torn_bytes[whole - cut..whole].fill(0);
             let torn = LogFile::new(dir.path(), 2, cut as u64);
             std::fs::write(&torn.path, &torn_bytes).unwrap();
-            assert_eq!(seqs(&torn.read().unwrap()), [1], "{cut} bytes zero");
+            assert_eq!(seqs(&torn.read(true).unwrap()), [1], "{cut} bytes zero");
             std::fs::write(&torn.path, &bytes[..whole - cut]).unwrap();
-            assert_eq!(seqs(&torn.read().unwrap()), [1], "cut {cut} bytes");
+            assert_eq!(seqs(&torn.read(true).unwrap()), [1], "cut {cut} bytes");
+            assert!(
+                torn.read(false).is_err(),
+                "a file followed by another was never torn by a crash"
+            );
         }
     }
 
@@ -325,9 +389,9 @@ mod tests {
         let mut bytes = std::fs::read(&at.path).unwrap();
         bytes[HEADER + 3] ^= 0xff; // inside the first record's payload
         std::fs::write(&at.path, &bytes).unwrap();
-        let error = at.read().expect_err("refused");
+        let error = at.read(true).expect_err("refused");
         assert!(
-            format!("{error:#}").contains("fails its checksum"),
+            format!("{error:#}").contains("is damaged, and more follows it"),
             "{error:#}"
         );
     }

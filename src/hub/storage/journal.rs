@@ -102,6 +102,11 @@ pub trait Records: Send + Sync + 'static {
     /// The notice in `store`'s queue whose message id, or whose order's id
     /// (as older course code acknowledges), is `id`.
     fn notice_id(&self, store: &StoreId, id: &str) -> anyhow::Result<Option<MessageId>>;
+    /// Like [`Records::notice_id`], every such notice (an order has one of
+    /// each kind), the one by message id or the oldest first.
+    fn notice_ids(&self, store: &StoreId, id: &str) -> anyhow::Result<Vec<MessageId>> {
+        Ok(self.notice_id(store, id)?.into_iter().collect())
+    }
     /// Orders not yet delivered, oldest first, at most `limit`.
     fn open_orders(&self, limit: usize) -> anyhow::Result<Vec<StoredOrder>>;
     /// How many orders are in each state.
@@ -368,7 +373,12 @@ fn write_batches(
                     std::thread::sleep(wait);
                     incoming.try_recv().ok()
                 }
-                Pace::TurnEnd { .. } => incoming.recv_timeout(wait).ok(),
+                Pace::TurnEnd { .. } => match incoming.recv_timeout(wait) {
+                    Ok(request) => Some(request),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                    // The sequencer is gone: nothing more comes this turn.
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                },
             };
         }
         if batch.is_empty() {

@@ -16,8 +16,9 @@
 //!   hold yet (delivered orders, notices queued and removed) until it hears
 //!   [`Progress::InTables`].
 //! - A start after a crash applies the log's tail past the mark, then the log
-//!   files go; the new start writes a new generation. A clean stop leaves no
-//!   log at all, so a start never grows with history.
+//!   files go, and the start writes a newer generation. A clean stop leaves
+//!   no log at all. At most a part or two of the log (files of 8 MiB) is read
+//!   back, so a start never grows with history.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -241,18 +242,21 @@ impl Drop for LoggedSqlite {
 }
 
 /// Brings into `tables` whatever the commit log in `dir` holds past their
-/// mark, then deletes the log. Returns the newest generation seen.
-fn replay(dir: &Path, tables: &mut SqliteBackend) -> anyhow::Result<u64> {
+/// mark, then deletes the log (also when the hub now runs without it: what
+/// it acknowledged is in there). Returns the newest generation seen.
+pub fn replay(dir: &Path, tables: &mut SqliteBackend) -> anyhow::Result<u64> {
     let mark = tables.log_mark()?;
     let files = LogFile::all_in(dir)?;
     let began = Instant::now();
     let mut replayed = 0;
-    for file in files
-        .iter()
-        .filter(|file| file.generation >= mark.generation)
-    {
+    let mut quarantined = Vec::new();
+    for (index, file) in files.iter().enumerate() {
+        if file.generation < mark.generation {
+            continue;
+        }
+        let newest = index + 1 == files.len();
         let tail: Vec<Step> = file
-            .read()?
+            .read(newest)?
             .into_iter()
             .filter(|step| file.generation > mark.generation || step.seq > mark.applied)
             .collect();
@@ -267,10 +271,12 @@ fn replay(dir: &Path, tables: &mut SqliteBackend) -> anyhow::Result<u64> {
             )?;
             if !settled.refused.is_empty() {
                 log::error!(
-                    "{}: the tables refused logged steps {:?}",
+                    "{}: the tables refused logged steps {:?}; the file is kept as {}.refused",
                     file.path.display(),
-                    settled.refused
+                    settled.refused,
+                    file.path.display()
                 );
+                quarantined.push(file.clone());
             }
             replayed += chunk.len();
         }
@@ -282,7 +288,13 @@ fn replay(dir: &Path, tables: &mut SqliteBackend) -> anyhow::Result<u64> {
         );
     }
     for file in &files {
-        file.remove()?;
+        if quarantined.contains(file) {
+            let kept = file.path.with_extension("log.refused");
+            std::fs::rename(&file.path, &kept)
+                .with_context(|| format!("cannot keep {}", kept.display()))?;
+        } else {
+            file.remove()?;
+        }
     }
     Ok(files
         .iter()
@@ -335,7 +347,7 @@ impl Backend for LoggedSqlite {
     fn tables_follow(&mut self, sink: ProgressSink) -> bool {
         self.sink = Some(sink);
         if let Err(error) = self.start_tables_writer() {
-            // The first commit tries again, and fails the hub if it cannot.
+            // Then the first commit fails, and stops the hub.
             log::error!("{error:#}");
         }
         true
@@ -380,14 +392,16 @@ struct TablesWriter {
 
 impl TablesWriter {
     fn run(mut self, incoming: Receiver<ToTables>) {
+        // A panic tells readers and the sequencer as an error does.
+        let mut alarm = Alarm {
+            watermark: Arc::clone(&self.watermark),
+            sink: self.sink.clone(),
+            armed: true,
+        };
         if let Err(error) = self.serve(&incoming) {
-            let why = format!("{error:#}");
-            log::error!("the data dir's tables cannot be written: {why}");
-            self.watermark.failed(why.clone());
-            if let Some(sink) = &self.sink {
-                let _ = sink.send(Err(why));
-            }
+            alarm.raise(format!("{error:#}"));
         }
+        alarm.armed = false;
     }
 
     fn serve(&mut self, incoming: &Receiver<ToTables>) -> anyhow::Result<()> {
@@ -446,8 +460,10 @@ impl TablesWriter {
         let settled = self.tables.commit_marked(pending, Some(mark))?;
         if !settled.refused.is_empty() {
             // Never on one hub's data dir: the sequencer decided each step on
-            // what it alone had written. Kept in the log for a look.
-            log::error!(
+            // what it alone had written. Its memory and the tables now differ:
+            // stop, and let the next start find the steps in the log (and
+            // keep it, refused there too, for a look).
+            bail!(
                 "the tables refused steps {:?} of generation {} that the commit log holds",
                 settled.refused,
                 self.generation
@@ -468,6 +484,32 @@ impl TablesWriter {
             file.remove()?;
         }
         Ok(())
+    }
+}
+
+/// Tells the readers and the sequencer that the tables' writer stopped.
+struct Alarm {
+    watermark: Arc<Watermark>,
+    sink: Option<ProgressSink>,
+    /// Raised on drop (a panic) unless disarmed.
+    armed: bool,
+}
+
+impl Alarm {
+    fn raise(&self, why: String) {
+        log::error!("the data dir's tables cannot be written: {why}");
+        self.watermark.failed(why.clone());
+        if let Some(sink) = &self.sink {
+            let _ = sink.send(Err(why));
+        }
+    }
+}
+
+impl Drop for Alarm {
+    fn drop(&mut self) {
+        if self.armed {
+            self.raise("the tables' writer panicked".into());
+        }
     }
 }
 
@@ -517,6 +559,9 @@ impl Records for CaughtUp {
     }
     fn notice_id(&self, store: &StoreId, id: &str) -> anyhow::Result<Option<MessageId>> {
         self.tables()?.notice_id(store, id)
+    }
+    fn notice_ids(&self, store: &StoreId, id: &str) -> anyhow::Result<Vec<MessageId>> {
+        self.tables()?.notice_ids(store, id)
     }
     fn open_orders(&self, limit: usize) -> anyhow::Result<Vec<StoredOrder>> {
         self.tables()?.open_orders(limit)

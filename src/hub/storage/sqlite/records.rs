@@ -147,6 +147,23 @@ impl Records for SqliteRecords {
             .transpose()
     }
 
+    fn notice_ids(&self, store: &StoreId, id: &str) -> anyhow::Result<Vec<MessageId>> {
+        let conn = self.conn();
+        let mut select = conn.prepare_cached(
+            "SELECT message_id FROM notices WHERE message_id = ?2 AND store = ?1
+             UNION ALL
+             SELECT message_id FROM notices WHERE store = ?1 AND order_id = ?2
+             LIMIT 4",
+        )?;
+        let found = select
+            .query_map(params![store.as_str(), id], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        found
+            .into_iter()
+            .map(|id| MessageId::new(id).map_err(anyhow::Error::msg))
+            .collect()
+    }
+
     fn open_orders(&self, limit: usize) -> anyhow::Result<Vec<StoredOrder>> {
         let conn = self.conn();
         let mut select = conn.prepare_cached(&format!(
