@@ -206,7 +206,7 @@ fn the_event_flow_map_names_what_exists() {
     let source_of = |owner: &str| -> String {
         let path = match owner {
             "Desk" => "src/hub/desk/mod.rs",
-            "Mailbox" => "src/hub/mailbox.rs",
+            "Mailbox" => "src/hub/mailbox/mod.rs",
             "Sequencer" => "src/hub/sequencer/mod.rs",
             "Books" => "src/hub/sequencer/books.rs",
             "handlers" => "src/hub/handlers.rs",

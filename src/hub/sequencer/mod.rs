@@ -177,10 +177,8 @@ pub async fn run(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ticks: u32 = 0;
     loop {
-        if commands.is_empty()
-            && let Some(journal) = hub.journal.as_mut()
-        {
-            journal.turn_ended();
+        if let Some(journal) = hub.journal.as_mut() {
+            journal.between_commands(commands.is_empty());
         }
         if hub.outbox.is_empty()
             && hub.awaiting_reload.is_empty()

@@ -9,7 +9,8 @@
 //! once everything in it is in the tables, durably.
 //!
 //! A record is `length (u32 LE) · CRC-32C of the payload (u32 LE) · payload`,
-//! the payload the batch's steps as JSON with the record format's number.
+//! the payload the record format's number (one byte) and the batch's steps
+//! in that format (postcard: compact, and a fifth of JSON's cost to write).
 //! Reading back stops at the first record that is not whole: a crash
 //! mid-append leaves a torn tail (only zeros follow it), which was never
 //! acknowledged. A damaged record followed by more data is not a torn tail
@@ -21,28 +22,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
 
 use super::journal::Step;
 
-/// The record format this build writes and reads: the JSON of [`Step`].
-const FORMAT: u32 = 1;
-
-#[derive(Serialize)]
-struct RecordOut<'a> {
-    format: u32,
-    steps: &'a [Step],
-}
-
-#[derive(Deserialize)]
-struct RecordFormat {
-    format: u32,
-}
-
-#[derive(Deserialize)]
-struct RecordIn {
-    steps: Vec<Step>,
-}
+/// The record format this build writes and reads: [`Step`]s in postcard.
+const FORMAT: u8 = 1;
 
 /// The checksum of a record's payload.
 const CHECKSUM: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
@@ -185,28 +169,28 @@ impl CommitLog {
 
     /// Writes zeros ahead until `end`, and syncs the file whole (its size).
     fn zero_ahead(&mut self, end: u64) -> anyhow::Result<()> {
+        // A small buffer written many times: a few MiB allocated at once
+        // showed as a jump of the hub's memory.
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         let target = end.next_multiple_of(ZEROS_AHEAD);
-        let zeros = vec![0; (target - self.zeroed) as usize];
-        self.file
-            .write_all_at(&zeros, self.zeroed)
-            .context("preparing the commit log's space")?;
+        while self.zeroed < target {
+            let chunk = (target - self.zeroed).min(ZEROS.len() as u64) as usize;
+            self.file
+                .write_all_at(&ZEROS[..chunk], self.zeroed)
+                .context("preparing the commit log's space")?;
+            self.zeroed += chunk as u64;
+        }
         if self.sync {
             self.file.sync_all().context("syncing the commit log")?;
         }
-        self.zeroed = target;
         Ok(())
     }
 
     /// Appends `steps` as one record.
     pub fn append(&mut self, steps: &[Step]) -> anyhow::Result<()> {
         let mut record = vec![0; HEADER];
-        serde_json::to_writer(
-            &mut record,
-            &RecordOut {
-                format: FORMAT,
-                steps,
-            },
-        )?;
+        record.push(FORMAT);
+        let mut record = postcard::to_extend(steps, record).context("encoding a record")?;
         let payload_len = record.len() - HEADER;
         if payload_len > MAX_RECORD {
             bail!(
@@ -268,17 +252,15 @@ fn read_records(bytes: &[u8]) -> anyhow::Result<(Vec<Step>, usize)> {
             bail!("the record at byte {at} is damaged, and more follows it");
         }
         let payload = &bytes[at + HEADER..at + HEADER + length];
-        let format: RecordFormat = serde_json::from_slice(payload)
-            .with_context(|| format!("the record at byte {at} cannot be read"))?;
-        if format.format != FORMAT {
+        let (format, encoded) = payload.split_first().unwrap_or((&0, &[]));
+        if *format != FORMAT {
             bail!(
-                "the record at byte {at} is in format {} (this caps reads {FORMAT}): start the caps that wrote it once to bring it into the tables",
-                format.format
+                "the record at byte {at} is in format {format} (this caps reads {FORMAT}): start the caps that wrote it once to bring it into the tables"
             );
         }
-        let record: RecordIn = serde_json::from_slice(payload)
+        let batch: Vec<Step> = postcard::from_bytes(encoded)
             .with_context(|| format!("the record at byte {at} cannot be read"))?;
-        steps.extend(record.steps);
+        steps.extend(batch);
         at += HEADER + length;
     }
     Ok((steps, at))
@@ -312,6 +294,63 @@ mod tests {
                 },
             ],
         }
+    }
+
+    /// A step with a change of every kind.
+    fn every_change(seq: u64) -> Step {
+        use crate::hub::domain::{DriverKey, OrderKey};
+        use crate::protocol::{DriverName, Event, MessageId, OrderState};
+        let order = step(seq).changes.remove(0);
+        let Change::NewOrder { order, .. } = order else {
+            unreachable!()
+        };
+        let store = StoreId::new("acme").unwrap();
+        let message_id = MessageId::new("m-1").unwrap();
+        Step {
+            seq,
+            changes: vec![
+                Change::Transition {
+                    key: OrderKey::of(&order),
+                    seq,
+                    version: 3,
+                    state: OrderState::InTransit,
+                    driver: Some(DriverKey::Named(DriverName::new("dana").unwrap())),
+                    told_in_transit: true,
+                    at: Utc::now(),
+                },
+                Change::Transition {
+                    key: OrderKey::of(&order),
+                    seq,
+                    version: 4,
+                    state: OrderState::Ready,
+                    driver: Some(DriverKey::Anonymous("sid-1".into())),
+                    told_in_transit: false,
+                    at: Utc::now(),
+                },
+                Change::NoticeQueued {
+                    message_id: message_id.clone(),
+                    kind: Event::Delivered,
+                    order,
+                    at: Utc::now(),
+                },
+                Change::NoticeRemoved { message_id },
+                Change::NoticeAcknowledged {
+                    store,
+                    id: "o-1".into(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn every_kind_of_change_is_read_back_as_it_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = LogFile::new(dir.path(), 1, 0);
+        let mut log = CommitLog::create(&at, true).unwrap();
+        let steps = vec![step(1), every_change(2)];
+        log.append(&steps).unwrap();
+        drop(log);
+        assert_eq!(at.read(true).unwrap(), steps);
     }
 
     fn seqs(steps: &[Step]) -> Vec<u64> {

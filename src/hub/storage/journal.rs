@@ -174,9 +174,9 @@ pub struct Commit {
 enum Request {
     /// Commit a step (with whatever else is queued).
     Step(Step),
-    /// The sequencer has nothing more queued for now: what it appended is
-    /// all this turn brings (see [`Pace::TurnEnd`]).
-    TurnEnded,
+    /// Commit the steps of one turn of the sequencer (see [`Pace::TurnEnd`]),
+    /// with whatever else is queued.
+    Turn(Vec<Step>),
     /// Compact orders delivered before this, while nothing else waits.
     Compact(DateTime<Utc>),
 }
@@ -189,11 +189,17 @@ const COMPACT_CHUNK: usize = 1_000;
 pub struct Journal {
     requests: std::sync::mpsc::Sender<Request>,
     next_seq: u64,
-    /// Whether steps were appended since the sequencer's last turn ended
-    /// (told to the writer only when it paces commits by turns).
-    appended_this_turn: bool,
-    paced_by_turns: bool,
+    /// With [`Pace::TurnEnd`]: the steps of the sequencer's turn so far,
+    /// the longest one may wait, and since when the first has.
+    turn: Option<Turn>,
     writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The steps of one turn of the sequencer, handed over together.
+struct Turn {
+    steps: Vec<Step>,
+    most: Duration,
+    since: Option<Instant>,
 }
 
 /// When the writer commits the steps it has.
@@ -205,8 +211,10 @@ pub enum Pace {
     Delay(Duration),
     /// When the sequencer's turn ends (it has applied everything queued for
     /// it), so a burst of events is one commit, as an event loop that
-    /// flushes once per turn does; but never later than `most` after the
-    /// batch's first step.
+    /// flushes once per turn does: the journal hands the writer a turn's
+    /// steps together (one wake-up, not one per step), and the writer
+    /// commits whatever it has. A turn is cut short at [`COMMIT_FILL`] steps,
+    /// or `most` after its first.
     TurnEnd {
         /// The longest a step waits for its turn to end.
         most: Duration,
@@ -217,6 +225,7 @@ impl Drop for Journal {
     /// Closes the queue and waits for the writer to commit what is in it
     /// and close the backend: a hub that stops returns only after that.
     fn drop(&mut self) {
+        self.hand_over_turn();
         let (closed, _) = std::sync::mpsc::channel();
         drop(std::mem::replace(&mut self.requests, closed));
         if let Some(writer) = self.writer.take()
@@ -249,20 +258,41 @@ impl Journal {
             Journal {
                 requests,
                 next_seq: 1,
-                appended_this_turn: false,
-                paced_by_turns: matches!(pace, Pace::TurnEnd { .. }),
+                turn: match pace {
+                    Pace::TurnEnd { most } => Some(Turn {
+                        steps: Vec::new(),
+                        most,
+                        since: None,
+                    }),
+                    Pace::Delay(_) => None,
+                },
                 writer: Some(writer),
             },
             reports,
         )
     }
 
-    /// The sequencer has applied everything queued for it: the steps it
-    /// appended since the last call are a batch.
-    pub fn turn_ended(&mut self) {
-        if std::mem::take(&mut self.appended_this_turn)
-            && self.requests.send(Request::TurnEnded).is_err()
-        {
+    /// Called between the sequencer's commands: if its inbox is `empty`,
+    /// the turn ended and its steps go to the writer; else they go only if
+    /// the first has waited long enough.
+    pub fn between_commands(&mut self, empty: bool) {
+        let waited_enough = self
+            .turn
+            .as_ref()
+            .is_some_and(|turn| turn.since.is_some_and(|since| since.elapsed() >= turn.most));
+        if empty || waited_enough {
+            self.hand_over_turn();
+        }
+    }
+
+    /// Hands the turn's steps to the writer.
+    fn hand_over_turn(&mut self) {
+        let Some(turn) = self.turn.as_mut().filter(|turn| !turn.steps.is_empty()) else {
+            return;
+        };
+        turn.since = None;
+        let steps = std::mem::take(&mut turn.steps);
+        if self.requests.send(Request::Turn(steps)).is_err() {
             log::error!("the journal writer has stopped");
         }
     }
@@ -271,13 +301,20 @@ impl Journal {
     pub fn append(&mut self, changes: Vec<Change>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.appended_this_turn = self.paced_by_turns;
-        if self
-            .requests
-            .send(Request::Step(Step { seq, changes }))
-            .is_err()
-        {
-            log::error!("the journal writer has stopped");
+        let step = Step { seq, changes };
+        match self.turn.as_mut() {
+            Some(turn) => {
+                turn.since.get_or_insert_with(Instant::now);
+                turn.steps.push(step);
+                if turn.steps.len() >= COMMIT_FILL {
+                    self.hand_over_turn();
+                }
+            }
+            None => {
+                if self.requests.send(Request::Step(step)).is_err() {
+                    log::error!("the journal writer has stopped");
+                }
+            }
         }
         seq
     }
@@ -337,49 +374,32 @@ fn write_batches(
             },
         };
         batch.clear();
-        let began = Instant::now();
         let mut next = first;
         let mut waited = false;
         loop {
-            let mut turn_ended = false;
             while let Some(request) = next {
                 match request {
-                    Request::Step(step) => {
-                        batch.push(step);
-                        turn_ended = false;
-                    }
-                    Request::TurnEnded => turn_ended = true,
+                    Request::Step(step) => batch.push(step),
+                    Request::Turn(mut steps) => batch.append(&mut steps),
                     Request::Compact(before) => compact_before = Some(before),
                 }
                 next = (batch.len() < MAX_BATCH)
                     .then(|| incoming.try_recv().ok())
                     .flatten();
             }
-            let wait = match pace {
-                Pace::Delay(commit_delay) => {
-                    let since_commit = last_commit.map(|at| at.elapsed());
-                    (!waited && worth_waiting(batch.len(), since_commit, commit_delay))
-                        .then_some(commit_delay)
-                }
-                Pace::TurnEnd { most } => (!turn_ended && (1..COMMIT_FILL).contains(&batch.len()))
-                    .then(|| most.saturating_sub(began.elapsed()))
-                    .filter(|left| !left.is_zero()),
+            // A turn's steps come together: commit them at once.
+            let Pace::Delay(commit_delay) = pace else {
+                break;
             };
-            let Some(wait) = wait else { break };
+            let since_commit = last_commit.map(|at| at.elapsed());
+            if waited || !worth_waiting(batch.len(), since_commit, commit_delay) {
+                break;
+            }
             waited = true;
-            next = match pace {
-                // Steps come one by one under load: each would end the wait.
-                Pace::Delay(_) => {
-                    std::thread::sleep(wait);
-                    incoming.try_recv().ok()
-                }
-                Pace::TurnEnd { .. } => match incoming.recv_timeout(wait) {
-                    Ok(request) => Some(request),
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
-                    // The sequencer is gone: nothing more comes this turn.
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                },
-            };
+            // Steps come one by one under load: each would end a wait on the
+            // queue.
+            std::thread::sleep(commit_delay);
+            next = incoming.try_recv().ok();
         }
         if batch.is_empty() {
             if let Some(before) = compact_before {
@@ -506,5 +526,40 @@ mod tests {
             "five steps 20 ms apart took {} commits",
             sizes.len() - 1
         );
+    }
+
+    #[tokio::test]
+    async fn a_turns_steps_are_one_commit_handed_over_when_the_turn_ends() {
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let most = Duration::from_millis(200);
+        let (mut journal, mut committed) = Journal::start(
+            Box::new(Counting(Arc::clone(&commits))),
+            Pace::TurnEnd { most },
+        );
+        for _ in 0..5 {
+            journal.append(Vec::new());
+        }
+        // More commands are queued: the turn goes on.
+        journal.between_commands(false);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(commits.lock().unwrap().is_empty(), "held for the turn");
+        journal.between_commands(true);
+        let mut settled = 0;
+        while settled < 5 {
+            if let Progress::Committed(commit) = committed.recv().await.unwrap().unwrap() {
+                settled = commit.up_to;
+            }
+        }
+        assert_eq!(*commits.lock().unwrap(), [5], "one commit for the turn");
+
+        // A turn that never ends is cut at `most`.
+        journal.append(Vec::new());
+        std::thread::sleep(most);
+        journal.between_commands(false);
+        while settled < 6 {
+            if let Progress::Committed(commit) = committed.recv().await.unwrap().unwrap() {
+                settled = commit.up_to;
+            }
+        }
     }
 }

@@ -39,6 +39,9 @@ use crate::protocol::{MessageId, OrderId, StoreId};
 /// How long the tables' writer gathers commits before one transaction,
 /// unless a reader is waiting.
 pub const GATHER: Duration = Duration::from_millis(50);
+/// The least time between transactions that readers hurry: a read waits at
+/// most this long for the tables (beside the transaction itself).
+const HURRIED_SPACING: Duration = Duration::from_millis(2);
 /// Most steps brought into the tables in one transaction.
 const MOST_STEPS: usize = 8_192;
 /// Batches waiting for the tables' writer before a commit waits for it: the
@@ -406,14 +409,19 @@ impl TablesWriter {
 
     fn serve(&mut self, incoming: &Receiver<ToTables>) -> anyhow::Result<()> {
         let mut pending: Vec<Step> = Vec::new();
+        let mut brought_in = Instant::now();
         while let Ok(first) = incoming.recv() {
-            let gather_until = Instant::now() + self.gather;
+            let mut gather_until = Instant::now() + self.gather;
             let mut next = Some(first);
             let mut then = None;
             while let Some(request) = next.take() {
                 match request {
                     ToTables::Steps(steps) => pending.extend(steps),
-                    ToTables::Hurry => break,
+                    // Readers polling in a tight loop would make every read
+                    // a transaction (and a sync): they share one per spacing.
+                    ToTables::Hurry => {
+                        gather_until = gather_until.min(brought_in + HURRIED_SPACING);
+                    }
                     other => {
                         then = Some(other);
                         break;
@@ -427,6 +435,7 @@ impl TablesWriter {
                 next = incoming.recv_timeout(left).ok();
             }
             self.bring_in(&mut pending)?;
+            brought_in = Instant::now();
             match then {
                 None | Some(ToTables::Steps(_) | ToTables::Hurry) => {}
                 Some(ToTables::Retire(file)) => file.remove()?,

@@ -10,13 +10,16 @@
 //! entries not yet in the tables, and reads the rest from the records. An
 //! ephemeral hub keeps them in memory.
 
+mod fresh;
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use chrono::Utc;
 
 use super::domain::{Change, StoredNotice};
 use super::storage::journal::Records;
-use crate::protocol::{ErrorCode, Event, MessageId, Order, OrderId, Refusal, StoreId};
+use crate::protocol::{ErrorCode, Event, MessageId, Order, Refusal, StoreId};
+use fresh::Fresh;
 
 /// The notices of every store.
 pub struct Mailbox {
@@ -33,63 +36,8 @@ enum Kept {
         /// Notices whose removal is on its way to the data dir.
         removing: Removing,
         /// Notices whose queuing is on its way to the data dir.
-        fresh: Fresh,
+        fresh: Box<Fresh>,
     },
-}
-
-/// Notices queued by journal entries the tables do not hold yet (they
-/// follow the commit log a moment later). The records do not list them
-/// until then, so an acknowledgement of one is answered from here.
-#[derive(Default)]
-struct Fresh {
-    /// Oldest first, each with the number of the journal entry that queued
-    /// it (0 while the step is being applied).
-    notices: VecDeque<(u64, FreshNotice)>,
-    /// Stores whose queue was trimmed by an entry not in the tables yet,
-    /// with that entry's number (0 likewise).
-    trims: VecDeque<(u64, StoreId)>,
-}
-
-struct FreshNotice {
-    message_id: MessageId,
-    store: StoreId,
-    order_id: OrderId,
-}
-
-impl Fresh {
-    /// The fresh notice of `store` whose message id, or else whose order's
-    /// id, is `id`, and not being removed.
-    fn find(&self, store: &StoreId, id: &str, removing: &Removing) -> Option<MessageId> {
-        let mut of_store = self
-            .notices
-            .iter()
-            .map(|(_, notice)| notice)
-            .filter(|notice| &notice.store == store && !removing.ids.contains(&notice.message_id));
-        let by_message = of_store
-            .clone()
-            .find(|notice| notice.message_id.as_str() == id);
-        by_message
-            .or_else(|| of_store.find(|notice| notice.order_id.as_str() == id))
-            .map(|notice| notice.message_id.clone())
-    }
-
-    /// `store`'s queue was trimmed to its newest `keep`: fresh notices of
-    /// its beyond that went too.
-    fn trimmed(&mut self, store: &StoreId, keep: u64) {
-        let mut kept = 0;
-        let mut index = self.notices.len();
-        while index > 0 {
-            index -= 1;
-            if &self.notices[index].1.store != store {
-                continue;
-            }
-            if kept < keep {
-                kept += 1;
-            } else {
-                self.notices.remove(index);
-            }
-        }
-    }
 }
 
 /// Notices acknowledged whose removal is not committed yet. The data dir
@@ -128,7 +76,7 @@ impl Mailbox {
                 records,
                 counts: counts.into_iter().collect(),
                 removing: Removing::default(),
-                fresh: Fresh::default(),
+                fresh: Box::default(),
             },
         }
     }
@@ -141,14 +89,7 @@ impl Mailbox {
             Kept::DataDir { counts, fresh, .. } => {
                 let message_id = new_message_id();
                 let store = order.store.clone();
-                fresh.notices.push_back((
-                    0,
-                    FreshNotice {
-                        message_id: message_id.clone(),
-                        store: store.clone(),
-                        order_id: order.order_id.clone(),
-                    },
-                ));
+                fresh.queued(message_id.clone(), &store, order.order_id.clone());
                 let mut changes = vec![Change::NoticeQueued {
                     message_id: message_id.clone(),
                     kind,
@@ -164,7 +105,6 @@ impl Mailbox {
                     );
                     *queued = self.limit as u64;
                     fresh.trimmed(&store, self.limit as u64);
-                    fresh.trims.push_back((0, store.clone()));
                     changes.push(Change::NoticesTrimmed {
                         store,
                         keep: self.limit as u64,
@@ -203,12 +143,7 @@ impl Mailbox {
                 // A notice just delivered is most often acknowledged by its
                 // message id while still fresh: no read. By an order's id,
                 // the oldest notice goes first, and the tables hold older.
-                let fresh_by_message = || {
-                    fresh
-                        .find(store, id, removing)
-                        .filter(|found| found.as_str() == id)
-                };
-                let found = match fresh_by_message() {
+                let found = match fresh.by_message(store, message_id, &removing.ids) {
                     Some(found) => found,
                     None => {
                         let listed = records
@@ -219,16 +154,14 @@ impl Mailbox {
                         // A trim on its way to the tables may have dropped
                         // a notice they still list: acknowledging it would
                         // count it twice.
-                        if listed.is_some()
-                            && fresh.trims.iter().any(|(_, trimmed)| trimmed == store)
-                        {
+                        if listed.is_some() && fresh.trimming(store) {
                             return Err(Refusal::new(
                                 ErrorCode::Busy,
                                 "this store's queue is being trimmed; try again",
                             ));
                         }
                         listed
-                            .or_else(|| fresh.find(store, id, removing))
+                            .or_else(|| fresh.by_order(store, id, &removing.ids))
                             .ok_or_else(|| not_queued(store, id))?
                     }
                 };
@@ -252,14 +185,7 @@ impl Mailbox {
                 this_step, by_step, ..
             } = removing;
             by_step.extend(this_step.drain(..).map(|id| (seq, id)));
-            let unsealed = fresh.notices.iter_mut().rev().map(|(step, _)| step);
-            let trims = fresh.trims.iter_mut().rev().map(|(step, _)| step);
-            for step in unsealed.take_while(|step| **step == 0) {
-                *step = seq;
-            }
-            for step in trims.take_while(|step| **step == 0) {
-                *step = seq;
-            }
+            fresh.sealed(seq);
         }
     }
 
@@ -274,21 +200,7 @@ impl Mailbox {
                 removing.ids.remove(id);
                 removing.by_step.pop_front();
             }
-            let in_tables = |step: u64| step != 0 && step <= seq;
-            while fresh
-                .notices
-                .front()
-                .is_some_and(|(step, _)| in_tables(*step))
-            {
-                fresh.notices.pop_front();
-            }
-            while fresh
-                .trims
-                .front()
-                .is_some_and(|(step, _)| in_tables(*step))
-            {
-                fresh.trims.pop_front();
-            }
+            fresh.in_tables(seq);
         }
     }
 
@@ -320,7 +232,7 @@ impl Mailbox {
                 listed
                     .into_iter()
                     .find(|found| !removing.ids.contains(found))
-                    .or_else(|| fresh.find(&order.store, id, removing))
+                    .or_else(|| fresh.by_order(&order.store, id, &removing.ids))
             }
         }
     }
@@ -710,7 +622,7 @@ mod tests {
         else {
             unreachable!("a data dir's mailbox")
         };
-        assert_eq!(fresh.notices.len(), 1, "only o3's is fresh");
+        assert_eq!(fresh.len(), 1, "only o3's is fresh");
         assert!(removing.ids.is_empty());
     }
 
