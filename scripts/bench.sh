@@ -39,7 +39,7 @@ for scenario in lab bench; do
     if [ "$scenario" = lab ]; then per=1000; rate_per=400; else per=2500; rate_per=1000; fi
     for load in "--orders $per" "--orders $rate_per --rate 2000"; do
       # shellcheck disable=SC2086 # $load is two flags
-      $caps bench --targets node,node-journal,caps,caps-ephemeral $both --rounds 3 \
+      $caps bench --targets node,node-journal,caps,caps-tables,caps-ephemeral $both --rounds 3 \
         --scenario "$scenario" --phase "$phase" $load | tee -a "$out/journal-peer.txt" \
         | grep '^{' >> "$out/journal-peer-lab-and-bench.jsonl"
     done
