@@ -277,6 +277,16 @@ fn commit_log_files(dir: &Path) -> usize {
         .count()
 }
 
+/// A hub on `dir` whose tables' writer waits an hour to gather commits
+/// (unless a read hurries it, or 8,192 steps wait): what it acknowledges
+/// stays in its commit log alone meanwhile.
+fn hub_with_tables_held_back(dir: &Path, more: &[&str]) -> (Proc, String) {
+    let mut args = vec!["--port", "0", "--data-dir", dir.to_str().unwrap()];
+    args.extend(["--tables-gather", "1h"]);
+    args.extend_from_slice(more);
+    start_hub_with(&args)
+}
+
 /// With the tables' writer held back (`--tables-gather 1h`), what the hub
 /// acknowledged is in its commit log alone: a read still sees it (it has the
 /// tables brought up to date first), a SIGKILL loses none of it (the next
@@ -285,14 +295,7 @@ fn commit_log_files(dir: &Path) -> usize {
 fn what_was_acknowledged_before_the_tables_took_it_is_read_and_survives_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_str().unwrap();
-    let (mut hub, url) = start_hub_with(&[
-        "--port",
-        "0",
-        "--data-dir",
-        data_dir,
-        "--tables-gather",
-        "1h",
-    ]);
+    let (mut hub, url) = hub_with_tables_held_back(dir.path(), &[]);
     for n in 0..20 {
         assert_eq!(place(&url, &format!("a{n}"), "Jamal Braun"), 201);
     }
@@ -355,17 +358,7 @@ fn what_was_acknowledged_before_the_tables_took_it_is_read_and_survives_a_kill()
 #[test]
 fn an_order_sent_again_is_recognised_while_its_delivery_is_not_yet_in_the_tables() {
     let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().to_str().unwrap();
-    let (mut hub, url) = start_hub_with(&[
-        "--port",
-        "0",
-        "--data-dir",
-        data_dir,
-        "--tables-gather",
-        "1h",
-        "--keep-delivered",
-        "1",
-    ]);
+    let (mut hub, url) = hub_with_tables_held_back(dir.path(), &["--keep-delivered", "1"]);
     let _dana = common::driver(&url, "dana", "1ms", "1ms", &[]);
     hub.wait_for_log("driver name=dana");
     for n in 0..4 {
@@ -405,15 +398,7 @@ fn an_order_sent_again_is_recognised_while_its_delivery_is_not_yet_in_the_tables
 #[test]
 fn notices_are_acknowledged_before_the_tables_list_them() {
     let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().to_str().unwrap();
-    let (hub, url) = start_hub_with(&[
-        "--port",
-        "0",
-        "--data-dir",
-        data_dir,
-        "--tables-gather",
-        "1h",
-    ]);
+    let (hub, url) = hub_with_tables_held_back(dir.path(), &[]);
     let _dana = driver(&url, "dana");
     hub.wait_for_log("driver name=dana");
     let mut vendor = common::vendor(&url, STORE, "5ms", 5, &[]);

@@ -132,19 +132,7 @@ impl Records for SqliteRecords {
     }
 
     fn notice_id(&self, store: &StoreId, id: &str) -> anyhow::Result<Option<MessageId>> {
-        let conn = self.conn();
-        let mut select = conn.prepare_cached(
-            "SELECT message_id FROM notices WHERE message_id = ?2 AND store = ?1
-             UNION ALL
-             SELECT message_id FROM notices WHERE store = ?1 AND order_id = ?2
-             LIMIT 1",
-        )?;
-        let found: Option<String> = select
-            .query_row(params![store.as_str(), id], |row| row.get(0))
-            .optional()?;
-        found
-            .map(|id| MessageId::new(id).map_err(anyhow::Error::msg))
-            .transpose()
+        Ok(self.notice_ids(store, id)?.into_iter().next())
     }
 
     fn notice_ids(&self, store: &StoreId, id: &str) -> anyhow::Result<Vec<MessageId>> {
