@@ -149,7 +149,13 @@ async fn each_store_hears_only_of_its_own_packages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lab_style_client_is_a_driver_until_it_joins_a_store() {
-    let hub = start_hub().await;
+    // Twice in four full runs beside two CPU hogs, the offer to bob did not
+    // arrive within the test's 20 s (the default offer timeout is 30 s); not
+    // reproduced alone, cause not found. An offer lost on its way is offered
+    // again when it expires: a short timeout keeps the test about joining.
+    let mut config = HubConfig::ephemeral();
+    config.dispatch.offer_timeout = Duration::from_secs(3);
+    let hub = start_hub_with(config).await;
     let store = StoreId::new("1-206-flowers").unwrap();
     let (mut lab, mut lab_inbound) = connect(
         &hub.url,
